@@ -1,0 +1,120 @@
+# dfdc-kit. Every target installs what it needs: on a fresh clone `make demo` and
+# `make test` each work as the very first command.
+#
+#   make demo                       the whole pipeline on the built-in mini DFDC
+#   make folds train                folds + cross-validated models (DATA, PROFILE, FOLDS, GPUS)
+#   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
+#   make score                      local log loss of a submission
+#
+# Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
+# train_sample_videos/, test_videos/) to work on the real data.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+DEMO_DATA := data/demo
+DATA ?= $(DEMO_DATA)
+ifeq ($(DATA),$(DEMO_DATA))
+PROFILE ?= smoke
+else
+PROFILE ?= b7
+endif
+RUN ?= $(PROFILE)
+FOLDS ?= all
+GPUS ?= 1
+WORKERS ?= 2
+SET ?=
+FACES := $(DATA)/faces
+FOLDS_CSV := folds/folds.csv
+RUN_DIR := runs/$(RUN)
+SUBMISSION := submissions/$(RUN)/submission.csv
+LABELS ?= $(DATA)/test_labels.csv
+SET_FLAGS := $(foreach s,$(SET),--set $(s))
+DFDC := $(PY) -m dfdc
+
+ifeq ($(GPUS),1)
+TRAIN_LAUNCH := $(DFDC)
+else
+TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m dfdc
+endif
+
+.PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
+        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict clean
+
+help:
+	@sed -n '1,12p' Makefile
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# The built-in mini DFDC is generated on first use.
+$(DEMO_DATA)/.synth.json: | $(STAMP)
+	$(DFDC) synth --out $(DEMO_DATA) --profile $(PROFILE) $(SET_FLAGS)
+
+synth: $(DEMO_DATA)/.synth.json
+
+ifeq ($(DATA),$(DEMO_DATA))
+data: $(DEMO_DATA)/.synth.json
+else
+data: $(STAMP)
+endif
+
+meta: data
+	$(DFDC) meta --data $(DATA)
+
+faces: data
+	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) $(SET_FLAGS)
+
+folds: data
+	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
+
+train: faces folds
+	$(TRAIN_LAUNCH) train --faces $(FACES) --folds $(FOLDS_CSV) --profile $(PROFILE) \
+	    --name $(RUN) --fold-list $(FOLDS) $(SET_FLAGS)
+
+calibrate: $(STAMP)
+	$(DFDC) calibrate --run $(RUN_DIR)
+
+predict: data
+	$(DFDC) predict --videos $(DATA)/test_videos --models $(RUN_DIR) --out $(SUBMISSION) $(SET_FLAGS)
+
+score: $(STAMP)
+	$(DFDC) score --submission $(SUBMISSION) --labels $(LABELS)
+
+demo: $(STAMP)
+	$(MAKE) --no-print-directory synth faces folds train calibrate predict score DATA=$(DEMO_DATA) PROFILE=smoke RUN=demo
+
+kernel: $(STAMP)
+	$(DFDC) kernel --models $(RUN_DIR) --push
+
+kernel-build: $(STAMP)
+	$(DFDC) kernel --models $(RUN_DIR)
+
+kernel-local: $(STAMP)
+	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA)
+
+bench: bench-faces bench-train bench-predict
+
+bench-faces: $(STAMP)
+	$(PY) bench/bench_faces.py
+
+bench-train: $(STAMP)
+	$(PY) bench/bench_train.py
+
+bench-predict: $(STAMP)
+	$(PY) bench/bench_predict.py
+
+clean:
+	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

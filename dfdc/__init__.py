@@ -1,0 +1,3 @@
+"""dfdc-kit: a submission kit for Kaggle's Deepfake Detection Challenge."""
+
+__version__ = "0.1.0"
