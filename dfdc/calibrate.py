@@ -1,0 +1,177 @@
+"""Choose aggregation, temperature and clip on out-of-fold predictions.
+
+``calibrate(run_dir, cfg)`` reads training's ``oof_faces.csv`` (``video,label,fold,frame,
+face,prob``, label 0/1) and searches every combination of
+
+- aggregation in ``mean``, ``confident`` (``dfdc.aggregate``, the predictor's rules),
+- temperature on ``cfg.calib_temperatures`` (min, max, log-spaced steps) plus 1.0,
+- clip on ``cfg.calib_clips`` (min, max, log-spaced steps) plus ``cfg.clip``,
+
+for the lowest out-of-fold video log loss (Kaggle's). The baseline ("before") is ``mean``
+aggregation, temperature 1 and ``cfg.clip``; it is itself a candidate, so "after" is never
+worse on the OOF set. Ties go to the candidate closest to the baseline (mean before
+confident; temperatures and clips in order of their log-distance from 1 and ``cfg.clip``),
+so a clip that changes nothing on the OOF set is never moved.
+
+Overfitting guard: with fewer than ``cfg.calib_min_videos`` OOF videos the search may only
+soften predictions (temperature >= 1 and clip >= ``cfg.clip``). A small sample rarely
+contains the confident mistakes that a sharper setting pays for on the test set, so a
+smaller clip or a temperature below 1 would look free there and cost dearly later.
+
+Writes ``calibration.json`` and ``calibration.png`` (reliability before/after) in the run
+folder, atomically. The predictor reads them with ``load_calibration`` +
+``apply_calibration``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dfdc.aggregate import METHODS, aggregate, apply_temperature, clip
+from dfdc.config import PredictConfig
+from dfdc.io import atomic_write_json
+from dfdc.metrics import log_loss, plot_reliability
+
+OOF_FACES = "oof_faces.csv"
+CALIBRATION = "calibration.json"
+CALIBRATION_PLOT = "calibration.png"
+OOF_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
+
+
+class CalibrationError(ValueError):
+    """Out-of-fold data or a calibration file that cannot be used; says what to do."""
+
+
+def read_oof_faces(path: Path) -> pd.DataFrame:
+    """Read and validate ``oof_faces.csv``."""
+    path = Path(path)
+    fix = "run `python -m dfdc train` to (re)write it"
+    if not path.is_file():
+        raise CalibrationError(f"{path} not found; {fix}")
+    try:
+        df = pd.read_csv(path, dtype={"video": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"{path}: not a readable CSV ({exc}); {fix}") from None
+    missing = [c for c in OOF_COLUMNS if c not in df.columns]
+    if missing:
+        raise CalibrationError(f"{path}: missing column(s) {missing}; expected {','.join(OOF_COLUMNS)}; {fix}")
+    if df.empty:
+        raise CalibrationError(f"{path}: no rows; {fix}")
+    prob = pd.to_numeric(df["prob"], errors="coerce")
+    if prob.isna().any() or (prob < 0).any() or (prob > 1).any():
+        raise CalibrationError(f"{path}: column prob must hold numbers in [0, 1]; {fix}")
+    if not df["label"].isin([0, 1]).all():
+        raise CalibrationError(f"{path}: column label must be 0 (REAL) or 1 (FAKE); {fix}")
+    mixed = df.groupby("video")["label"].nunique()
+    if (mixed > 1).any():
+        raise CalibrationError(f"{path}: video(s) with two labels, e.g. {mixed[mixed > 1].index[0]}; {fix}")
+    df["prob"] = prob.astype(float)
+    return df
+
+
+def _grid(spec: tuple[float, float, int], anchor: float, name: str) -> np.ndarray:
+    """Log-spaced grid plus ``anchor``, ordered by distance from ``anchor`` (anchor first)."""
+    low, high, steps = spec
+    if not (0 < low <= high) or int(steps) < 1:
+        raise CalibrationError(f"predict.{name}={spec}: expected (min > 0, max >= min, steps >= 1)")
+    values = np.unique(np.append(np.geomspace(low, high, int(steps)), anchor))
+    return values[np.argsort(np.abs(np.log(values / anchor)), kind="stable")]
+
+
+def _video_probs(faces: pd.DataFrame, method: str, cfg: PredictConfig) -> np.ndarray:
+    return np.array([aggregate(g.to_numpy(), method, cfg) for _, g in faces.groupby("video", sort=True)["prob"]])
+
+
+def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, clips: np.ndarray) -> dict[str, Any]:
+    """Best (method, temperature, clip) by OOF log loss; ``raw`` maps method -> video probs.
+
+    Candidates are tried in the given order and only a strictly lower loss replaces the
+    best, so among equal losses the first (closest to the baseline) wins.
+    """
+    best: dict[str, Any] | None = None
+    for method, p in raw.items():
+        for t in temperatures:
+            q = apply_temperature(p, float(t))
+            for c in clips:
+                loss = log_loss(y, clip(q, float(c)))
+                if best is None or loss < best["loss"]:
+                    best = {"aggregation": method, "temperature": float(t), "clip": float(c), "loss": loss}
+    assert best is not None
+    return best
+
+
+def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
+    """Fit aggregation, temperature and clip on ``run_dir/oof_faces.csv``; write ``calibration.json``.
+
+    Returns the written dictionary: ``aggregation, temperature, clip, oof_logloss_before,
+    oof_logloss_after, videos`` plus ``faces``, ``guarded`` (the small-set guard was on)
+    and the confident-rule parameters used.
+    """
+    run_dir = Path(run_dir)
+    faces = read_oof_faces(run_dir / OOF_FACES)
+    y = faces.groupby("video", sort=True)["label"].first().to_numpy(dtype=int)
+    raw = {method: _video_probs(faces, method, cfg) for method in METHODS}
+    guarded = len(y) < cfg.calib_min_videos
+    temperatures = _grid(cfg.calib_temperatures, 1.0, "calib_temperatures")
+    clips = _grid(cfg.calib_clips, cfg.clip, "calib_clips")
+    clips = clips[clips < 0.5]  # clip(p, c) needs c < 0.5
+    if guarded:
+        temperatures = temperatures[temperatures >= 1.0]
+        clips = clips[clips >= cfg.clip]
+    before_p = clip(raw["mean"], cfg.clip)
+    before = log_loss(y, before_p)
+    best = search(raw, y, temperatures, clips)
+    after_p = clip(apply_temperature(raw[best["aggregation"]], best["temperature"]), best["clip"])
+    result = {
+        "aggregation": best["aggregation"],
+        "temperature": best["temperature"],
+        "clip": best["clip"],
+        "oof_logloss_before": before,
+        "oof_logloss_after": best["loss"],
+        "videos": int(len(y)),
+        "faces": int(len(faces)),
+        "guarded": guarded,
+        "confident_threshold": cfg.confident_threshold,
+        "confident_min_fraction": cfg.confident_min_fraction,
+        "confident_real_fraction": cfg.confident_real_fraction,
+    }
+    plot_reliability(
+        y,
+        {f"before (mean, clip {cfg.clip:g})": before_p,
+         f"after ({best['aggregation']}, T {best['temperature']:.3g}, clip {best['clip']:.3g})": after_p},
+        run_dir / CALIBRATION_PLOT,
+        title=f"out-of-fold reliability, {len(y)} videos",
+    )
+    atomic_write_json(run_dir / CALIBRATION, result)
+    return result
+
+
+def load_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/calibration.json`` as a dict, or None when the run has none."""
+    path = Path(run_dir) / CALIBRATION
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"{path}: unreadable ({exc}); rerun `python -m dfdc calibrate --run {run_dir}` or delete it") from None
+    if not isinstance(data, dict) or not {"aggregation", "temperature", "clip"} <= set(data):
+        raise CalibrationError(f"{path}: expected aggregation, temperature, clip; rerun `python -m dfdc calibrate`")
+    return data
+
+
+def apply_calibration(cfg: PredictConfig, calibration: dict[str, Any]) -> PredictConfig:
+    """A copy of ``cfg`` using the calibrated aggregation, temperature and clip (validated)."""
+    method = calibration["aggregation"]
+    temperature = float(calibration["temperature"])
+    bound = float(calibration["clip"])
+    if method not in METHODS or not temperature > 0 or not 0 <= bound < 0.5:
+        raise CalibrationError(f"calibration values out of range: {method!r}, T={temperature}, clip={bound}")
+    return dataclasses.replace(cfg, aggregation=method, temperature=temperature, clip=bound)

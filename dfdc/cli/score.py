@@ -1,0 +1,45 @@
+"""``python -m dfdc score``: local Kaggle log loss of a submission.csv."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dfdc.config import Config
+from dfdc.folds import FoldsError
+from dfdc.metrics import ScoreError, format_value, labels_from_folds, read_labels, score_submission
+
+HELP = "score a submission.csv against labels (log loss as Kaggle, AUC, plots) -> report.json/md beside it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--submission", type=Path, required=True, help="submission.csv (filename,label)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--labels", type=Path, help="filename,label CSV with 0/1 (test_labels.csv, DFDC's labels.csv)")
+    source.add_argument("--folds", type=Path, help="folds.csv: score against one held-out fold (with --fold)")
+    parser.add_argument("--fold", type=int, default=None, help="the held-out fold of --folds")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default: beside the submission)")
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    try:
+        if args.folds is not None:
+            if args.fold is None:
+                print("error: --folds needs --fold K (the held-out fold to score)", file=sys.stderr)
+                return 2
+            labels = labels_from_folds(args.folds, args.fold)
+        else:
+            labels = read_labels(args.labels)
+        report = score_submission(args.submission, labels, args.out)
+    except (ScoreError, FoldsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    m, fb = report["metrics"], report["fallbacks"]
+    out = args.out or args.submission.parent
+    print(f"log loss {m['logloss']:.5f} on {m['videos']} videos ({m['real']} REAL, {m['fake']} FAKE)")
+    print(f"  log loss REAL {format_value(m['logloss_real'])}, FAKE {format_value(m['logloss_fake'])}; "
+          f"AUC {format_value(m['auc'])}; accuracy {m['accuracy']:.4f}")
+    print(f"  fallbacks {'unknown' if fb is None else fb['count']}, extra rows {report['extra_rows']}")
+    print(f"report: {out / 'report.md'}")
+    return 0

@@ -1,0 +1,254 @@
+"""Scoring as Kaggle scored DFDC, plus the reports and plots a person reads.
+
+Kaggle's metric: log loss over videos, natural log, y = 1 for FAKE, predictions clipped at
+``[1e-15, 1 - 1e-15]`` (so a constant 0.5 scores ln 2 = 0.6931). ``score_submission``
+checks a ``submission.csv`` against labels and writes ``report.json``, ``report.md``,
+``roc.png`` and ``reliability.png`` beside it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from dfdc.aggregate import EPS
+from dfdc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+ACCURACY_THRESHOLD = 0.5  # a video counts as predicted FAKE when P(FAKE) > 0.5
+RELIABILITY_BINS = 10  # equal-width probability bins of the reliability diagram
+PREDICTIONS_NAME = "predictions.csv"  # the predictor's per-video details beside submission.csv
+SHOW_NAMES = 5
+
+
+class ScoreError(ValueError):
+    """A submission or label file that cannot be scored; the message names file and fix."""
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Kaggle's log loss: mean of -[y ln p + (1-y) ln(1-p)], p clipped at [1e-15, 1-1e-15]."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    if y.size != p.size or y.size == 0:
+        raise ValueError(f"log_loss needs equal, non-empty inputs; got {y.size} labels and {p.size} predictions")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("labels must be 0 (REAL) or 1 (FAKE)")
+    if not np.isfinite(p).all():
+        raise ValueError("predictions must be finite")
+    p = np.clip(p, EPS, 1.0 - EPS)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log(1.0 - p)))
+
+
+def video_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """Log loss (all, per class), ROC AUC and accuracy at 0.5; None where undefined."""
+    y = np.asarray(y, dtype=int).ravel()
+    p = np.asarray(p, dtype=np.float64).ravel()
+    real, fake = y == 0, y == 1
+    both = bool(real.any() and fake.any())
+    return {
+        "videos": int(y.size),
+        "real": int(real.sum()),
+        "fake": int(fake.sum()),
+        "logloss": log_loss(y, p),
+        "logloss_real": log_loss(y[real], p[real]) if real.any() else None,
+        "logloss_fake": log_loss(y[fake], p[fake]) if fake.any() else None,
+        "auc": float(roc_auc_score(y, p)) if both else None,
+        "accuracy": float(np.mean((p > ACCURACY_THRESHOLD) == fake)),
+        "mean_prediction": float(p.mean()),
+    }
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _figure() -> tuple[Any, Any]:
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg rendering
+
+    fig = Figure(figsize=(5, 5))
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def plot_roc(y: np.ndarray, p: np.ndarray, path: Path, title: str = "ROC") -> None:
+    """ROC curve with its AUC (needs both classes)."""
+    fig, ax = _figure()
+    y = np.asarray(y, dtype=int)
+    if len(set(y.tolist())) == 2:
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.4f}")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "one class only: no ROC", ha="center")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate (REAL called FAKE)", ylabel="true positive rate", title=title)
+    _save_figure(fig, path)
+
+
+def plot_reliability(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, title: str = "reliability") -> None:
+    """Reliability diagram: mean predicted P(FAKE) vs observed FAKE share, one line per curve."""
+    fig, ax = _figure()
+    y = np.asarray(y, dtype=int)
+    for name, p in curves.items():
+        observed, predicted = calibration_curve(y, np.clip(p, 0.0, 1.0), n_bins=RELIABILITY_BINS, strategy="uniform")
+        ax.plot(predicted, observed, "o-", label=f"{name} (log loss {log_loss(y, p):.4f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
+    ax.set(xlabel="predicted P(FAKE)", ylabel="observed FAKE share", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left", fontsize="small")
+    _save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _read_csv(path: Path, what: str, fix: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise ScoreError(f"{what} {path} not found; {fix}")
+    try:
+        df = pd.read_csv(path, dtype={"filename": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScoreError(f"{path}: not a readable CSV ({exc}); {fix}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("filename", "label") if c not in df.columns]
+    if missing:
+        raise ScoreError(f"{path}: missing column(s) {missing}; expected a header `filename,label`; {fix}")
+    df["filename"] = df["filename"].astype(str).str.strip()
+    dup = df.loc[df["filename"].duplicated(), "filename"].tolist()
+    if dup:
+        raise ScoreError(f"{path}: {len(dup)} filename(s) listed twice: {', '.join(dup[:SHOW_NAMES])}; {fix}")
+    return df
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """``filename,label`` with label 0/1 (1 = FAKE) or REAL/FAKE -> ``filename,label`` (int)."""
+    fix = "labels must be a CSV `filename,label` with label 0/1 (1 = FAKE), e.g. DFDC's labels.csv"
+    df = _read_csv(path, "labels file", fix)
+    raw = df["label"].astype(str).str.strip().str.upper()
+    mapped = raw.map({"0": 0, "1": 1, "0.0": 0, "1.0": 1, "REAL": 0, "FAKE": 1})
+    bad = df.loc[mapped.isna(), "filename"].tolist()
+    if bad:
+        raise ScoreError(f"{path}: {len(bad)} label(s) not 0/1 or REAL/FAKE, e.g. {', '.join(bad[:SHOW_NAMES])}; {fix}")
+    return pd.DataFrame({"filename": df["filename"], "label": mapped.astype(int)})
+
+
+def labels_from_folds(folds_csv: Path, fold: int) -> pd.DataFrame:
+    """The videos of one held-out fold as ``filename,label`` (1 = FAKE)."""
+    from dfdc.folds import read_folds
+
+    folds = read_folds(folds_csv)
+    held = folds[folds["fold"] == fold]
+    if held.empty:
+        known = sorted(folds["fold"].unique().tolist())
+        raise ScoreError(f"{folds_csv}: no video in fold {fold}; folds present: {known}")
+    return pd.DataFrame({"filename": held["video"].to_numpy(), "label": (held["label"] == "FAKE").astype(int).to_numpy()})
+
+
+def read_submission(path: Path) -> pd.DataFrame:
+    """``submission.csv`` -> ``filename,label`` (float P(FAKE)), validated."""
+    fix = "a submission is a CSV `filename,label` with label = P(FAKE) in [0, 1] (see sample_submission.csv)"
+    df = _read_csv(path, "submission", fix)
+    values = pd.to_numeric(df["label"], errors="coerce")
+    bad = df.loc[values.isna() | ~np.isfinite(values) | (values < 0) | (values > 1), "filename"].tolist()
+    if bad:
+        raise ScoreError(f"{path}: {len(bad)} prediction(s) not a number in [0, 1]: {', '.join(bad[:SHOW_NAMES])}; {fix}")
+    return pd.DataFrame({"filename": df["filename"], "label": values.astype(float)})
+
+
+def _fallbacks(submission: Path, scored: set[str]) -> dict[str, Any] | None:
+    """Fallback counts from the predictor's predictions.csv beside the submission, if any."""
+    path = Path(submission).parent / PREDICTIONS_NAME
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path, dtype={"filename": str, "reason": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScoreError(f"{path}: not a readable CSV ({exc}); rerun the predictor or delete the file") from None
+    if not {"filename", "reason"} <= set(df.columns):
+        raise ScoreError(f"{path}: expected columns filename,label,raw,n_faces,reason; rerun the predictor or delete the file")
+    failed = df[(df["reason"].str.strip() != "") & df["filename"].isin(scored)]
+    return {"count": int(len(failed)), "reasons": failed["reason"].value_counts().to_dict(), "file": path.name}
+
+
+# ---------------------------------------------------------------- report
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.5f}"
+    return str(value)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    m = report["metrics"]
+    fb = report["fallbacks"]
+    rows = [
+        ("log loss (Kaggle)", m["logloss"]),
+        ("log loss, REAL videos", m["logloss_real"]),
+        ("log loss, FAKE videos", m["logloss_fake"]),
+        ("ROC AUC", m["auc"]),
+        (f"accuracy at {ACCURACY_THRESHOLD}", m["accuracy"]),
+        ("mean prediction", m["mean_prediction"]),
+        ("videos scored (REAL / FAKE)", f"{m['videos']} ({m['real']} / {m['fake']})"),
+        ("fallbacks", "unknown (no predictions.csv)" if fb is None else fb["count"]),
+        ("extra rows (not labelled, ignored)", report["extra_rows"]),
+        ("constant 0.5 for reference", math.log(2)),
+    ]
+    lines = [f"# Score of `{report['submission']}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {format_value(value)} |" for name, value in rows]
+    if fb and fb["reasons"]:
+        lines += ["", "Fallback reasons:", ""] + [f"- {r}: {n}" for r, n in fb["reasons"].items()]
+    lines += ["", "![ROC](roc.png) ![reliability](reliability.png)", ""]
+    return "\n".join(lines)
+
+
+def score_submission(submission: Path, labels: pd.DataFrame, out_dir: Path | None = None) -> dict[str, Any]:
+    """Score ``submission.csv`` against ``labels`` (``filename,label`` 0/1) as Kaggle did.
+
+    Every labelled video must be in the submission (``ScoreError`` naming the missing ones
+    otherwise); rows without a label are counted as ``extra_rows`` and ignored. Writes
+    ``report.json``, ``report.md``, ``roc.png`` and ``reliability.png`` into ``out_dir``
+    (default: the submission's folder), atomically, and returns the report dictionary.
+    """
+    submission = Path(submission)
+    out_dir = Path(out_dir) if out_dir is not None else submission.parent
+    sub = read_submission(submission)
+    if not {"filename", "label"} <= set(labels.columns) or labels.empty:
+        raise ScoreError("labels must be a non-empty table with columns filename,label")
+    merged = labels[["filename", "label"]].merge(sub, on="filename", how="left", suffixes=("_true", "_pred"))
+    missing = merged.loc[merged["label_pred"].isna(), "filename"].tolist()
+    if missing:
+        raise ScoreError(
+            f"{submission}: {len(missing)} of {len(labels)} labelled video(s) missing from the submission: "
+            f"{', '.join(missing[:SHOW_NAMES])}{' ...' if len(missing) > SHOW_NAMES else ''}; "
+            "a submission must cover every video (the predictor writes its fallback for failures)"
+        )
+    y = merged["label_true"].to_numpy(dtype=int)
+    p = merged["label_pred"].to_numpy(dtype=float)
+    extra = int((~sub["filename"].isin(set(labels["filename"]))).sum())
+    report = {
+        "submission": submission.name,
+        "metrics": video_metrics(y, p),
+        "fallbacks": _fallbacks(submission, set(labels["filename"])),
+        "extra_rows": extra,
+    }
+    plot_roc(y, p, out_dir / "roc.png", title=f"ROC: {submission.name}")
+    plot_reliability(y, {"submission": p}, out_dir / "reliability.png", title=f"reliability: {submission.name}")
+    atomic_write_text(out_dir / "report.md", _markdown(report))
+    atomic_write_json(out_dir / "report.json", report)
+    return report
