@@ -85,7 +85,7 @@ train: faces folds
 	    --name $(RUN) --fold-list $(FOLDS) $(SET_FLAGS)
 
 calibrate: $(STAMP)
-	$(DFDC) calibrate --run $(RUN_DIR)
+	$(DFDC) calibrate --run $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
 
 predict: data
 	$(DFDC) predict --videos $(DATA)/test_videos --models $(RUN_DIR) --out $(SUBMISSION) $(SET_FLAGS)
@@ -97,13 +97,13 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory synth faces folds train calibrate predict score DATA=$(DEMO_DATA) PROFILE=smoke RUN=demo
 
 kernel: $(STAMP)
-	$(DFDC) kernel --models $(RUN_DIR) --push
+	$(DFDC) kernel --models $(RUN_DIR) --push --profile $(PROFILE) $(SET_FLAGS)
 
 kernel-build: $(STAMP)
-	$(DFDC) kernel --models $(RUN_DIR)
+	$(DFDC) kernel --models $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
 
 kernel-local: $(STAMP)
-	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA)
+	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA) --profile $(PROFILE) $(SET_FLAGS)
 
 bench: bench-faces bench-train bench-predict
 

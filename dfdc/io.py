@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import IO, Any
 
 TEMP_MARK = ".tmp-"
+FILE_MODE = 0o666  # what open() would give, before the umask; mkstemp alone gives 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -26,6 +33,7 @@ def atomic_open(path: Path | str, mode: str = "w", **kwargs: Any) -> Iterator[IO
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", dir=path.parent)
     try:
+        os.chmod(tmp, FILE_MODE & ~_umask())
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()

@@ -37,3 +37,11 @@ def test_kill_9_mid_write_leaves_old_file(tmp_path: Path):
     assert clean_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
     assert os.listdir(tmp_path) == ["out.csv"]
+
+
+def test_written_files_get_ordinary_permissions(tmp_path: Path):
+    target = tmp_path / "metadata.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
