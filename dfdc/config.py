@@ -38,6 +38,40 @@ class SynthConfig:
     seconds: float = 2.0
     fps: int = 15  # DFDC videos run at 15-30 fps
     seed: int = 0
+    # -- identities (dfdc.synth): real face photos shipped inside installed packages --
+    lfw_faces: int = 9  # extra identities from skimage.data.lfw_subset() (25x25 grey LFW faces)
+    lfw_sharpen: float = 1.0  # unsharp-mask amount on the 4x-upscaled LFW faces (else REAL LFW
+    # faces are as soft as swapped ones and the fake signal is lost)
+    test_identity_every: int = 3  # identity list (photos, then LFW) 1-based index divisible by
+    # this -> test identity (targets and donors of test videos), never used in training
+    # -- camera and scene --
+    face_height: float = 0.35  # face box height / frame height (an ~80 px face at 240 px:
+    # enough for MTCNN and the 128-px crops of the smoke profile)
+    face_height_jitter: float = 0.15  # per-video relative spread of face_height
+    lfw_scene_scale: float = 2.0  # side of the background scene an LFW face is placed in / frame side
+    offset: float = 0.12  # face centre offset from the frame centre, fraction of the frame side
+    drift: float = 0.06  # amplitude of the smooth camera drift, fraction of the frame side
+    zoom: float = 0.08  # relative amplitude of the smooth zoom
+    rotation: float = 4.0  # amplitude of the smooth roll, degrees
+    light: float = 0.12  # relative amplitude of the lighting drift (gain)
+    tint: float = 0.05  # per-video colour cast, relative per channel
+    noise: float = 3.0  # sensor noise standard deviation, 0-255 scale
+    noise_pool: int = 4  # noise fields drawn per video and cycled (1080p noise per frame is slow)
+    # -- the face swap (DFDC-like artefacts a detector can learn) --
+    generator_fraction: float = 0.4  # the swapped face is made at this fraction of its on-screen
+    # resolution, then upscaled: softer than its surroundings (DFDC's DF-128/DF-256 autoencoders
+    # generate 128/256-px faces that are upscaled into 1080p frames)
+    generator_max: int = 128  # px cap of the generator canvas (DF-128)
+    generator_min: int = 24  # px floor of the generator canvas
+    region: float = 1.9  # generator canvas side / face box side
+    mask_width: float = 1.05  # blend-ellipse half-width / eye distance
+    mask_height: float = 1.45  # blend-ellipse half-height / eye-to-mouth distance
+    feather: float = 0.06  # Gaussian sigma of the blend-mask edge / face box side (the seam)
+    # -- encoding --
+    crf: int = 20  # libx264 constant rate factor (lower = better quality; x264 default 23)
+    preset: str = "veryfast"  # libx264 preset (1080p bench videos stay fast)
+    encoder_threads: int = 1  # libx264 threads (0 = auto); 1 keeps the 6-encoder groups from
+    # oversubscribing the 2 shared cores
 
 
 @dataclass
@@ -56,6 +90,9 @@ class FacesConfig:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN P/R/O-net thresholds (library default)
     min_prob: float = 0.9  # detections below this confidence are dropped
     detect_batch: int = 16  # frames per batched MTCNN call
+    detect_threads: int = 1  # torch CPU threads while MTCNN runs (0 = leave as set): its per-box loop
+    # of tiny ops ran 3-7x faster on 1 thread than on 2 here (40 1080p frames: 3.3-3.9 s vs 12-26 s,
+    # loaded 2-core machine); scale with worker processes instead
     same_face_tolerance: float = 2.0  # mean abs pixel difference (0-255) under which a FAKE crop
     # equals its original's crop: not a manipulated face (audio-only or other-person fakes)
     workers: int = 1  # worker processes over videos
@@ -79,6 +116,8 @@ class ModelConfig:
     pretrained: str = "imagenet"  # "imagenet" (download when online), "none", or a path to a state dict
     dropout: float = 0.5
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
+    bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
+    # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts
 
 
 @dataclass
@@ -104,6 +143,16 @@ class TrainConfig:
     seed: int = 1234
     runs_dir: str = "runs"
     name: str = "b7"
+    warmup_start_factor: float = 0.01  # warm-up starts at lr * this (linear up to lr; a common choice)
+    min_lr_ratio: float = 0.0  # the cosine decays to lr * this at the last step
+    val_aggregation: str = "mean"  # per-video mean of face P(FAKE) for the validation log loss
+    val_batch_size: int = 0  # validation batch; 0 = 2 x batch_size (no gradients to hold)
+    stop_after_epochs: int = 0  # end this invocation after N epochs of a fold (resume later); 0 = no limit
+    debug_dir: str = ""  # when set, each rank logs the sample indices it trained on (DDP tests)
+    augment: str = "recipe"  # "recipe" (the seed study's list, dfdc.augment), "light" (flip + affine), "none"
+    channels_last: bool = True  # NHWC tensors: the layout oneDNN (CPU) and tensor cores (AMP) prefer
+    cpu_threads: int = 0  # torch threads per CPU process; 0 = cores / processes - loader_workers, at
+    # least 1 (more threads than free cores makes OpenMP spin: 5-10x slower steps, measured here)
 
 
 @dataclass
@@ -116,12 +165,24 @@ class PredictConfig:
     aggregation: str = "confident"  # "mean" or "confident" (1st place)
     confident_threshold: float = 0.8  # a face is confidently fake above this P(FAKE)
     confident_min_fraction: float = 0.11  # ... and "enough" confident faces is this fraction
+    confident_real_fraction: float = 0.9  # 1st place: if more than 90% of faces are confidently
+    # real (P(FAKE) < 1 - confident_threshold), average those (dfdc.aggregate)
+    calib_temperatures: tuple[float, float, int] = (0.25, 4.0, 41)  # calibration grid: min, max,
+    # log-spaced steps (T > 1 softens, T < 1 sharpens); 1.0 is always tried (dfdc.calibrate)
+    calib_clips: tuple[float, float, int] = (0.001, 0.2, 31)  # calibration grid of clip bounds:
+    # min, max, log-spaced steps; the default clip is always tried
+    calib_min_videos: int = 200  # fewer OOF videos: calibration may only soften (T >= 1,
+    # clip >= default), as a tiny OOF set cannot justify sharper predictions
     clip: float = 0.01  # predictions clipped to [clip, 1 - clip] (NTech used 0.01)
     temperature: float = 1.0
     fallback: float = 0.5  # any failed video gets this value (log loss 0.693 at worst)
     time_budget: float = 0.0  # seconds; 0 = no limit; the kernel sets a margin under 9 h
     workers: int = 2  # decode + detect processes overlapped with the model
     fp16: bool = True  # half-precision models on CUDA
+    prefetch: int = 2  # videos in flight per worker: the next video is ready when one finishes
+    worker_threads: int = 1  # torch/OpenCV threads per worker process (cores go to the model)
+    detect_device: str = "cpu"  # MTCNN device in the workers ("cuda" shares the GPU)
+    calibration: str = "auto"  # "auto": the run's calibration.json if present; "none"; or a path
 
 
 @dataclass
@@ -134,6 +195,15 @@ class KernelConfig:
     max_weights_bytes: int = 1_000_000_000  # "models had to fit in 1 GB"
     time_budget: float = 8.5 * 3600  # the 9 h limit less a safety margin
     private: bool = True
+    enable_gpu: bool = True  # the DFDC kernels ran on one GPU (P100 at the time)
+    license: str = "unknown"  # dataset-metadata.json license name (Kaggle needs exactly one)
+    wheel_packages: tuple[str, str] = ("facenet-pytorch", "efficientnet-pytorch")  # shipped as wheels;
+    # versions are read from requirements.txt so the kernel runs the versions the models were trained with
+    build_dir: str = "kernels/build"  # bundle output (git-ignored)
+    wheel_cache: str = ""  # where downloaded third-party wheels are kept; "" = BUILD_DIR/wheel-cache
+    push_timeout: float = 3600.0  # seconds per `kaggle` CLI call (the client has no HTTP timeout;
+    # uploading up to 1 GB of weights)
+    local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
 
 
 @dataclass
