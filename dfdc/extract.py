@@ -1,0 +1,554 @@
+"""The class-balanced face dataset builder (``dfdc faces``).
+
+DFDC metadata table -> face crops + ``faces.csv``. The recipe:
+
+- ``frames_real`` evenly spaced frames per REAL video, ``frames_fake`` per FAKE video
+  (40 / 8 in the seed study), which balances DFDC's ~5 fakes per real.
+- Faces are detected on REAL videos only; a FAKE reuses its original's boxes at the same
+  frame indices (fakes are pixel-aligned with their original). A fake's frames are an
+  evenly spaced subset of the original's frames that have a face. A fake whose original is
+  not in the table, failed, or has no face is detected on itself.
+- Label cleaning: a FAKE crop (nearly) identical to its original's crop at the same frame
+  and face (mean absolute difference < ``same_face_tolerance``) is not a manipulated face
+  (audio-only fakes, two-person videos with one face swapped): it is dropped and counted.
+
+Work unit = one REAL original with its fakes (one worker holds the boxes and the
+original's crops), or one FAKE on its own. Units are spread over worker processes and over
+machines (``shard=(i, N)``, by a stable hash of the unit's name, so N machines split any
+download the same way).
+
+Output folder::
+
+    crops/<part>/<video stem>/<frame>_<face>.<image_format>   the crops
+    boxes/<part>/<video stem>.json     detections of each detected video (full-res boxes)
+    manifests/<part>/<video stem>.json one per finished video: its crop rows, dropped count
+    faces.csv                          every finished video's rows (assembled at the end)
+    failures.csv                       this run's failed videos and why (failures_<i>of<N>.csv per shard)
+    config.yaml                        the resolved configuration
+
+Resuming: a video is finished when its manifest exists (written atomically after its
+crops and boxes); a rerun skips finished videos, wipes the crop folder of unfinished ones
+(half a video's crops never survive), removes stale temp files, and rebuilds faces.csv.
+Failed videos have no manifest, so a rerun retries them (e.g. after a re-download).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
+from dfdc.faces import Detection, FaceDetector, check_margin, crop_face
+from dfdc.io import TEMP_MARK, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from dfdc.video import VideoReadError, evenly_spaced, read_frames
+
+MANIFEST_COLUMNS = ["video", "part", "label", "original", "frame", "face", "path", "box", "prob"]
+META_COLUMNS = ("video", "path", "part", "label", "original")
+FAILURE_COLUMNS = ["video", "part", "label", "reason"]
+IMAGE_FORMATS = ("png", "jpg", "webp")
+# FacesConfig fields that change what is written: a rerun into the same folder must match.
+RESUME_KEYS = (
+    "margin", "size", "frames_real", "frames_fake", "max_faces", "detect_short_side",
+    "min_face_size", "thresholds", "min_prob", "same_face_tolerance", "image_format",
+)  # fmt: skip
+
+
+@dataclass
+class Job:
+    """One video of a work unit."""
+
+    video: str
+    path: str
+    part: str
+    label: str
+    original: str | None
+    done: bool = False  # its manifest exists (finished by an earlier run)
+
+    @property
+    def stem(self) -> str:
+        return Path(self.video).stem
+
+
+@dataclass
+class Unit:
+    """A REAL original and its fakes, or one FAKE on its own (``original`` None)."""
+
+    key: str
+    original: Job | None
+    fakes: list[Job]
+
+    @property
+    def jobs(self) -> list[Job]:
+        return ([self.original] if self.original else []) + self.fakes
+
+
+@dataclass
+class Outcome:
+    """What happened to one video in this run."""
+
+    video: str
+    part: str
+    label: str
+    status: str  # "done", "skipped" (finished earlier) or "failed"
+    reason: str = ""
+    crops: int = 0
+    dropped: int = 0
+    detected: bool = False  # detection ran on this video (a REAL, or a FAKE without boxes)
+
+
+@dataclass
+class ExtractReport:
+    """Counts of one ``build_faces`` run; crop counts are totals of the written faces.csv."""
+
+    videos: int = 0  # videos in this shard
+    done: int = 0  # finished in this run
+    skipped: int = 0  # finished by an earlier run
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
+    real_crops: int = 0  # in faces.csv
+    fake_crops: int = 0  # in faces.csv
+    dropped_identical: int = 0  # FAKE crops equal to their original's, over all finished videos
+    fakes_detected_on_self: int = 0  # this run: FAKE videos without usable original boxes
+    seconds: float = 0.0
+    manifest: str = ""  # path of faces.csv
+    failures_csv: str = ""
+
+    def format(self) -> str:
+        lines = [
+            f"videos: {self.videos} in this shard; done {self.done}, skipped (already done) {self.skipped}, "
+            f"failed {self.failed}",
+            f"crops in {self.manifest}: REAL {self.real_crops}, FAKE {self.fake_crops}; "
+            f"dropped identical FAKE crops: {self.dropped_identical}",
+            f"FAKE videos detected on themselves (no usable original): {self.fakes_detected_on_self}",
+            f"seconds: {self.seconds:.1f}" + (f" ({self.seconds / self.done:.2f} s per video done)" if self.done else ""),
+        ]
+        if self.failures:
+            lines.append(f"failures ({self.failures_csv}):")
+            lines += [f"  {v}: {r}" for v, r in self.failures[:20]]
+            if len(self.failures) > 20:
+                lines.append(f"  ... {len(self.failures) - 20} more")
+        return "\n".join(lines)
+
+
+# --- layout ---------------------------------------------------------------------
+
+
+def manifest_path(out_dir: Path, part: str, video: str) -> Path:
+    return out_dir / "manifests" / part / f"{Path(video).stem}.json"
+
+
+def boxes_path(out_dir: Path, part: str, video: str) -> Path:
+    return out_dir / "boxes" / part / f"{Path(video).stem}.json"
+
+
+def crops_dir(out_dir: Path, part: str, video: str) -> Path:
+    return out_dir / "crops" / part / Path(video).stem
+
+
+def failures_name(shard: tuple[int, int]) -> str:
+    return "failures.csv" if shard[1] == 1 else f"failures_{shard[0]}of{shard[1]}.csv"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` -> ``(i, N)`` with ``0 <= i < N``."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: expected i/N, e.g. 0/4 (this machine's index, machine count)") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= i < N")
+    return i, n
+
+
+def unit_shard(key: str, n: int) -> int:
+    """Stable shard of a work unit (same on every machine and Python run)."""
+    return zlib.crc32(key.encode("utf-8")) % n
+
+
+# --- planning -------------------------------------------------------------------
+
+
+def plan_units(meta: pd.DataFrame) -> list[Unit]:
+    """Group the table into work units, sorted by key."""
+    missing = [c for c in META_COLUMNS if c not in meta.columns]
+    if missing:
+        raise ValueError(
+            f"metadata table lacks column(s) {', '.join(missing)}; build it with dfdc.metadata.load_metadata(root)"
+        )
+    jobs = [
+        Job(str(r.video), str(r.path), str(r.part), str(r.label),
+            None if r.original is None or (isinstance(r.original, float) and np.isnan(r.original)) else str(r.original))
+        for r in meta.itertuples(index=False)
+    ]  # fmt: skip
+    bad = sorted({j.label for j in jobs} - {"REAL", "FAKE"})
+    if bad:
+        raise ValueError(f"metadata table has label(s) {bad}; expected REAL or FAKE")
+    reals = {j.video: Unit(j.video, j, []) for j in jobs if j.label == "REAL"}
+    alone: list[Unit] = []
+    for j in jobs:
+        if j.label != "FAKE":
+            continue
+        if j.original in reals:
+            reals[j.original].fakes.append(j)
+        else:
+            alone.append(Unit(j.video, None, [j]))
+    units = list(reals.values()) + alone
+    for u in units:
+        u.fakes.sort(key=lambda j: j.video)
+    return sorted(units, key=lambda u: u.key)
+
+
+# --- the worker -----------------------------------------------------------------
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(cfg: FacesConfig, out_dir: str, device: str | None, threads: int) -> None:
+    """Per-process setup: thread limits and one detector per worker."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    _STATE.clear()
+    _STATE.update(cfg=cfg, out=Path(out_dir), device=device, detector=None)
+
+
+def _detector() -> FaceDetector:
+    if _STATE["detector"] is None:
+        _STATE["detector"] = FaceDetector(_STATE["cfg"], device=_STATE["device"])
+    return _STATE["detector"]
+
+
+def _encode(image_rgb: np.ndarray, fmt: str) -> bytes:
+    ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError(f"cannot encode a crop as {fmt}")
+    return buf.tobytes()
+
+
+def _load_crop(path: Path) -> np.ndarray | None:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str, Any]:
+    return {
+        "video": job.video, "part": job.part, "label": job.label, "original": job.original or "",
+        "frame": frame, "face": face, "path": rel,
+        "box": " ".join(f"{float(v):.1f}" for v in det.box[:4]), "prob": round(float(det.prob), 5),
+    }  # fmt: skip
+
+
+class _Boxes:
+    """A detected video's detections per frame, and its crops (for label cleaning)."""
+
+    def __init__(self, job: Job, shape: tuple[int, int], dets: dict[int, list[Detection]], crops: dict) -> None:
+        self.job, self.shape, self.dets, self.crops = job, shape, dets, crops
+
+    def crop(self, frame: int, face: int) -> np.ndarray | None:
+        key = (frame, face)
+        if key not in self.crops:  # finished by an earlier run: read the saved crop
+            cfg, out = _STATE["cfg"], _STATE["out"]
+            path = crops_dir(out, self.job.part, self.job.video) / f"{frame}_{face}.{cfg.image_format}"
+            self.crops[key] = _load_crop(path)
+        return self.crops[key]
+
+
+def _save_crops(
+    job: Job, frames: list[np.ndarray], indices: list[int], dets: list[list[Detection]], ref: _Boxes | None
+) -> tuple[list[dict[str, Any]], dict, int]:
+    """Crop, label-clean against ``ref`` and write; returns (rows, crops by (frame, face), dropped)."""
+    cfg, out = _STATE["cfg"], _STATE["out"]
+    folder = crops_dir(out, job.part, job.video)
+    rows, crops, dropped = [], {}, 0
+    for frame_index, frame, faces in zip(indices, frames, dets):
+        for face, det in enumerate(faces):
+            crop = crop_face(frame, det.box, cfg.margin, cfg.size)
+            if ref is not None:
+                same = ref.crop(frame_index, face)
+                if same is not None and same.shape == crop.shape:
+                    diff = float(np.abs(crop.astype(np.int16) - same.astype(np.int16)).mean())
+                    if diff < cfg.same_face_tolerance:
+                        dropped += 1
+                        continue
+            name = f"{frame_index}_{face}.{cfg.image_format}"
+            atomic_write_bytes(folder / name, _encode(crop, cfg.image_format))
+            rows.append(_row(job, frame_index, face, (folder / name).relative_to(out).as_posix(), det))
+            if job.label == "REAL":
+                crops[(frame_index, face)] = crop
+    return rows, crops, dropped
+
+
+def _finish(job: Job, rows: list[dict[str, Any]], dropped: int, frames: list[int]) -> None:
+    out = _STATE["out"]
+    atomic_write_json(
+        manifest_path(out, job.part, job.video),
+        {"video": job.video, "part": job.part, "label": job.label, "frames": frames, "dropped_identical": dropped,
+         "rows": rows},
+    )  # fmt: skip
+
+
+def _write_boxes(job: Job, shape: tuple[int, int], indices: list[int], dets: list[list[Detection]]) -> None:
+    atomic_write_json(
+        boxes_path(_STATE["out"], job.part, job.video),
+        {"video": job.video, "height": shape[0], "width": shape[1], "frames": indices,
+         "detections": {str(i): [d.to_dict() for d in ds] for i, ds in zip(indices, dets)}},
+    )  # fmt: skip
+
+
+def _load_boxes(job: Job) -> _Boxes | None:
+    path = boxes_path(_STATE["out"], job.part, job.video)
+    try:
+        data = json.loads(path.read_text())
+        dets = {int(k): [Detection.from_dict(d) for d in v] for k, v in data["detections"].items()}
+        return _Boxes(job, (int(data["height"]), int(data["width"])), dets, {})
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _detect_video(job: Job, k: int) -> tuple[Outcome, _Boxes | None]:
+    """Sample ``k`` frames, detect, crop, write boxes and the manifest."""
+    indices, frames = read_frames(Path(job.path), k=k)
+    dets = _detector().detect(frames)
+    if not any(dets):
+        return Outcome(job.video, job.part, job.label, "failed", f"no face found in {len(frames)} frames",
+                       detected=True), None  # fmt: skip
+    shape = frames[0].shape[:2]
+    rows, crops, _ = _save_crops(job, frames, indices, dets, None)
+    del frames
+    _write_boxes(job, shape, indices, dets)
+    _finish(job, rows, 0, indices)
+    boxes = _Boxes(job, shape, dict(zip(indices, dets)), crops)
+    return Outcome(job.video, job.part, job.label, "done", crops=len(rows), detected=True), boxes
+
+
+def _fake_with_boxes(job: Job, ref: _Boxes) -> Outcome | None:
+    """Crop a FAKE at its original's boxes; None when the boxes do not fit this video."""
+    cfg = _STATE["cfg"]
+    with_faces = sorted(f for f, ds in ref.dets.items() if ds)
+    chosen = [with_faces[i] for i in evenly_spaced(len(with_faces), cfg.frames_fake)]
+    indices, frames = read_frames(Path(job.path), indices=chosen)
+    if frames[0].shape[:2] != ref.shape:
+        return None  # not pixel-aligned with its original: detect on the fake itself
+    rows, _, dropped = _save_crops(job, frames, indices, [ref.dets[i] for i in indices], ref)
+    _finish(job, rows, dropped, indices)
+    return Outcome(job.video, job.part, job.label, "done", crops=len(rows), dropped=dropped)
+
+
+def _guard(job: Job, work) -> tuple[Outcome, Any]:
+    """Run one video's work; any error becomes a failed Outcome (never fatal)."""
+    shutil.rmtree(crops_dir(_STATE["out"], job.part, job.video), ignore_errors=True)
+    try:
+        return work()
+    except VideoReadError as exc:
+        return Outcome(job.video, job.part, job.label, "failed", str(exc)), None
+    except Exception as exc:  # noqa: BLE001 - one bad video must not stop the run; reason is reported
+        return Outcome(job.video, job.part, job.label, "failed", f"{type(exc).__name__}: {exc}"), None
+
+
+def process_unit(unit: Unit) -> list[Outcome]:
+    """Process one work unit in this worker (``_init_worker`` must have run)."""
+    cfg = _STATE["cfg"]
+    outcomes: list[Outcome] = []
+    ref: _Boxes | None = None
+    orig = unit.original
+    if orig is not None:
+        if orig.done:
+            ref = _load_boxes(orig)
+            if ref is None:  # boxes lost: redo the original
+                orig.done = False
+        if orig.done:
+            outcomes.append(Outcome(orig.video, orig.part, orig.label, "skipped"))
+        else:
+            outcome, ref = _guard(orig, lambda: _detect_video(orig, cfg.frames_real))
+            outcomes.append(outcome)
+    for job in unit.fakes:
+        if job.done:
+            outcomes.append(Outcome(job.video, job.part, job.label, "skipped"))
+            continue
+
+        def work(job: Job = job) -> tuple[Outcome, Any]:
+            if ref is not None and any(ref.dets.values()):
+                outcome = _fake_with_boxes(job, ref)
+                if outcome is not None:
+                    return outcome, None
+            return _detect_video(job, cfg.frames_fake)
+
+        outcomes.append(_guard(job, work)[0])
+    return outcomes
+
+
+# --- the driver -----------------------------------------------------------------
+
+
+def _check_resume(out_dir: Path, cfg: FacesConfig) -> None:
+    saved = out_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = read_config(saved).faces
+    except ConfigError:
+        return  # unreadable: it is rewritten below
+    diff = [f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_KEYS if getattr(old, k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(
+            f"{out_dir} holds crops made with other face settings ({'; '.join(diff)}); "
+            "use another --out folder, or delete this one to rebuild"
+        )
+
+
+def _clean_temps(out_dir: Path) -> int:
+    removed = 0
+    for folder in (out_dir, out_dir / "manifests", out_dir / "boxes"):
+        if folder.is_dir():
+            pattern = f"*{TEMP_MARK}*"
+            for tmp in folder.glob(pattern) if folder == out_dir else folder.rglob(pattern):
+                if tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+def assemble_manifest(meta: pd.DataFrame, out_dir: Path) -> tuple[pd.DataFrame, int]:
+    """Every finished video's rows (in table order) and the total dropped-identical count."""
+    rows: list[dict[str, Any]] = []
+    dropped = 0
+    for r in meta.itertuples(index=False):
+        path = manifest_path(out_dir, str(r.part), str(r.video))
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"{path}: unreadable manifest ({exc}); delete it and rerun to redo {r.video}") from None
+        rows.extend(data["rows"])
+        dropped += int(data.get("dropped_identical", 0))
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), dropped
+
+
+def build_faces(
+    meta: pd.DataFrame,
+    out_dir: Path,
+    cfg: FacesConfig,
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+    progress: bool = True,
+    config: Config | None = None,
+    device: str | None = None,
+) -> ExtractReport:
+    """Build the class-balanced face crop dataset of ``meta`` under ``out_dir``.
+
+    Args:
+        meta: the table of ``dfdc.metadata.load_metadata`` (columns video, path, part,
+            label, original, split).
+        out_dir: output folder (crops/, boxes/, manifests/, faces.csv, failures.csv,
+            config.yaml); a rerun resumes.
+        cfg: the ``faces`` configuration (margin, size, frames per class, detector).
+        shard: ``(i, N)``: process only work units whose stable hash is ``i`` mod ``N``.
+        workers: worker processes (1 = in this process); each builds its own detector.
+        progress: show a tqdm bar (videos/s, faces found).
+        config: the full resolved configuration to save as ``config.yaml`` (default: the
+            defaults with ``cfg`` as the faces section).
+        device: detector device (default ``cuda`` when available).
+
+    Returns an ``ExtractReport``. Corrupt, missing or faceless videos are counted and
+    listed in the failures file, never fatal.
+    """
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_margin(cfg.margin, cfg.margin_recommended)
+    if cfg.image_format not in IMAGE_FORMATS:
+        raise ValueError(f"faces.image_format {cfg.image_format!r}: use one of {', '.join(IMAGE_FORMATS)}")
+    if cfg.frames_real < 1 or cfg.frames_fake < 1 or cfg.max_faces < 1 or cfg.size < 1:
+        raise ValueError("faces.frames_real, frames_fake, max_faces and size must be at least 1")
+    shard = (int(shard[0]), int(shard[1]))
+    if shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard {shard}: need 0 <= i < N")
+    units = [u for u in plan_units(meta) if unit_shard(u.key, shard[1]) == shard[0]]
+    _check_resume(out_dir, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    full = Config(faces=cfg) if config is None else dataclasses.replace(config, faces=cfg)
+    save_config(full, out_dir / "config.yaml")
+    _clean_temps(out_dir)
+
+    for u in units:
+        for j in u.jobs:
+            j.done = manifest_path(out_dir, j.part, j.video).is_file()
+    report = ExtractReport(videos=sum(len(u.jobs) for u in units))
+    todo = [u for u in units if not all(j.done for j in u.jobs)]
+    report.skipped = sum(len(u.jobs) for u in units if all(j.done for j in u.jobs))
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=report.videos, initial=report.skipped, unit="video", desc="faces", dynamic_ncols=True)
+    found = 0
+
+    def record(outcomes: list[Outcome]) -> None:
+        nonlocal found
+        for o in outcomes:
+            if o.status == "done":
+                report.done += 1
+                found += o.crops
+            elif o.status == "skipped":
+                report.skipped += 1
+            else:
+                report.failed += 1
+                report.failures.append((o.video, o.reason))
+                failure_rows.append({"video": o.video, "part": o.part, "label": o.label, "reason": o.reason})
+            if o.label == "FAKE" and o.detected and o.status == "done":
+                report.fakes_detected_on_self += 1
+        if bar is not None:
+            bar.update(len(outcomes))
+            bar.set_postfix(faces=found, failed=report.failed)
+
+    failure_rows: list[dict[str, str]] = []
+    workers = max(1, min(int(workers), len(todo) or 1))
+    try:
+        if workers == 1:
+            _init_worker(cfg, str(out_dir), device, threads=0)
+            for u in todo:
+                record(process_unit(u))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            ctx = multiprocessing.get_context("spawn")  # CUDA- and fork-safe
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(cfg, str(out_dir), device, threads)) as pool:  # fmt: skip
+                futures = {pool.submit(process_unit, u): u for u in todo}
+                for fut in cf.as_completed(futures):
+                    try:
+                        record(fut.result())
+                    except Exception as exc:  # noqa: BLE001 - a dead worker fails its unit, not the run
+                        u = futures[fut]
+                        record([Outcome(j.video, j.part, j.label, "failed", f"worker error: {type(exc).__name__}: {exc}")
+                                for j in u.jobs if not j.done])  # fmt: skip
+    finally:
+        if bar is not None:
+            bar.close()
+        _STATE.clear()
+
+    table, report.dropped_identical = assemble_manifest(meta, out_dir)
+    faces_csv = out_dir / "faces.csv"
+    atomic_write_csv(faces_csv, table)
+    failures_csv = out_dir / failures_name(shard)
+    atomic_write_csv(failures_csv, pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS))
+    report.real_crops = int((table["label"] == "REAL").sum())
+    report.fake_crops = int((table["label"] == "FAKE").sum())
+    report.manifest, report.failures_csv = str(faces_csv), str(failures_csv)
+    report.seconds = time.perf_counter() - start
+    return report

@@ -1,0 +1,243 @@
+"""The class-balanced face dataset builder (dfdc.extract) on a tiny hand-made DFDC part."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_video import astronaut_frames, make_clip
+
+from dfdc.cli import main
+from dfdc.config import FacesConfig, read_config
+from dfdc.extract import (
+    MANIFEST_COLUMNS,
+    build_faces,
+    manifest_path,
+    parse_shard,
+    plan_units,
+    unit_shard,
+)
+from dfdc.metadata import load_metadata
+
+CFG = FacesConfig(size=64, frames_real=6, frames_fake=2, max_faces=2, detect_batch=8)
+N_FRAMES = 12
+W, H, FACE = 192, 144, 120  # small frames keep MTCNN fast; the face is still ~20 px wide
+
+
+def swap_face_colours(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """A 'deepfake': the astronaut region's channels reversed, background untouched."""
+    out = []
+    for f in frames:
+        g = f.copy()
+        mask = (np.abs(f.astype(int) - f[0, 0].astype(int)).sum(-1) > 60)  # not background
+        g[mask] = f[mask][:, ::-1]
+        out.append(g)
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("dfdc")
+    part = root / "dfdc_train_part_0"
+    part.mkdir()
+    real = astronaut_frames(N_FRAMES, W, H, FACE, seed=1)
+    make_clip(part / "realaaaaaa.mp4", real)
+    make_clip(part / "fakeswapaa.mp4", swap_face_colours(real))  # manipulated face
+    make_clip(part / "fakesameaa.mp4", real)  # audio-only fake: pixels identical to the original
+    make_clip(part / "fakeorphan.mp4", astronaut_frames(N_FRAMES, W, H, FACE, seed=2))  # original absent
+    make_clip(part / "fakeofbadx.mp4", astronaut_frames(N_FRAMES, W, H, FACE, seed=3))  # original corrupt
+    make_clip(part / "realnoface.mp4", [np.full((H, W, 3), 120, np.uint8)] * N_FRAMES)
+    (part / "realcorrup.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    (part / "fakeempty0.mp4").write_bytes(b"")
+    meta = {
+        "realaaaaaa.mp4": {"label": "REAL", "split": "train", "original": None},
+        "fakeswapaa.mp4": {"label": "FAKE", "split": "train", "original": "realaaaaaa.mp4"},
+        "fakesameaa.mp4": {"label": "FAKE", "split": "train", "original": "realaaaaaa.mp4"},
+        "fakeempty0.mp4": {"label": "FAKE", "split": "train", "original": "realaaaaaa.mp4"},
+        "fakeorphan.mp4": {"label": "FAKE", "split": "train", "original": "notthereaa.mp4"},
+        "realcorrup.mp4": {"label": "REAL", "split": "train", "original": None},
+        "fakeofbadx.mp4": {"label": "FAKE", "split": "train", "original": "realcorrup.mp4"},
+        "realnoface.mp4": {"label": "REAL", "split": "train", "original": None},
+    }
+    (part / "metadata.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture(scope="module")
+def meta(data: Path) -> pd.DataFrame:
+    table, _ = load_metadata(data)
+    return table
+
+
+@pytest.fixture(scope="module")
+def built(meta: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory):
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("faces")
+    report = build_faces(meta, out, CFG, progress=False, device="cpu")
+    return out, report
+
+
+def test_counts_class_balance_and_failures(built) -> None:
+    out, report = built
+    faces = pd.read_csv(out / "faces.csv")
+    assert list(faces.columns) == MANIFEST_COLUMNS
+    per_video = faces.groupby("video").size().to_dict()
+    # 6 frames of the REAL video, 2 per FAKE; the identical fake's crops are all dropped
+    assert per_video == {"realaaaaaa.mp4": 6, "fakeswapaa.mp4": 2, "fakeorphan.mp4": 2, "fakeofbadx.mp4": 2}
+    assert report.real_crops == 6 and report.fake_crops == 6
+    assert report.dropped_identical == 2
+    assert report.videos == 8 and report.done == 5 and report.failed == 3 and report.skipped == 0
+    assert report.fakes_detected_on_self == 2  # orphan + fake of the corrupt original
+    reasons = dict(report.failures)
+    assert set(reasons) == {"realcorrup.mp4", "fakeempty0.mp4", "realnoface.mp4"}
+    assert "zero-byte" in reasons["fakeempty0.mp4"] and "no face" in reasons["realnoface.mp4"]
+    assert "realcorrup.mp4" in reasons["realcorrup.mp4"]
+    failures = pd.read_csv(out / "failures.csv")
+    assert set(failures["video"]) == set(reasons) and failures["reason"].notna().all()
+    assert read_config(out / "config.yaml").faces == CFG
+    assert "REAL 6, FAKE 6" in report.format()
+
+
+def test_crops_on_disk_and_rows(built) -> None:
+    out, _ = built
+    faces = pd.read_csv(out / "faces.csv", keep_default_na=False)
+    assert not faces.duplicated(["video", "frame", "face"]).any()
+    for row in faces.itertuples():
+        image = cv2.imread(str(out / row.path))
+        assert image is not None and image.shape == (CFG.size, CFG.size, 3), row.path
+        assert row.path == f"crops/dfdc_train_part_0/{Path(row.video).stem}/{row.frame}_{row.face}.png"
+        x1, y1, x2, y2 = map(float, row.box.split())
+        assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H and row.prob >= CFG.min_prob
+    assert set(faces.loc[faces.label == "REAL", "original"]) == {""}
+    assert set(faces.loc[faces.video == "fakeswapaa.mp4", "original"]) == {"realaaaaaa.mp4"}
+
+
+def test_fake_reuses_original_boxes(built) -> None:
+    out, _ = built
+    faces = pd.read_csv(out / "faces.csv")
+    real = faces[faces.video == "realaaaaaa.mp4"].set_index(["frame", "face"])
+    fake = faces[faces.video == "fakeswapaa.mp4"].set_index(["frame", "face"])
+    assert set(fake.index) <= set(real.index)  # a subset of the original's frames ...
+    assert (fake["box"] == real.loc[fake.index, "box"]).all()  # ... at exactly its boxes
+    frames = sorted(f for f, _ in fake.index)
+    assert frames[0] != frames[-1]  # spread out, not one frame twice
+    boxes = json.loads((out / "boxes/dfdc_train_part_0/realaaaaaa.json").read_text())
+    assert len(boxes["frames"]) == CFG.frames_real and boxes["width"] == W
+    assert not (out / "boxes/dfdc_train_part_0/fakeswapaa.json").exists()  # no detection on it
+    assert (out / "boxes/dfdc_train_part_0/fakeorphan.json").exists()  # detected on itself
+    # the fake crop really differs from the original's at the same frame and box
+    frame, face = fake.index[0]
+    a = cv2.imread(str(out / real.loc[(frame, face), "path"])).astype(int)
+    b = cv2.imread(str(out / fake.loc[(frame, face), "path"])).astype(int)
+    assert np.abs(a - b).mean() > CFG.same_face_tolerance
+
+
+def test_identical_fake_is_dropped_and_finished(built) -> None:
+    out, _ = built
+    data = json.loads(manifest_path(out, "dfdc_train_part_0", "fakesameaa.mp4").read_text())
+    assert data["rows"] == [] and data["dropped_identical"] == 2
+    assert not any((out / "crops/dfdc_train_part_0/fakesameaa").glob("*.png"))
+
+
+def test_resume_after_interruption(built, meta: pd.DataFrame, tmp_path: Path) -> None:
+    src, _ = built
+    out = tmp_path / "faces"
+    shutil.copytree(src, out)
+    first = pd.read_csv(out / "faces.csv")
+    # simulate a kill -9: faces.csv never assembled, two videos without manifest, a half-written
+    # crop folder, stale temp files
+    (out / "faces.csv").unlink()
+    for video in ("fakeswapaa.mp4", "fakesameaa.mp4"):
+        manifest_path(out, "dfdc_train_part_0", video).unlink()
+    stray = out / "crops/dfdc_train_part_0/fakeswapaa/999_0.png"
+    stray.write_bytes(b"half")
+    temps = [out / ".faces.csv.tmp-abc123", out / "manifests/dfdc_train_part_0/.fakeswapaa.json.tmp-xyz"]
+    for t in temps:
+        t.write_text("partial")
+    report = build_faces(meta, out, CFG, progress=False, device="cpu")
+    again = pd.read_csv(out / "faces.csv")
+    pd.testing.assert_frame_equal(again, first)
+    assert report.done == 2 and report.skipped == 3 and report.failed == 3  # failures are retried
+    assert report.dropped_identical == 2  # label cleaning against the saved original crops
+    assert report.fakes_detected_on_self == 0  # boxes came from boxes/realaaaaaa.json
+    assert not stray.exists() and not any(t.exists() for t in temps)
+    # a third run has nothing left to do and changes nothing
+    report = build_faces(meta, out, CFG, progress=False, device="cpu")
+    assert report.done == 0 and report.skipped == 5
+    pd.testing.assert_frame_equal(pd.read_csv(out / "faces.csv"), first)
+    # other crop settings into the same folder: refused, nothing mixed
+    with pytest.raises(ValueError, match="margin"):
+        build_faces(meta, out, dataclasses.replace(CFG, margin=0.5), progress=False)
+
+
+def test_workers_and_shards_match_single_process(built, meta: pd.DataFrame, tmp_path: Path) -> None:
+    src, _ = built
+    expected = pd.read_csv(src / "faces.csv").sort_values(["video", "frame", "face"]).reset_index(drop=True)
+    out = tmp_path / "faces"
+    assert sum(unit_shard(u.key, 2) == 1 for u in plan_units(meta)) >= 2  # so shard 1 really uses 2 processes
+    r0 = build_faces(meta, out, CFG, shard=(0, 2), workers=1, progress=False, device="cpu")
+    r1 = build_faces(meta, out, CFG, shard=(1, 2), workers=2, progress=False, device="cpu")
+    assert r0.videos + r1.videos == 8 and r0.videos > 0 and r1.videos > 0
+    assert (out / "failures_0of2.csv").exists() and (out / "failures_1of2.csv").exists()
+    got = pd.read_csv(out / "faces.csv").sort_values(["video", "frame", "face"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[["video", "frame", "face", "box"]], expected[["video", "frame", "face", "box"]])
+
+
+def test_units_and_shards(meta: pd.DataFrame) -> None:
+    units = plan_units(meta)
+    by_key = {u.key: u for u in units}
+    assert {j.video for j in by_key["realaaaaaa.mp4"].fakes} == {"fakeswapaa.mp4", "fakesameaa.mp4", "fakeempty0.mp4"}
+    assert by_key["fakeorphan.mp4"].original is None
+    assert sorted(j.video for u in units for j in u.jobs) == sorted(meta["video"])
+    for n in (1, 3):
+        parts = [{u.key for u in units if unit_shard(u.key, n) == i} for i in range(n)]
+        assert sum(map(len, parts)) == len(units) and set().union(*parts) == set(by_key)
+    assert unit_shard("abc.mp4", 7) == unit_shard("abc.mp4", 7)
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    with pytest.raises(ValueError, match="lacks column"):
+        plan_units(meta.drop(columns=["original"]))
+
+
+def test_cli_faces(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli"
+    code = main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke", "--size", "48",
+                 "--frames-real", "3", "--frames-fake", "1", "--workers", "1", "--no-progress", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "REAL 3, FAKE 3" in printed and "failed 3" in printed
+    faces = pd.read_csv(out / "faces.csv")
+    assert len(faces) == 6 and cv2.imread(str(out / faces.path[0])).shape == (48, 48, 3)
+    saved = read_config(out / "config.yaml")
+    assert saved.profile == "smoke" and saved.faces.frames_real == 3
+    assert main(["faces", "--data", str(data), "--out", str(out), "--shard", "2/2"]) == 2
+
+
+
+def test_end_to_end_on_mini_dfdc(mini_dfdc: Path, tmp_path: Path) -> None:
+    """The generated mini DFDC (real face photos, face-swapped fakes): every video yields crops."""
+    table, _ = load_metadata(mini_dfdc)
+    cfg = FacesConfig(size=48, frames_real=4, frames_fake=2)
+    report = build_faces(table, tmp_path, cfg, progress=False, device="cpu")
+    assert report.failed == 0, report.failures
+    faces = pd.read_csv(tmp_path / "faces.csv", keep_default_na=False)
+    per = faces.groupby("video").size()
+    reals, fakes = table[table.label == "REAL"], table[table.label == "FAKE"]
+    assert set(faces.video) == set(table.video)
+    assert (per[list(reals.video)] >= cfg.frames_real).all()  # a face in every sampled frame
+    assert (per[list(fakes.video)] >= cfg.frames_fake).all()  # swapped faces are not dropped
+    assert report.dropped_identical == 0
+    assert report.real_crops == int(per[list(reals.video)].sum()) and report.fake_crops == int(per[list(fakes.video)].sum())
+    boxes = faces.set_index(["video", "frame", "face"])["box"]
+    for fake in fakes.itertuples():
+        mine = faces[faces.video == fake.video]
+        assert [boxes[(fake.original, f, k)] for f, k in zip(mine.frame, mine.face)] == list(mine.box)
