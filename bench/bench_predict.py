@@ -1,0 +1,156 @@
+"""Benchmark of the predictor (``make bench-predict``; not a test).
+
+On DFDC-like videos (1920x1080, 30 fps, 10 s, H.264, made by ``dfdc.synth.generate`` and
+cached under bench/out/), runs ``dfdc.predict.predict_videos`` at ``predict.frames`` (32)
+frames per video with one randomly initialised model per architecture (efficientnet-b0
+and -b7 by default, 240 px crops as the recipe) and prints seconds per video:
+
+- decode, detect (+ crop/preprocess): time spent in the worker processes, per video;
+- model: time of the model forwards in the main process, per video;
+- total: wall clock of the run (worker start-up included, model loading excluded) / videos;
+- steady: the same without the pipeline fill (worker start-up + the first video's decode and
+  detection, during which the model has nothing to do): the per-video cost of a long run.
+
+The worker stage runs ``workers`` videos at once, so its throughput time per video is
+(decode + detect + crop) / workers; the stages overlap, so the total should be close to the
+slowest stage: ratio = total / max(worker stage, model), target <= 1.15. Also prints the
+projected time for 4,000 videos (the Kaggle test set): fill + 4,000 x steady.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "predict"
+SHARED = HERE / "out" / "faces" / "data"  # bench_faces.py caches the same videos here
+KAGGLE_VIDEOS = 4000  # videos of the Kaggle test set
+TARGET_RATIO = 1.15  # total within this factor of the slowest stage
+
+
+def bench_config():
+    from dfdc.config import SynthConfig
+
+    return SynthConfig(videos=6, test_videos=0, parts=1, width=1920, height=1080, seconds=10, fps=30)
+
+
+SHAPE_KEYS = ("videos", "test_videos", "parts", "width", "height", "seconds", "fps", "seed")
+
+
+def bench_videos() -> Path:
+    """The folder of 1080p bench videos (reusing bench_faces' cache when it matches)."""
+    from dfdc.synth import generate, read_marker
+
+    synth = bench_config()
+    for data in (SHARED, OUT / "data"):
+        marker = read_marker(data)
+        if marker is not None and all(marker["config"].get(k) == getattr(synth, k) for k in SHAPE_KEYS):
+            print(f"bench videos: {data} (cached)")
+            return data / "dfdc_train_part_0"
+    data = OUT / "data"
+    shutil.rmtree(data, ignore_errors=True)
+    t = time.perf_counter()
+    generate(data, synth)
+    print(f"bench videos: {data} (generated in {time.perf_counter() - t:.0f} s)")
+    return data / "dfdc_train_part_0"
+
+
+def video_set(source: Path, n: int) -> tuple[Path, Path]:
+    """``n`` videos (hard links cycling over the source ones) and a sample submission."""
+    folder = OUT / f"videos{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted(source.glob("*.mp4"))
+    names = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        dst = folder / f"{i:03d}_{src.name}"
+        if not dst.exists():
+            os.link(src, dst)
+        names.append(dst.name)
+    sample = folder.parent / f"sample{n}.csv"
+    pd.DataFrame({"filename": names, "label": 0.5}).to_csv(sample, index=False)
+    return folder, sample
+
+
+def make_run(arch: str, size: int) -> Path:
+    """A one-model run folder with random weights for ``arch`` at ``size`` px."""
+    from dfdc.config import load_config
+    from dfdc.models import create_model, save_checkpoint
+
+    run = OUT / f"run-{arch}-{size}"
+    ckpt = run / "fold0" / "best.pt"
+    if not ckpt.exists():
+        cfg = load_config("b7", [f"model.arch={arch}", "model.pretrained=none", f"faces.size={size}",
+                                 f"train.size={size}"])  # fmt: skip
+        save_checkpoint(ckpt, create_model(cfg.model), cfg, {"fold": 0})
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archs", default="efficientnet-b0,efficientnet-b7", help="comma list of architectures")
+    parser.add_argument("--size", type=int, default=240, help="crop / input side (the recipe: 240)")
+    parser.add_argument("--videos", type=int, default=12, help="videos per run (links over the 6 bench videos)")
+    parser.add_argument("--workers", type=int, default=2, help="decode+detect worker processes")
+    parser.add_argument("--frames", type=int, default=32, help="frames per video")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from dfdc.config import load_config
+    from dfdc.predict import predict_videos
+
+    folder, sample = video_set(bench_videos(), args.videos)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"{args.videos} videos 1920x1080, {args.frames} frames each, {args.workers} workers, device {device}, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")  # fmt: skip
+    rows = []
+    for arch in args.archs.split(","):
+        run = make_run(arch, args.size)
+        cfg = load_config("b7", [f"predict.frames={args.frames}", f"predict.workers={args.workers}",
+                                 "predict.calibration=none"])  # fmt: skip
+        out = OUT / f"sub-{arch}" / "submission.csv"
+        report = predict_videos(folder, run, out, cfg, sample, device)
+        n = max(report.processed, 1)
+        s = report.seconds
+        decode, detect, crop, model = (s[k] / n for k in ("decode", "detect", "crop", "model"))
+        total = (s["total"] - s["setup"]) / n
+        steady = (s["total"] - s["setup"] - s.get("fill", 0.0)) / n  # the pipeline full
+        worker_stage = (decode + detect + crop) / max(args.workers, 1)
+        bound = max(worker_stage, model)
+        rows.append(
+            {
+                "arch": arch,
+                "faces/video": report.faces / n,
+                "decode": decode,
+                "detect": detect,
+                "crop": crop,
+                "worker stage": worker_stage,
+                "model": model,
+                "total": total,
+                "ratio": total / bound,
+                "steady": steady,
+                "steady ratio": steady / bound,
+                "4000 videos (h)": (s.get("fill", 0.0) + steady * KAGGLE_VIDEOS) / 3600,
+                "fallbacks": len(report.fallbacks),
+            }
+        )
+        print(report.summary())
+    table = pd.DataFrame(rows)
+    print("\nseconds per video (worker stage = (decode + detect + crop) / workers; ratio = total / slowest stage)")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nratio total / slowest stage: worst {table['ratio'].max():.2f} with the pipeline fill, "
+          f"{table['steady ratio'].max():.2f} once full (target <= {TARGET_RATIO})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""The per-video predictor (dfdc.predict) and its command (dfdc.cli.predict)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_video import astronaut_frames, make_clip
+
+from dfdc.cli import main as cli_main
+from dfdc.config import Config, load_config
+from dfdc.models import create_model, save_checkpoint
+from dfdc.predict import PredictError, VideoFaces, WorkerSetup, predict_videos, process_video
+
+CLIP = 0.02  # a clip bound other than the default, so the test sees it applied
+OVERRIDES = ["model.arch=tiny-cnn", "faces.size=48", "train.size=48", "predict.frames=4", f"predict.clip={CLIP}"]
+GOOD = ["good0.mp4", "good1.mp4", "short.mp4"]  # short.mp4: truncated but still readable
+BAD = {  # file -> reason prefix in predictions.csv
+    "zero.mp4": "empty file",
+    "garbage.mp4": "unreadable",
+    "cut.mp4": "unreadable",  # truncated before its index (moov atom at the end)
+    "blank.mp4": "no face",
+    "absent.mp4": "missing",
+}
+
+
+def tiny_cfg(*extra: str) -> Config:
+    return load_config("smoke", OVERRIDES + list(extra))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Videos (good and bad), a sample submission in a shuffled order, a 2-fold run."""
+    root = tmp_path_factory.mktemp("predict")
+    videos = root / "test_videos"
+    videos.mkdir()
+    make_clip(videos / "good0.mp4", astronaut_frames(8, seed=1))
+    make_clip(videos / "good1.mp4", astronaut_frames(8, seed=2))
+    short = make_clip(root / "short_full.mp4", astronaut_frames(12, seed=3), faststart=True).read_bytes()
+    (videos / "short.mp4").write_bytes(short[: len(short) * 2 // 3])
+    cut = make_clip(root / "cut_full.mp4", astronaut_frames(8, seed=4)).read_bytes()
+    (videos / "cut.mp4").write_bytes(cut[: len(cut) // 2])
+    (videos / "zero.mp4").write_bytes(b"")
+    (videos / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    make_clip(videos / "blank.mp4", [np.full((240, 320, 3), 128, np.uint8)] * 8)
+    (videos / "extra.mp4").write_bytes(b"not in the sample submission")
+    order = ["blank.mp4", "good1.mp4", "absent.mp4", "zero.mp4", "short.mp4", "garbage.mp4", "good0.mp4", "cut.mp4"]
+    sample = root / "sample_submission.csv"
+    pd.DataFrame({"filename": order, "label": 0.5}).to_csv(sample, index=False)
+    run = root / "run"
+    cfg = tiny_cfg()
+    for fold in range(2):
+        save_checkpoint(run / f"fold{fold}" / "best.pt", create_model(cfg.model), cfg, {"fold": fold})
+    return {"root": root, "videos": videos, "sample": sample, "run": run}
+
+
+@pytest.fixture(scope="module")
+def with_workers(inputs: dict[str, Path]):
+    out = inputs["root"] / "sub_w1" / "submission.csv"
+    report = predict_videos(
+        inputs["videos"], inputs["run"], out, tiny_cfg("predict.workers=1"), inputs["sample"], "cpu", progress=False
+    )
+    return report, out
+
+
+def read(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_csv(out), pd.read_csv(out.parent / "predictions.csv", keep_default_na=False)
+
+
+def test_one_row_per_sample_row_in_order(inputs: dict[str, Path], with_workers) -> None:
+    report, out = with_workers
+    sub, pred = read(out)
+    sample = pd.read_csv(inputs["sample"])
+    assert list(sub.columns) == ["filename", "label"]
+    assert sub["filename"].tolist() == sample["filename"].tolist()  # extra.mp4 on disk is not listed
+    assert list(pred.columns) == ["filename", "label", "raw", "n_faces", "reason"]
+    assert pred["filename"].tolist() == sample["filename"].tolist()
+    assert report.videos == len(sample) and report.models == 2
+    saved = yaml.safe_load((out.parent / "config.yaml").read_text())
+    assert saved["predict"]["clip"] == CLIP and saved["predict"]["workers"] == 1
+
+
+def test_bad_inputs_fall_back_with_their_reason(with_workers) -> None:
+    report, out = with_workers
+    sub, pred = read(out)
+    pred = pred.set_index("filename")
+    for name, reason in BAD.items():
+        assert pred.loc[name, "reason"].split(":")[0] == reason, (name, pred.loc[name, "reason"])
+        assert pred.loc[name, "label"] == 0.5
+        assert report.fallbacks[name].startswith(reason)
+    for name in GOOD:
+        assert pred.loc[name, "reason"] == ""
+        assert pred.loc[name, "n_faces"] >= 1
+    assert pred.loc["good0.mp4", "n_faces"] >= 4  # a face in each of the 4 frames
+    assert report.predicted == len(GOOD) and len(report.fallbacks) == len(BAD)
+    assert report.faces == pred["n_faces"].astype(int).sum()
+
+
+def test_values_are_clipped_probabilities(with_workers) -> None:
+    _, out = with_workers
+    sub, pred = read(out)
+    assert sub["label"].between(CLIP, 1 - CLIP).all()
+    ok = pred[pred["reason"] == ""]
+    raw = ok["raw"].astype(float)
+    assert raw.between(0, 1).all()
+    assert np.allclose(ok["label"].astype(float), raw.clip(CLIP, 1 - CLIP))  # temperature 1: clip only
+
+
+def test_ensemble_is_the_mean_of_the_folds(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Each fold alone, then both: with mean aggregation the 2-fold video P(FAKE) (mean over
+    faces of the folds' mean) is the mean of the single folds' video P(FAKE)."""
+    one = tmp_path / "one.csv"
+    pd.DataFrame({"filename": ["good0.mp4"], "label": 0.5}).to_csv(one, index=False)
+    raws = []
+    for fold in (0, 1, None):
+        run = inputs["run"]
+        if fold is not None:
+            run = tmp_path / f"only{fold}"
+            (run / f"fold{fold}").mkdir(parents=True)
+            os.link(inputs["run"] / f"fold{fold}" / "best.pt", run / f"fold{fold}" / "best.pt")
+        sub = tmp_path / f"sub{fold}" / "submission.csv"
+        cfg = tiny_cfg("predict.workers=0", "predict.aggregation=mean")
+        report = predict_videos(inputs["videos"], run, sub, cfg, one, "cpu", progress=False)
+        assert report.models == (2 if fold is None else 1) and report.predicted == 1
+        raws.append(float(read(sub)[1].loc[0, "raw"]))
+    assert raws[0] != pytest.approx(raws[1], abs=1e-9)  # the folds differ
+    assert raws[2] == pytest.approx((raws[0] + raws[1]) / 2, abs=1e-6)
+
+
+def test_inline_cli_matches_workers_and_tta_is_structural(inputs: dict[str, Path], with_workers, capsys) -> None:
+    _, out_w1 = with_workers
+    out = inputs["root"] / "sub_cli" / "submission.csv"
+    sets = [x for o in OVERRIDES for x in ("--set", o)]
+    base = ["predict", "--profile", "smoke", *sets, "--videos", str(inputs["videos"]), "--models", str(inputs["run"])]
+    base += ["--workers", "0", "--device", "cpu", "--no-progress"]
+    assert cli_main(base + ["--out", str(out)]) == 0  # sample_submission.csv beside the videos folder is found
+    printed = capsys.readouterr().out
+    assert "calibration: aggregation=confident" in printed and "fallbacks: 5" in printed
+    w1, w0 = read(out_w1)[1], read(out)[1]
+    assert w0["filename"].tolist() == w1["filename"].tolist()
+    assert w0["reason"].tolist() == w1["reason"].tolist()
+    assert np.allclose(w0["label"].astype(float), w1["label"].astype(float), atol=1e-5)
+
+    two = inputs["root"] / "two.csv"
+    pd.DataFrame({"filename": ["blank.mp4", "good1.mp4"], "label": 0.5}).to_csv(two, index=False)
+    out_tta = inputs["root"] / "sub_tta" / "submission.csv"
+    assert cli_main(base + ["--out", str(out_tta), "--tta-flip", "--sample-submission", str(two)]) == 0
+    tta = read(out_tta)[1]
+    same = w0.set_index("filename").loc[["blank.mp4", "good1.mp4"]].reset_index()
+    assert tta[["filename", "reason", "n_faces"]].equals(same[["filename", "reason", "n_faces"]])
+    assert tta["label"].astype(float).between(CLIP, 1 - CLIP).all()
+    saved = yaml.safe_load((out_tta.parent / "config.yaml").read_text())
+    assert saved["predict"]["tta_flip"] is True
+
+
+def test_zero_time_budget_gives_all_fallbacks_and_a_file(inputs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sub" / "submission.csv"
+    cfg = tiny_cfg("predict.workers=1", "predict.time_budget=1e-9")
+    report = predict_videos(inputs["videos"], inputs["run"], out, cfg, inputs["sample"], "cpu", progress=False)
+    sub, pred = read(out)
+    assert len(sub) == 8 and (sub["label"] == 0.5).all()
+    assert report.predicted == 0
+    reasons = pred.set_index("filename")["reason"]
+    for name in GOOD + ["blank.mp4", "garbage.mp4", "cut.mp4"]:
+        assert reasons[name].startswith("time budget")
+    assert reasons["absent.mp4"] == "missing"
+    assert "time budget" in capsys.readouterr().err
+
+
+def test_calibration_file_is_used_unless_overridden(inputs: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "fold0").mkdir(parents=True)
+    os.link(inputs["run"] / "fold0" / "best.pt", run / "fold0" / "best.pt")
+    (run / "calibration.json").write_text(json.dumps({"aggregation": "mean", "temperature": 2.0, "clip": 0.05}))
+    cfg = tiny_cfg("predict.time_budget=1e-9", "predict.workers=0")
+    out = tmp_path / "a" / "submission.csv"
+    report = predict_videos(inputs["videos"], run, out, cfg, inputs["sample"], "cpu", progress=False)
+    assert report.calibration == {"aggregation": "mean", "temperature": 2.0, "clip": 0.05,
+                                  "source": str(run / "calibration.json")}
+    assert "temperature=2" in report.summary()
+    cfg = tiny_cfg("predict.time_budget=1e-9", "predict.workers=0")
+    report = predict_videos(inputs["videos"], run, out, cfg, inputs["sample"], "cpu", progress=False,
+                            explicit={"clip"})
+    assert report.calibration["clip"] == CLIP and report.calibration["temperature"] == 2.0
+    cfg = tiny_cfg("predict.time_budget=1e-9", "predict.workers=0", "predict.calibration=none")
+    report = predict_videos(inputs["videos"], run, out, cfg, inputs["sample"], "cpu", progress=False)
+    assert report.calibration["aggregation"] == "confident" and report.calibration["temperature"] == 1.0
+    (run / "calibration.json").write_text("{not json")
+    with pytest.raises(PredictError, match="calibration.json"):
+        predict_videos(inputs["videos"], run, out, tiny_cfg(), inputs["sample"], "cpu", progress=False)
+
+
+def test_clear_errors_for_unusable_run_inputs(inputs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "sub.csv"
+    with pytest.raises(PredictError, match="no fold"):
+        predict_videos(inputs["videos"], tmp_path, out, tiny_cfg(), inputs["sample"], "cpu", progress=False)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,label\na.mp4,0.5\n")
+    with pytest.raises(PredictError, match="filename"):
+        predict_videos(inputs["videos"], inputs["run"], out, tiny_cfg(), bad, "cpu", progress=False)
+    assert not out.exists()
+
+
+def crashing_process(path: str, setup: WorkerSetup) -> VideoFaces:
+    """A worker that dies on 'crash*' videos and raises on 'raise*' ones (spawn-importable)."""
+    name = Path(path).name
+    if name.startswith("crash"):
+        os._exit(3)
+    if name.startswith("raise"):
+        raise MemoryError("simulated out of memory in the worker")
+    return process_video(path, setup)
+
+
+def test_dead_or_failing_worker_gives_fallbacks_not_an_abort(inputs: dict[str, Path], tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("a.mp4", "crash.mp4", "raise.mp4", "b.mp4"):
+        os.link(inputs["videos"] / "good0.mp4", videos / name)
+    out = tmp_path / "sub" / "submission.csv"
+    cfg = tiny_cfg("predict.workers=1", "predict.prefetch=4")  # all four in flight when the worker dies
+    report = predict_videos(videos, inputs["run"], out, cfg, None, "cpu", progress=False, process=crashing_process)
+    pred = read(out)[1].set_index("filename")
+    assert pred.index.tolist() == ["a.mp4", "b.mp4", "crash.mp4", "raise.mp4"]  # sorted mp4s, no sample
+    assert pred.loc["crash.mp4", "reason"].startswith("worker died")
+    assert pred.loc["raise.mp4", "reason"].startswith("error: MemoryError")
+    assert pred.loc["a.mp4", "reason"] == "" and pred.loc["b.mp4", "reason"] == ""
+    assert report.predicted == 2
+
+
+def test_mini_dfdc_test_videos_end_to_end(mini_dfdc: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
+    """The DFDC layout: test_videos/ + sample_submission.csv -> one prediction per row, faces found."""
+    sample = mini_dfdc / "sample_submission.csv"
+    out = tmp_path / "submission.csv"
+    cfg = tiny_cfg("predict.workers=0")
+    report = predict_videos(mini_dfdc / "test_videos", inputs["run"], out, cfg, sample, "cpu", progress=False)
+    sub, pred = read(out)
+    assert sub["filename"].tolist() == pd.read_csv(sample)["filename"].tolist()
+    # the synthetic test videos are readable; MTCNN may miss a face in a few of 4 frames only
+    assert all(r.startswith("no face") for r in report.fallbacks.values()), report.fallbacks
+    assert report.predicted >= len(sub) - 1 and (pred.loc[pred["reason"] == "", "n_faces"].astype(int) >= 1).all()
+    assert sub["label"].between(CLIP, 1 - CLIP).all()
