@@ -1,0 +1,80 @@
+"""``python -m dfdc kernel``: a run's models -> offline Kaggle kernel bundle [-> push | local run]."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dfdc.config import Config, set_value
+from dfdc.kernel import (
+    KernelError,
+    build_bundle,
+    find_credentials,
+    local_inputs,
+    push_bundle,
+    resolve_username,
+    run_local,
+)
+
+HELP = "build the offline Kaggle kernel + weights dataset of a run; --push uploads it, --local runs it here"
+
+PLACEHOLDER_USER = "your-kaggle-username"  # build-only bundles when no username is known
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", type=Path, required=True, help="run folder with fold*/best.pt (runs/NAME)")
+    parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: kernel.build_dir, kernels/build)")
+    parser.add_argument("--push", action="store_true", help="upload the dataset and push the kernel with the kaggle CLI")
+    parser.add_argument(
+        "--local", type=Path, default=None, metavar="DATA_ROOT",
+        help="run the kernel here, offline, on DATA_ROOT/test_videos + sample_submission.csv",
+    )
+    parser.add_argument("--slug", default=None, help="kernel slug (kernel.slug)")
+    parser.add_argument("--dataset-slug", default=None, help="weights dataset slug, 6-50 chars (kernel.dataset_slug)")
+    parser.add_argument("--username", default=None, help="Kaggle user owning both (default: from the credentials)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per kaggle CLI call (kernel.push_timeout)")
+    parser.add_argument("--public", action="store_true", default=None, help="make the kernel public (default private)")
+
+
+def run(args: argparse.Namespace, cfg: Config) -> int:
+    set_value(cfg, "kernel", "slug", args.slug)
+    set_value(cfg, "kernel", "dataset_slug", args.dataset_slug)
+    set_value(cfg, "kernel", "push_timeout", args.timeout)
+    if args.public:
+        set_value(cfg, "kernel", "private", False)
+    try:
+        if args.push:
+            find_credentials()  # before any work: nothing is built or sent without them
+        if args.local is not None:
+            local_inputs(args.local)  # fail before the build, not after
+        username = resolve_username(args.username)
+        if username is None:
+            if args.push:
+                print("error: no Kaggle username: pass --username or set KAGGLE_USERNAME", file=sys.stderr)
+                return 2
+            username = PLACEHOLDER_USER
+            print(f"note: no Kaggle username known; the bundle uses {username!r} (pass --username)", file=sys.stderr)
+        out = args.out or Path(cfg.kernel.build_dir)
+        bundle = build_bundle(args.models, out, cfg, username)
+        print(
+            f"bundle: {bundle.dataset_dir} ({len(bundle.folds)} folds, {bundle.weights_bytes / 1e6:.1f} MB fp16 weights) "
+            f"and {bundle.kernel_dir}; dataset {bundle.dataset_id}, kernel {bundle.kernel_id}"
+        )
+        if args.local is not None:
+            local = run_local(bundle, args.local, cfg)
+            print(
+                f"local kernel run: {local.status}; {local.rows} rows, {local.fallback_rows} at the fallback, "
+                f"{local.seconds:.1f} s; {local.submission} (log {local.log})"
+            )
+            if local.status != "ok":
+                print(f"error: the kernel fell back to the fallback submission; see {local.log}", file=sys.stderr)
+                return 1
+        if args.push:
+            report = push_bundle(bundle, cfg.kernel.push_timeout)
+            print(f"dataset {bundle.dataset_id}: {report.dataset_action}d")
+            print(f"kernel {bundle.kernel_id} pushed" + (f": {report.kernel_url}" if report.kernel_url else ""))
+    except KernelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
