@@ -26,6 +26,8 @@ folder, atomically. The predictor reads them with ``load_calibration`` +
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from dfdc.metrics import log_loss, plot_reliability
 
 OOF_FACES = "oof_faces.csv"
 CALIBRATION = "calibration.json"
+CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
 CALIBRATION_PLOT = "calibration.png"
 OOF_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
 
@@ -151,27 +154,41 @@ def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
     return result
 
 
-def load_calibration(run_dir: Path) -> dict[str, Any] | None:
-    """``run_dir/calibration.json`` as a dict, or None when the run has none."""
-    path = Path(run_dir) / CALIBRATION
-    if not path.is_file():
-        return None
-    import json
-
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A ``calibration.json`` as a dict, validated (keys present, values in range)."""
+    path = Path(path)
+    fix = "rerun `python -m dfdc calibrate --run RUN` or pass --set predict.calibration=none"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"{path}: unreadable ({exc}); rerun `python -m dfdc calibrate --run {run_dir}` or delete it") from None
-    if not isinstance(data, dict) or not {"aggregation", "temperature", "clip"} <= set(data):
-        raise CalibrationError(f"{path}: expected aggregation, temperature, clip; rerun `python -m dfdc calibrate`")
+        raise CalibrationError(f"{path}: unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict) or not set(CALIBRATION_KEYS) <= set(data):
+        raise CalibrationError(f"{path}: expected a JSON object with {', '.join(CALIBRATION_KEYS)}; {fix}")
+    try:
+        method, temperature, bound = data["aggregation"], float(data["temperature"]), float(data["clip"])
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{path}: temperature and clip must be numbers; {fix}") from None
+    if method not in METHODS or not temperature > 0 or not 0 <= bound < 0.5:
+        raise CalibrationError(f"{path}: values out of range: {method!r}, T={temperature}, clip={bound}; {fix}")
     return data
 
 
-def apply_calibration(cfg: PredictConfig, calibration: dict[str, Any]) -> PredictConfig:
-    """A copy of ``cfg`` using the calibrated aggregation, temperature and clip (validated)."""
-    method = calibration["aggregation"]
-    temperature = float(calibration["temperature"])
-    bound = float(calibration["clip"])
-    if method not in METHODS or not temperature > 0 or not 0 <= bound < 0.5:
-        raise CalibrationError(f"calibration values out of range: {method!r}, T={temperature}, clip={bound}")
-    return dataclasses.replace(cfg, aggregation=method, temperature=temperature, clip=bound)
+def load_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/calibration.json`` as a validated dict, or None when the run has none."""
+    path = Path(run_dir) / CALIBRATION
+    return read_calibration(path) if path.is_file() else None
+
+
+def apply_calibration(
+    cfg: PredictConfig, calibration: dict[str, Any], explicit: Collection[str] = ()
+) -> PredictConfig:
+    """A copy of ``cfg`` with the calibrated aggregation, temperature and clip, except the
+    ``explicit`` keys (set by the user on the command line, which win)."""
+    values = {
+        "aggregation": str(calibration["aggregation"]),
+        "temperature": float(calibration["temperature"]),
+        "clip": float(calibration["clip"]),
+    }
+    if values["aggregation"] not in METHODS or not values["temperature"] > 0 or not 0 <= values["clip"] < 0.5:
+        raise CalibrationError(f"calibration values out of range: {values}")
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

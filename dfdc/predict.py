@@ -23,10 +23,9 @@ projected finish would not fit; they get the fallback too. Outputs are written a
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
+import dataclasses
 import math
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Collection
@@ -38,12 +37,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dfdc.calibrate import CALIBRATION, CalibrationError, apply_calibration, read_calibration
 from dfdc.config import Config, FacesConfig, PredictConfig, config_from_dict, read_config, save_config, warn
 from dfdc.io import atomic_write_csv
 
 # Keys of calibration.json that set PredictConfig fields of the same name.
-CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
-CALIBRATION_FILE = "calibration.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
 
@@ -140,46 +138,23 @@ class PredictReport:
 # --------------------------------------------------------------------------- calibration
 
 
-def load_calibration(run_dir: Path, cfg: PredictConfig) -> tuple[dict[str, Any] | None, str]:
-    """The calibration to use per ``cfg.calibration``: ("auto" | "none" | a JSON path).
+def resolve_calibration(run_dir: Path, cfg: PredictConfig) -> tuple[dict[str, Any] | None, str]:
+    """The calibration to use per ``cfg.calibration`` ("auto" | "none" | a JSON path).
 
-    Returns (the JSON mapping or None, its source for printing).
+    Returns (the validated mapping or None, its source for printing).
     """
     choice = cfg.calibration.strip()
     if choice.lower() == "none":
         return None, "config (calibration disabled)"
-    path = Path(run_dir) / CALIBRATION_FILE if choice.lower() == "auto" else Path(choice)
+    path = Path(run_dir) / CALIBRATION if choice.lower() == "auto" else Path(choice)
     if not path.is_file():
         if choice.lower() == "auto":
             return None, "config (no calibration.json in the run)"
         raise PredictError(f"{path}: calibration file not found; fix --set predict.calibration or use 'none'")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PredictError(
-            f"{path}: not readable JSON ({exc}); rerun `python -m dfdc calibrate` or pass "
-            "--set predict.calibration=none"
-        ) from None
-    if not isinstance(data, dict):
-        raise PredictError(f"{path}: expected a JSON object with {', '.join(CALIBRATION_KEYS)}")
-    return data, str(path)
-
-
-def apply_calibration(
-    cfg: PredictConfig, calibration: dict[str, Any] | None, explicit: Collection[str] = (), where: str = ""
-) -> None:
-    """Set aggregation/temperature/clip from ``calibration`` except the ``explicit`` keys."""
-    if not calibration:
-        return
-    for key in CALIBRATION_KEYS:
-        if key in calibration and key not in explicit:
-            current = getattr(cfg, key)
-            value = calibration[key]
-            try:
-                value = type(current)(value)
-            except (TypeError, ValueError):
-                raise PredictError(f"{where}: {key}={value!r} is not a {type(current).__name__}") from None
-            setattr(cfg, key, value)
+        return read_calibration(path), str(path)
+    except CalibrationError as exc:
+        raise PredictError(str(exc)) from None
 
 
 def _check_predict_config(cfg: PredictConfig) -> None:
@@ -555,8 +530,10 @@ def predict_videos(
     t_start = time.perf_counter()
     pcfg = cfg.predict
     run_dir, out_csv = Path(run_dir), Path(out_csv)
-    calibration, source = load_calibration(run_dir, pcfg)
-    apply_calibration(pcfg, calibration, explicit, source)
+    calibration, source = resolve_calibration(run_dir, pcfg)
+    if calibration:
+        pcfg = apply_calibration(pcfg, calibration, explicit)
+        cfg = dataclasses.replace(cfg, predict=pcfg)
     _check_predict_config(pcfg)
     names = list_videos(videos_dir, sample_submission)
     dev = _resolve_device(device)

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from dfdc.config import Config, set_value
-from dfdc.predict import CALIBRATION_KEYS, PredictError, predict_videos
+from dfdc.calibrate import CALIBRATION_KEYS
+from dfdc.predict import PredictError, predict_videos
 
 HELP = "predict P(FAKE) per video with every fold model of a run -> submission.csv"
 
