@@ -1,0 +1,101 @@
+"""dfdc.models: registry, pretrained weights from a local file, checkpoints, fp16 export."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfdc.config import Config, ModelConfig
+from dfdc.models import (
+    PretrainedWeightsError, CheckpointError, create_model, export_half, fake_probability, list_models,
+    load_checkpoint, register, save_checkpoint,
+)
+
+
+def _b0(pretrained: str = "none") -> ModelConfig:
+    return ModelConfig(arch="efficientnet-b0", pretrained=pretrained, dropout=0.2)
+
+
+def test_registry_builds_models_by_name() -> None:
+    assert {"tiny-cnn", "efficientnet-b0", "efficientnet-b7"} <= set(list_models())
+    x = torch.randn(2, 3, 64, 64)
+    for cfg in (_b0(), ModelConfig(arch="tiny-cnn", pretrained="none")):
+        model = create_model(cfg).eval()
+        logits = model(x)
+        assert logits.shape == (2, 2)
+        p = fake_probability(logits)
+        assert torch.allclose(p, torch.softmax(logits, 1)[:, 1]) and ((p > 0) & (p < 1)).all()
+    with pytest.raises(ValueError, match="unknown model arch 'nope'"):
+        create_model(ModelConfig(arch="nope"))
+    with pytest.raises(ValueError, match="already registered"):
+        register("tiny-cnn")(lambda cfg: torch.nn.Identity())
+
+
+def test_local_pretrained_file_loads_backbone(tmp_path: Path) -> None:
+    from efficientnet_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    source = EfficientNet.from_name("efficientnet-b0")  # its own keys, ImageNet head included
+    plain = tmp_path / "b0.pth"
+    torch.save(source.state_dict(), plain)
+    wrapped = tmp_path / "b0_wrapped.pth"
+    torch.save({"state_dict": source.state_dict(), "epoch": 3}, wrapped)
+    for path in (plain, wrapped):
+        model = create_model(_b0(str(path)))
+        for key, value in model.encoder.state_dict().items():
+            assert torch.equal(value, source.state_dict()[key]), key
+    random_model = create_model(_b0("none"))
+    assert not torch.equal(random_model.encoder._conv_stem.weight, source._conv_stem.weight)
+
+
+def test_bad_pretrained_weights_fail_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = tmp_path / "tiny.pth"
+    torch.save(create_model(ModelConfig(arch="tiny-cnn", pretrained="none")).state_dict(), wrong)
+    with pytest.raises(PretrainedWeightsError, match=r"do not fit.*--pretrained PATH.*pretrained: none"):
+        create_model(_b0(str(wrong)))
+    with pytest.raises(PretrainedWeightsError, match=r"not found.*--pretrained PATH"):
+        create_model(_b0(str(tmp_path / "missing.pth")))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"\x00not a torch file")
+    with pytest.raises(PretrainedWeightsError, match="cannot be read"):
+        create_model(_b0(str(garbage)))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PretrainedWeightsError, match=r"cannot download.*offline\?.*--pretrained PATH"):
+        create_model(_b0("imagenet"))
+
+
+def test_checkpoint_roundtrip_and_half_export(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.model = _b0("none")
+    torch.manual_seed(1)
+    model = create_model(cfg.model).eval()
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.3, -0.2]))
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, model, cfg, {"fold": 2, "epoch": 4, "val_logloss": 0.41})
+    cfg.model.pretrained = "imagenet"  # ignored when loading: the checkpoint has the weights
+    loaded, meta = load_checkpoint(ckpt, "cpu")
+    assert meta["arch"] == "efficientnet-b0" and meta["fold"] == 2 and meta["epoch"] == 4 and meta["val_logloss"] == 0.41
+    assert meta["config"]["model"]["arch"] == "efficientnet-b0"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    half = tmp_path / "best_fp16.pt"
+    export_half(ckpt, half)
+    assert half.stat().st_size < 0.6 * ckpt.stat().st_size
+    model16, meta16 = load_checkpoint(half, "cpu")
+    assert meta16["half"] is True and next(model16.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.allclose(model16(x), model(x), atol=5e-2)
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "none.pt")
