@@ -88,7 +88,7 @@ calibrate: $(STAMP)
 	$(DFDC) calibrate --run $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
 
 predict: data
-	$(DFDC) predict --videos $(DATA)/test_videos --models $(RUN_DIR) --out $(SUBMISSION) $(SET_FLAGS)
+	$(DFDC) predict --videos $(DATA)/test_videos --models $(RUN_DIR) --out $(SUBMISSION) --profile $(PROFILE) $(SET_FLAGS)
 
 score: $(STAMP)
 	$(DFDC) score --submission $(SUBMISSION) --labels $(LABELS)
