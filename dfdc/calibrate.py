@@ -36,7 +36,7 @@ import pandas as pd
 
 from dfdc.aggregate import METHODS, aggregate, apply_temperature, clip
 from dfdc.config import PredictConfig
-from dfdc.io import atomic_write_json
+from dfdc.io import atomic_write_json, read_table
 from dfdc.metrics import log_loss, plot_reliability
 
 OOF_FACES = "oof_faces.csv"
@@ -54,15 +54,8 @@ def read_oof_faces(path: Path) -> pd.DataFrame:
     """Read and validate ``oof_faces.csv``."""
     path = Path(path)
     fix = "run `python -m dfdc train` to (re)write it"
-    if not path.is_file():
-        raise CalibrationError(f"{path} not found; {fix}")
-    try:
-        df = pd.read_csv(path, dtype={"video": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CalibrationError(f"{path}: not a readable CSV ({exc}); {fix}") from None
-    missing = [c for c in OOF_COLUMNS if c not in df.columns]
-    if missing:
-        raise CalibrationError(f"{path}: missing column(s) {missing}; expected {','.join(OOF_COLUMNS)}; {fix}")
+    df = read_table(path, OOF_COLUMNS, error=CalibrationError, fix=fix, what="out-of-fold faces file",
+                    dtype={"video": str})
     if df.empty:
         raise CalibrationError(f"{path}: no rows; {fix}")
     prob = pd.to_numeric(df["prob"], errors="coerce")

@@ -24,6 +24,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from dfdc.io import read_table
+
 LABELS = {"REAL": 0, "FAKE": 1}
 FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "path", "box", "prob")
 FOLDS_COLUMNS = ("video", "label", "fold")
@@ -35,17 +37,7 @@ class DataError(ValueError):
 
 
 def _read_csv(path: Path, needed: tuple[str, ...], what: str, fix: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {path} not found; {fix}")
-    try:
-        table = pd.read_csv(path, dtype={"video": str, "label": str, "path": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read as CSV ({exc}); {fix}") from None
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(table.columns)}); {fix}")
-    return table
+    return read_table(path, needed, error=DataError, fix=fix, what=what, dtype={"video": str, "label": str, "path": str})
 
 
 def load_face_table(faces_dir: Path, folds_csv: Path) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from dfdc.config import FoldsConfig, warn
-from dfdc.io import atomic_write_csv
+from dfdc.io import atomic_write_csv, read_table
 from dfdc.metadata import MetadataReport, load_metadata
 
 GROUP_BY = ("original", "part")
@@ -145,15 +145,9 @@ def write_folds(df: pd.DataFrame, path: Path) -> None:
 def read_folds(path: Path) -> pd.DataFrame:
     """Read a folds CSV written by ``write_folds``, with clear errors."""
     path = Path(path)
-    if not path.is_file():
-        raise FoldsError(f"folds file {path} not found; make it with `python -m dfdc folds --data ROOT --out {path}`")
-    try:
-        df = pd.read_csv(path, dtype={"video": str, "part": str, "label": str, "original": object, "group": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise FoldsError(f"{path}: not a readable CSV ({exc}); regenerate it with `python -m dfdc folds`") from None
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise FoldsError(f"{path}: missing column(s) {missing}; regenerate it with `python -m dfdc folds`")
+    df = read_table(path, COLUMNS, error=FoldsError, what="folds file",
+                    fix=f"make it with `python -m dfdc folds --data ROOT --out {path}`",
+                    dtype={"video": str, "part": str, "label": str, "original": object, "group": str})
     if not pd.api.types.is_integer_dtype(df["fold"]):
         raise FoldsError(f"{path}: column fold must hold integers; regenerate it with `python -m dfdc folds`")
     bad = sorted(set(df["label"]) - {"REAL", "FAKE"})

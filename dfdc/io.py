@@ -82,3 +82,34 @@ def clean_temp_files(folder: Path | str) -> int:
             tmp.unlink()
             removed += 1
     return removed
+
+
+def read_table(
+    path: Path | str,
+    columns: tuple[str, ...] | list[str],
+    *,
+    error: type[Exception],
+    fix: str,
+    what: str = "table",
+    **read_csv_kwargs: Any,
+) -> Any:
+    """Read a CSV with ``columns`` into a DataFrame; any problem raises ``error`` naming the
+    file and ``fix`` (missing file, unreadable CSV, missing columns). Header names are
+    stripped of spaces, so a hand-edited `filename, label` still reads."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} not found; {fix}")
+    try:
+        df = pd.read_csv(path, **read_csv_kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{path}: not a readable CSV ({exc}); {fix}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise error(
+            f"{path}: missing column(s) {', '.join(missing)} (expected {','.join(columns)}; "
+            f"has {','.join(df.columns)}); {fix}"
+        )
+    return df

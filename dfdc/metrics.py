@@ -19,7 +19,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from dfdc.aggregate import EPS
-from dfdc.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from dfdc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_table
 
 ACCURACY_THRESHOLD = 0.5  # a video counts as predicted FAKE when P(FAKE) > 0.5
 RELIABILITY_BINS = 10  # equal-width probability bins of the reliability diagram
@@ -116,16 +116,7 @@ def plot_reliability(y: np.ndarray, curves: dict[str, np.ndarray], path: Path, t
 
 def _read_csv(path: Path, what: str, fix: str) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise ScoreError(f"{what} {path} not found; {fix}")
-    try:
-        df = pd.read_csv(path, dtype={"filename": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ScoreError(f"{path}: not a readable CSV ({exc}); {fix}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("filename", "label") if c not in df.columns]
-    if missing:
-        raise ScoreError(f"{path}: missing column(s) {missing}; expected a header `filename,label`; {fix}")
+    df = read_table(path, ("filename", "label"), error=ScoreError, fix=fix, what=what, dtype={"filename": str})
     df["filename"] = df["filename"].astype(str).str.strip()
     dup = df.loc[df["filename"].duplicated(), "filename"].tolist()
     if dup:
@@ -173,12 +164,8 @@ def _fallbacks(submission: Path, scored: set[str]) -> dict[str, Any] | None:
     path = Path(submission).parent / PREDICTIONS_NAME
     if not path.is_file():
         return None
-    try:
-        df = pd.read_csv(path, dtype={"filename": str, "reason": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ScoreError(f"{path}: not a readable CSV ({exc}); rerun the predictor or delete the file") from None
-    if not {"filename", "reason"} <= set(df.columns):
-        raise ScoreError(f"{path}: expected columns filename,label,raw,n_faces,reason; rerun the predictor or delete the file")
+    df = read_table(path, ("filename", "reason"), error=ScoreError, fix="rerun the predictor or delete the file",
+                    what="predictions file", dtype={"filename": str, "reason": str}, keep_default_na=False)
     failed = df[(df["reason"].str.strip() != "") & df["filename"].isin(scored)]
     return {"count": int(len(failed)), "reasons": failed["reason"].value_counts().to_dict(), "file": path.name}
 

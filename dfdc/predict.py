@@ -39,7 +39,7 @@ import pandas as pd
 
 from dfdc.calibrate import CALIBRATION, CalibrationError, apply_calibration, read_calibration
 from dfdc.config import Config, FacesConfig, PredictConfig, config_from_dict, read_config, save_config, warn
-from dfdc.io import atomic_write_csv
+from dfdc.io import atomic_write_csv, read_table
 
 # Keys of calibration.json that set PredictConfig fields of the same name.
 PREDICTIONS_FILE = "predictions.csv"
@@ -182,12 +182,9 @@ def list_videos(videos_dir: Path, sample_submission: Path | None) -> list[str]:
     if sample_submission is None:
         return sorted(p.name for p in Path(videos_dir).glob("*.mp4"))
     path = Path(sample_submission)
-    try:
-        frame = pd.read_csv(path, dtype={"filename": str})
-    except (OSError, ValueError) as exc:
-        raise PredictError(f"{path}: cannot read the sample submission ({exc})") from None
-    if "filename" not in frame.columns:
-        raise PredictError(f"{path}: no 'filename' column; expected the columns filename,label")
+    frame = read_table(path, ("filename",), error=PredictError, what="sample submission",
+                       fix="pass the competition's sample_submission.csv (columns filename,label)",
+                       dtype={"filename": str})
     names = frame["filename"].astype(str).str.strip().tolist()
     if any(n in ("", "nan") for n in names):
         raise PredictError(f"{path}: empty file names in the 'filename' column; fix the file")
