@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from dfdc.config import warn
 from dfdc.io import read_table
 
 LABELS = {"REAL": 0, "FAKE": 1}
@@ -60,7 +60,7 @@ def load_face_table(faces_dir: Path, folds_csv: Path) -> pd.DataFrame:
     if unassigned.all():
         raise DataError(f"no video of {faces_dir / 'faces.csv'} is in {folds_csv}; were both built from the same data?")
     if unassigned.any():
-        _warn(f"{int(unassigned.sum())} crops of {table.loc[unassigned, 'video'].nunique()} videos have no fold "
+        warn(f"{int(unassigned.sum())} crops of {table.loc[unassigned, 'video'].nunique()} videos have no fold "
               f"in {folds_csv}; skipped (rebuild the folds to include them)")
         table = table[~unassigned]
     table["fold"] = table["fold"].astype(int)
@@ -69,7 +69,7 @@ def load_face_table(faces_dir: Path, folds_csv: Path) -> pd.DataFrame:
     exists = np.fromiter((Path(f).is_file() for f in table["file"]), dtype=bool, count=len(table))
     if not exists.all():
         first = table.loc[~exists, "file"].iloc[0]
-        _warn(f"{int((~exists).sum())} crop files listed in {faces_dir / 'faces.csv'} are missing (first: {first}); "
+        warn(f"{int((~exists).sum())} crop files listed in {faces_dir / 'faces.csv'} are missing (first: {first}); "
               "skipped (rerun `dfdc faces` to rebuild them)")
         table = table[exists]
     if table.empty:
@@ -174,7 +174,3 @@ class BalancedEpochSampler(Sampler[int]):
 def shard(indices: np.ndarray, num_replicas: int, rank: int) -> np.ndarray:
     """Rank ``rank``'s disjoint share of ``indices`` (no padding; for validation)."""
     return np.asarray(indices)[rank::num_replicas]
-
-
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)

@@ -53,6 +53,7 @@ import pandas as pd
 from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_face
 from dfdc.io import TEMP_MARK, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from dfdc.threads import limit_threads
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
 
 MANIFEST_COLUMNS = ["video", "part", "label", "original", "frame", "face", "path", "box", "prob"]
@@ -218,11 +219,7 @@ _STATE: dict[str, Any] = {}
 
 def _init_worker(cfg: FacesConfig, out_dir: str, device: str | None, threads: int) -> None:
     """Per-process setup: thread limits and one detector per worker."""
-    if threads > 0:
-        import torch
-
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
+    limit_threads(threads)
     _STATE.clear()
     _STATE.update(cfg=cfg, out=Path(out_dir), device=device, detector=None)
 

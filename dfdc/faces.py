@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from dfdc.config import FacesConfig
+from dfdc.threads import torch_threads
 
 PAD_VALUE = 0  # constant border where a crop leaves the frame (black, as PadIfNeeded's default)
 
@@ -97,17 +98,9 @@ class FaceDetector:
                 shape = getattr(frame, "shape", type(frame).__name__)
                 raise ValueError(f"FaceDetector.detect: frame {i} must be an H x W x 3 RGB array, got {shape}")
             groups.setdefault(frame.shape, []).append(i)
-        import torch
-
         batch = max(1, int(self.cfg.detect_batch))
-        threads = torch.get_num_threads()
-        if self.cfg.detect_threads > 0:
-            torch.set_num_threads(self.cfg.detect_threads)  # restored below
-        try:
+        with torch_threads(self.cfg.detect_threads):
             self._detect_groups(frames, groups, batch, results)
-        finally:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
         return results
 
     def _detect_groups(self, frames, groups, batch: int, results: list[list[Detection]]) -> None:

@@ -40,6 +40,7 @@ import pandas as pd
 from dfdc.calibrate import CALIBRATION, CalibrationError, apply_calibration, read_calibration
 from dfdc.config import Config, FacesConfig, PredictConfig, config_from_dict, read_config, save_config, warn
 from dfdc.io import atomic_write_csv, read_table
+from dfdc.threads import limit_threads
 
 # Keys of calibration.json that set PredictConfig fields of the same name.
 PREDICTIONS_FILE = "predictions.csv"
@@ -248,12 +249,7 @@ def _worker_state(setup: WorkerSetup) -> dict[str, Any]:
 
 def _init_worker(threads: int) -> None:
     """Pool initializer: limit this process's threads before any work."""
-    import cv2
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
+    limit_threads(threads)
 
 
 def process_video(path: str, setup: WorkerSetup) -> VideoFaces:

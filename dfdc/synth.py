@@ -50,6 +50,7 @@ import pandas as pd
 
 from dfdc.config import ConfigError, SynthConfig
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, clean_temp_files
+from dfdc.threads import torch_threads
 
 SYNTH_VERSION = 1  # bump when the same config would produce different videos
 MARKER = ".synth.json"
@@ -171,12 +172,9 @@ def _photo_sources() -> list[tuple[str, str, np.ndarray]]:
 @functools.lru_cache(maxsize=4)
 def load_identities(lfw_faces: int, sharpen: float = 0.0) -> tuple[Identity, ...]:
     """The fixed identity list: package photos, then the first ``lfw_faces`` usable LFW faces."""
-    import torch
     from skimage import data
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a few small images: threads only add overhead
-    try:
+    with torch_threads(1):  # a few small images: threads only add overhead
         detector = _mtcnn()
         identities = []
         for name, source, image in _photo_sources():
@@ -206,8 +204,6 @@ def load_identities(lfw_faces: int, sharpen: float = 0.0) -> tuple[Identity, ...
                 Identity(f"lfw_{index:02d}", f"skimage.data.lfw_subset()[{index}]", "lfw", rgb, box - pad, points - pad)
             )
             used += 1
-    finally:
-        torch.set_num_threads(threads)
     return tuple(identities)
 
 
