@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,9 +117,14 @@ class FaceDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image = read_rgb(self.files[index])
-        if self.seed is not None and hasattr(self.transform, "set_random_seed"):
+        if self.seed is not None and hasattr(self.transform, "set_random_state"):
+            # One generator shared by every step of the pipeline, so the steps draw one after
+            # another from one stream: independent of each other (``set_random_seed`` would give
+            # each step the same seed, so all p=0.5 steps would fire together) and of which
+            # loader worker reads the sample.
             seq = np.random.SeedSequence([self.seed, self.epoch, int(index)])
-            self.transform.set_random_seed(int(seq.generate_state(1)[0]) % SEED_MODULUS)
+            py_seed = int(seq.generate_state(1)[0]) % SEED_MODULUS
+            self.transform.set_random_state(np.random.default_rng(seq), random.Random(py_seed))
         return self.transform(image=image)["image"], int(self.labels[index]), int(index)
 
 

@@ -133,3 +133,26 @@ def test_balanced_sampler_per_epoch_and_disjoint_shards() -> None:
     assert len(set(shards[0]) & set(shards[1])) == 0 and len(set(shards[1]) & set(shards[2])) == 0
     with pytest.raises(DataError, match="one class"):
         BalancedEpochSampler(labels, np.arange(10), seed=0)
+
+
+def test_augmentation_steps_draw_independently(tmp_path: Path) -> None:
+    """Each step of the pipeline must decide for itself: two p=0.5 flips agree about half
+    the time, not always (a per-sample seed shared by every step would make them agree)."""
+    import albumentations as A
+    import cv2
+
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[0, 0] = 255  # the flips move this corner pixel
+    cv2.imwrite(str(tmp_path / "crop.png"), image)
+    n = 200
+    table = pd.DataFrame({"file": [str(tmp_path / "crop.png")] * n, "y": [0] * n})
+    dataset = FaceDataset(table, A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]), seed=5)
+    agree = 0
+    for index in range(n):
+        out = dataset[index][0]
+        flipped_h = bool(out[:, -1].any())
+        flipped_v = bool(out[-1, :].any())
+        agree += flipped_h == flipped_v
+    assert 60 < agree < 140, agree
+    again = FaceDataset(table, A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]), seed=5)
+    assert all(np.array_equal(dataset[i][0], again[i][0]) for i in range(10))  # still seeded
