@@ -42,6 +42,8 @@ from dfdc.metrics import log_loss, plot_reliability
 OOF_FACES = "oof_faces.csv"
 CALIBRATION = "calibration.json"
 CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
+# the "confident" rule's parameters the calibration was fitted with: applied with it
+CONFIDENT_KEYS = ("confident_threshold", "confident_min_fraction", "confident_real_fraction")
 CALIBRATION_PLOT = "calibration.png"
 OOF_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
 
@@ -175,13 +177,15 @@ def load_calibration(run_dir: Path) -> dict[str, Any] | None:
 def apply_calibration(
     cfg: PredictConfig, calibration: dict[str, Any], explicit: Collection[str] = ()
 ) -> PredictConfig:
-    """A copy of ``cfg`` with the calibrated aggregation, temperature and clip, except the
-    ``explicit`` keys (set by the user on the command line, which win)."""
-    values = {
+    """A copy of ``cfg`` with the calibrated aggregation, temperature and clip (and the
+    confident-rule parameters they were fitted with), except the ``explicit`` keys (set by
+    the user on the command line, which win)."""
+    values: dict[str, Any] = {
         "aggregation": str(calibration["aggregation"]),
         "temperature": float(calibration["temperature"]),
         "clip": float(calibration["clip"]),
     }
+    values.update({k: float(calibration[k]) for k in CONFIDENT_KEYS if k in calibration})
     if values["aggregation"] not in METHODS or not values["temperature"] > 0 or not 0 <= values["clip"] < 0.5:
         raise CalibrationError(f"calibration values out of range: {values}")
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

@@ -518,7 +518,7 @@ def predict_videos(
     """
     from tqdm import tqdm
 
-    from dfdc.aggregate import AggregationError, aggregate, finalize
+    from dfdc.aggregate import AggregationError, aggregate, apply_temperature, clip
 
     t_start = time.perf_counter()
     pcfg = cfg.predict
@@ -582,7 +582,8 @@ def predict_videos(
         probs = np.concatenate(item.probs)
         try:
             raw = float(aggregate(probs, pcfg.aggregation, pcfg))
-            results[item.name] = (float(finalize(probs, pcfg)), raw, item.n_faces, "")
+            label = float(clip(apply_temperature(raw, pcfg.temperature), pcfg.clip))
+            results[item.name] = (label, raw, item.n_faces, "")
         except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
             fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
 

@@ -103,3 +103,13 @@ def test_cli_calibrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert after < before
     assert main(["calibrate", "--run", str(tmp_path / "nothing")]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_confident_rule_parameters_travel_with_the_calibration() -> None:
+    calibration = {"aggregation": "confident", "temperature": 1.5, "clip": 0.02,
+                   "confident_threshold": 0.7, "confident_min_fraction": 0.2, "confident_real_fraction": 0.8}
+    cfg = apply_calibration(PredictConfig(confident_threshold=0.9), calibration)
+    assert (cfg.aggregation, cfg.temperature, cfg.clip) == ("confident", 1.5, 0.02)
+    assert (cfg.confident_threshold, cfg.confident_min_fraction, cfg.confident_real_fraction) == (0.7, 0.2, 0.8)
+    mine = apply_calibration(PredictConfig(clip=0.05), calibration, explicit={"clip"})
+    assert mine.clip == 0.05 and mine.temperature == 1.5  # a key the user set wins
