@@ -174,6 +174,17 @@ def load_calibration(run_dir: Path) -> dict[str, Any] | None:
     return read_calibration(path) if path.is_file() else None
 
 
+def explicit_keys(overrides: list[str], flags: Collection[str] = ()) -> set[str]:
+    """Calibrated keys the user set (``--set predict.KEY=...`` overrides, plus the ``flags``
+    given on the command line): a calibration.json must not override them."""
+    keys = set(flags)
+    for item in overrides:
+        name = item.split("=", 1)[0].strip()
+        if name.startswith("predict."):
+            keys.add(name.split(".", 1)[1])
+    return keys & set(CALIBRATION_KEYS + CONFIDENT_KEYS)
+
+
 def apply_calibration(
     cfg: PredictConfig, calibration: dict[str, Any], explicit: Collection[str] = ()
 ) -> PredictConfig:

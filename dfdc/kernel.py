@@ -20,6 +20,7 @@ network connections blocked.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,11 +29,13 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dfdc
+from dfdc.calibrate import CALIBRATION
 from dfdc.config import Config, save_config, warn
 from dfdc.io import TEMP_MARK, atomic_write_json, atomic_write_text
 
@@ -265,7 +268,29 @@ def render_script(cfg: Config) -> str:
 # --------------------------------------------------------------------------- build
 
 
-def build_bundle(run_dir: Path, out_dir: Path, cfg: Config, username: str) -> Bundle:
+def _shipped_calibration(run_dir: Path, cfg: Config, explicit: Collection[str]) -> tuple[Config, dict[str, Any] | None]:
+    """The configuration and calibration the kernel runs with.
+
+    The calibration is resolved here as ``dfdc predict`` would (``predict.calibration``:
+    auto, none or a local path, which cannot travel to Kaggle) and shipped as the dataset's
+    ``calibration.json``, with the keys the user set (``explicit``) taking the user's values;
+    the shipped config says ``auto``, so the kernel finds exactly that file.
+    """
+    from dfdc.predict import PredictError, resolve_calibration
+
+    try:
+        calibration, _ = resolve_calibration(run_dir, cfg.predict)
+    except PredictError as exc:
+        raise KernelError(str(exc)) from None
+    shipped = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, calibration="auto"))
+    if calibration is None:
+        return shipped, None
+    return shipped, {**calibration, **{key: getattr(cfg.predict, key) for key in explicit}}
+
+
+def build_bundle(
+    run_dir: Path, out_dir: Path, cfg: Config, username: str, explicit: Collection[str] = ()
+) -> Bundle:
     """Build the Kaggle dataset folder and kernel folder for the models of ``run_dir``.
 
     ``out_dir`` receives ``dataset/`` and ``kernel/`` (each replaced whole, never left
@@ -304,9 +329,10 @@ def build_bundle(run_dir: Path, out_dir: Path, cfg: Config, username: str) -> Bu
                     "(DFDC models had to fit in 1 GB); ship fewer folds (delete fold folders from a copy "
                     "of the run) or a smaller architecture"
                 )
-        save_config(cfg, dataset / "config.yaml")
-        if (run_dir / "calibration.json").is_file():
-            shutil.copyfile(run_dir / "calibration.json", dataset / "calibration.json")
+        shipped, calibration = _shipped_calibration(run_dir, cfg, explicit)
+        save_config(shipped, dataset / "config.yaml")
+        if calibration is not None:
+            atomic_write_json(dataset / CALIBRATION, calibration)
         _package_wheel(root, dataset, cfg.kernel.push_timeout)
         cache = Path(cfg.kernel.wheel_cache) if cfg.kernel.wheel_cache else out_dir / "wheel-cache"
         for wheel in _third_party_wheels(cfg, root, cache):

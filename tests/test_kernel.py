@@ -270,7 +270,7 @@ def test_server_rejection_fails_the_command(
 ) -> None:
     import dfdc.cli.kernel as cli_kernel
 
-    def prebuilt(run: Path, out: Path, cfg: Config, username: str) -> Bundle:
+    def prebuilt(run: Path, out: Path, cfg: Config, username: str, explicit: object = ()) -> Bundle:
         assert (Path(run), username) == (run_dir, "alice")
         return bundle  # the module's bundle: the rejection is what is under test
 
@@ -354,3 +354,20 @@ def test_kernel_falls_back_when_the_dataset_is_missing(bundle: Bundle, mini_dfdc
     got = pd.read_csv(root / "working" / "submission.csv")
     want = pd.read_csv(mini_dfdc / "sample_submission.csv")
     assert got["filename"].tolist() == want["filename"].tolist() and (got["label"] == 0.5).all()
+
+
+def test_shipped_calibration_resolves_local_paths_and_keeps_user_keys(run_dir: Path, tmp_path: Path) -> None:
+    from dfdc.kernel import _shipped_calibration
+
+    cfg = load_config("smoke", ["predict.clip=0.05"])
+    shipped, calibration = _shipped_calibration(run_dir, cfg, {"clip"})
+    assert calibration == {**CALIBRATION, "clip": 0.05}  # the user's --set wins over the run's file
+    assert shipped.predict.calibration == "auto"  # the kernel reads the shipped file
+    local = tmp_path / "mine.json"  # a path of this machine: resolved here, never shipped as a path
+    local.write_text(json.dumps({"aggregation": "confident", "temperature": 2.0, "clip": 0.03}))
+    cfg = load_config("smoke", [f"predict.calibration={local}"])
+    shipped, calibration = _shipped_calibration(run_dir, cfg, set())
+    assert calibration == {"aggregation": "confident", "temperature": 2.0, "clip": 0.03}
+    assert shipped.predict.calibration == "auto" and str(local) not in str(shipped.to_dict())
+    shipped, calibration = _shipped_calibration(run_dir, load_config("smoke", ["predict.calibration=none"]), set())
+    assert calibration is None

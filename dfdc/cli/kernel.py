@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from dfdc.calibrate import explicit_keys
 from dfdc.config import Config, set_value
 from dfdc.kernel import (
     KernelError,
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             username = PLACEHOLDER_USER
             print(f"note: no Kaggle username known; the bundle uses {username!r} (pass --username)", file=sys.stderr)
         out = args.out or Path(cfg.kernel.build_dir)
-        bundle = build_bundle(args.models, out, cfg, username)
+        bundle = build_bundle(args.models, out, cfg, username, explicit_keys(args.overrides))
         print(
             f"bundle: {bundle.dataset_dir} ({len(bundle.folds)} folds, {bundle.weights_bytes / 1e6:.1f} MB fp16 weights) "
             f"and {bundle.kernel_dir}; dataset {bundle.dataset_id}, kernel {bundle.kernel_id}"

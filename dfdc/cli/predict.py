@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dfdc.config import Config, set_value
-from dfdc.calibrate import CALIBRATION_KEYS
+from dfdc.calibrate import explicit_keys
 from dfdc.predict import PredictError, predict_videos
 
 HELP = "predict P(FAKE) per video with every fold model of a run -> submission.csv"
@@ -52,12 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _explicit_keys(args: argparse.Namespace) -> set[str]:
     """Calibration keys the user set by flag or --set: calibration.json must not override them."""
-    keys = {field for dest, field in FLAGS.items() if getattr(args, dest) is not None}
-    for item in args.overrides:
-        name = item.split("=", 1)[0].strip()
-        if name.startswith("predict."):
-            keys.add(name.split(".", 1)[1])
-    return keys & set(CALIBRATION_KEYS)
+    return explicit_keys(args.overrides, {field for dest, field in FLAGS.items() if getattr(args, dest) is not None})
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
