@@ -47,10 +47,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from dfdc.aggregate import METHODS, aggregate
+from dfdc.aggregate import clip as clip_probability
 from dfdc.augment import inference_transform, train_transform
 from dfdc.config import Config, ConfigError, save_config
 from dfdc.data import BalancedEpochSampler, FaceDataset, load_face_table, shard, split_fold
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
+from dfdc.metrics import log_loss
 from dfdc.models import TORCH_LOAD_ERRORS, create_model, fake_probability, save_checkpoint
 
 METRICS_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_logloss", "val_auc", "lr", "seconds"]
@@ -146,30 +149,20 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
     """(clipped log loss, ROC AUC or nan) of video predictions ``pred`` against ``label``."""
-    from sklearn.metrics import log_loss, roc_auc_score
+    from sklearn.metrics import roc_auc_score
 
-    pred = np.clip(videos["pred"].to_numpy(dtype=float), clip, 1.0 - clip)
+    pred = clip_probability(videos["pred"].to_numpy(dtype=float), clip)
     label = videos["label"].to_numpy(dtype=int)
-    loss = float(log_loss(label, pred, labels=[0, 1]))
     auc = float(roc_auc_score(label, pred)) if len(set(label.tolist())) == 2 else float("nan")
-    return loss, auc
+    return log_loss(label, pred), auc
 
 
 def _aggregate_videos(faces: pd.DataFrame, cfg: Config) -> pd.DataFrame:
     """Per-video prediction from per-face ``prob`` with ``train.val_aggregation``."""
-    try:
-        from dfdc.aggregate import aggregate
-    except ImportError:  # the aggregation module is optional here: plain mean
-        aggregate = None
     rows = []
     for (video, label, fold), group in faces.groupby(["video", "label", "fold"], sort=True):
         probs = group["prob"].to_numpy(dtype=float)
-        if aggregate is not None:
-            pred = float(aggregate(probs, cfg.train.val_aggregation, cfg.predict))
-        elif cfg.train.val_aggregation == "mean":
-            pred = float(probs.mean())
-        else:
-            raise ConfigError(f"train.val_aggregation={cfg.train.val_aggregation!r} needs dfdc.aggregate; use mean")
+        pred = float(aggregate(probs, cfg.train.val_aggregation, cfg.predict))
         rows.append((video, int(label), int(fold), pred, len(probs)))
     return pd.DataFrame(rows, columns=OOF_COLUMNS)
 
@@ -276,6 +269,8 @@ class _FoldTrainer:
                                   t.val_batch_size or 2 * t.batch_size)
         if t.amp not in (*AMP_DTYPES, "none"):
             raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
+        if t.val_aggregation not in METHODS:  # checked before an epoch is spent, not after
+            raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
         self.use_amp = ctx.device.type == "cuda" and t.amp in AMP_DTYPES
         self.amp = t.amp
         if self.use_amp and t.amp == "bf16" and not torch.cuda.is_bf16_supported():

@@ -147,3 +147,12 @@ def test_cli_efficientnet_b0_and_errors(tiny: tuple[Path, Path], tmp_path: Path,
     assert "nofolds.csv" in err and "dfdc folds" in err
     assert main([*argv, "--fold-list", "7"]) == 2
     assert "folds [7]" in capsys.readouterr().err
+
+
+def test_unknown_validation_aggregation_fails_before_training(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from dfdc.config import ConfigError
+
+    faces, folds = tiny
+    with pytest.raises(ConfigError, match="val_aggregation='median'"):
+        train(faces, folds, _cfg(tmp_path, "train.val_aggregation=median"))
+    assert not list((tmp_path / "runs" / "t").glob("fold*/last.pt"))  # no epoch was spent
