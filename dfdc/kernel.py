@@ -150,17 +150,15 @@ def _run(cmd: list[str], timeout: float, what: str, **kwargs) -> subprocess.Comp
 
 
 def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    for path in run_dir.glob("fold*/best.pt"):
-        match = re.fullmatch(r"fold(\d+)", path.parent.name)
-        if match:
-            found.append((int(match.group(1)), path))
+    from dfdc.models import fold_checkpoints
+
+    found = fold_checkpoints(run_dir)
     if not found:
         raise KernelError(
             f"{run_dir}: no fold*/best.pt checkpoints; train first (`make train`) "
             "or point --models at a run folder such as runs/b7"
         )
-    return sorted(found)
+    return found
 
 
 def _title(slug: str) -> str:

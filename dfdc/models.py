@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,8 @@ import torch
 from torch import nn
 
 from dfdc.config import Config, ModelConfig
+
+FOLD_DIR = re.compile(r"fold(\d+)")  # runs/NAME/fold{k}/ as dfdc.train writes them
 from dfdc.io import atomic_save_torch
 
 FAKE_CLASS = 1  # softmax index of FAKE (labels: REAL = 0, FAKE = 1)
@@ -253,6 +256,17 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a dfdc checkpoint (needs arch, num_classes, state_dict); "
                               "was it written by dfdc train / export_half?")
     return ckpt
+
+
+def fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(fold, path)`` of every ``fold{k}/best.pt`` of a training run, by fold number
+    (the one definition the predictor and the kernel bundle share)."""
+    found = []
+    for path in Path(run_dir).glob("fold*/best.pt"):
+        match = FOLD_DIR.fullmatch(path.parent.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -193,11 +193,13 @@ def list_videos(videos_dir: Path, sample_submission: Path | None) -> list[str]:
 
 
 def find_checkpoints(run_dir: Path) -> list[Path]:
-    """Every fold model of a run: ``fold*/best.pt``, else ``*.pt`` directly in the folder."""
+    """Every fold model of a run: ``fold{k}/best.pt`` by fold number, else ``*.pt`` directly in the folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PredictError(f"{run_dir}: run folder not found; pass --models runs/NAME (made by `dfdc train`)")
-    paths = sorted(run_dir.glob("fold*/best.pt")) or sorted(run_dir.glob("*.pt"))
+    from dfdc.models import fold_checkpoints
+
+    paths = [path for _, path in fold_checkpoints(run_dir)] or sorted(run_dir.glob("*.pt"))
     if not paths:
         raise PredictError(f"{run_dir}: no fold*/best.pt (or *.pt) checkpoint; train the run first (`dfdc train`)")
     return paths

@@ -99,3 +99,12 @@ def test_checkpoint_roundtrip_and_half_export(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "none.pt")
+
+
+def test_fold_checkpoints_are_the_numbered_fold_folders(tmp_path) -> None:
+    from dfdc.models import fold_checkpoints
+
+    for name in ("fold10", "fold2", "fold0", "fold_old", "folds"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "best.pt").write_bytes(b"")
+    assert [(k, p.parent.name) for k, p in fold_checkpoints(tmp_path)] == [(0, "fold0"), (2, "fold2"), (10, "fold10")]
