@@ -52,7 +52,7 @@ import pandas as pd
 
 from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_face
-from dfdc.io import TEMP_MARK, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json
 from dfdc.threads import limit_threads
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
 
@@ -271,6 +271,7 @@ def _save_crops(
     """Crop, label-clean against ``ref`` and write; returns (rows, crops by (frame, face), dropped)."""
     cfg, out = _STATE["cfg"], _STATE["out"]
     folder = crops_dir(out, job.part, job.video)
+    folder.mkdir(parents=True, exist_ok=True)
     rows, crops, dropped = [], {}, 0
     for frame_index, frame, faces in zip(indices, frames, dets):
         for face, det in enumerate(faces):
@@ -283,7 +284,10 @@ def _save_crops(
                         dropped += 1
                         continue
             name = f"{frame_index}_{face}.{cfg.image_format}"
-            atomic_write_bytes(folder / name, _encode(crop, cfg.image_format))
+            # a plain write: a video's crops count only once its manifest (written atomically,
+            # after them) exists, and ``_guard`` wipes an unfinished video's folder first, so a
+            # kill -9 cannot leave a half-written crop in the dataset; no fsync per crop.
+            (folder / name).write_bytes(_encode(crop, cfg.image_format))
             rows.append(_row(job, frame_index, face, (folder / name).relative_to(out).as_posix(), det))
             if job.label == "REAL":
                 crops[(frame_index, face)] = crop
