@@ -1,16 +1,12 @@
-"""Image transforms (albumentations 2.x): the training augmentation and the ONE inference path.
-
-``inference_transform(size)`` is the single preprocessing path shared by validation during
-training and by the predictor / Kaggle kernel: isotropic resize (longest side to ``size``,
-aspect kept) + zero padding to a square + ImageNet normalisation + CHW float tensor. The
-predictor imports it from here; keep its name and behaviour stable (a change here changes
-every prediction of every trained model).
+"""The training augmentation (albumentations 2.x) around the one preprocessing path.
 
 ``train_transform(size)`` is the seed study's recipe (the DFDC notes, "The recipe of
-the study this kit follows") around the same resize + pad: JPEG compression, Gaussian noise,
-colour jitter, grey, a small affine jitter and a horizontal flip.
-
-Both take and return numpy images in RGB ``uint8`` HWC (as read from the crop PNGs).
+the study this kit follows"): JPEG compression, Gaussian noise, colour jitter, grey, a small
+affine jitter and a horizontal flip, around ``dfdc.preprocess.resize_pad`` -- the same
+resize + pad validation, prediction and the kernel use (``dfdc.preprocess.prepare``). It
+takes an RGB ``uint8`` HWC image (as read from the crop files) and returns a ``uint8``
+3 x size x size tensor; the model normalises it on its device (``dfdc.preprocess``).
+Only training imports this module, so the kernel never needs albumentations.
 """
 
 from __future__ import annotations
@@ -21,10 +17,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-# --- normalisation: the ImageNet statistics the EfficientNet weights were trained with ---
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PAD_FILL = 0  # black padding around a non-square crop (the 1st place padded with zeros too)
+from dfdc.preprocess import PAD_FILL, Prepare, resize_pad
 
 # --- the seed recipe (DFDC.md: augmentation) ---
 JPEG_QUALITY = (60, 100)  # ImageCompression quality 60-100 ...
@@ -44,34 +37,27 @@ AFFINE_P = 0.5
 FLIP_P = 0.5  # HorizontalFlip (albumentations default, used by the 1st place)
 
 
-def _resize_and_pad(size: int) -> list[A.BasicTransform]:
-    """Longest side to ``size`` (area interpolation when shrinking), then pad to a square."""
-    return [
-        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image", p=1.0),
-        A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, fill=PAD_FILL, p=1.0),
-    ]
+class ResizePad(A.ImageOnlyTransform):
+    """``dfdc.preprocess.resize_pad`` as a pipeline step (the inference path's geometry)."""
 
+    def __init__(self, size: int, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.size = int(size)
 
-def _to_tensor() -> list[A.BasicTransform]:
-    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0), ToTensorV2()]
+    def apply(self, img, **params):  # noqa: ANN001, ANN201 - albumentations' signature
+        return resize_pad(img, self.size)
 
-
-def inference_transform(size: int) -> A.Compose:
-    """The deterministic preprocessing shared by validation and prediction.
-
-    RGB uint8 HxWx3 of any size -> float32 tensor 3 x size x size (isotropic resize, zero pad,
-    ImageNet normalisation).
-    """
-    return A.Compose(_resize_and_pad(size) + _to_tensor())
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("size",)
 
 
 AUGMENTATIONS = ("recipe", "light", "none")
 
 
-def train_transform(size: int, strength: str = "recipe") -> A.Compose:
-    """The seed recipe's training augmentation, ending in the same resize/pad/normalise.
+def train_transform(size: int, strength: str = "recipe") -> A.Compose | Prepare:
+    """The seed recipe's training augmentation around the inference path's resize + pad.
 
-    RGB uint8 HxWx3 -> float32 tensor 3 x size x size. Random; reseed with
+    RGB uint8 HxWx3 -> uint8 tensor 3 x size x size. Random; reseed with
     ``Compose.set_random_seed`` for repeatable draws (``dfdc.data`` does, per sample).
     ``strength``: ``recipe`` (the seed study's list), ``light`` (flip and the small affine
     jitter only: for tiny data and short CPU runs, where JPEG, noise and colour changes
@@ -80,7 +66,7 @@ def train_transform(size: int, strength: str = "recipe") -> A.Compose:
     if strength not in AUGMENTATIONS:
         raise ValueError(f"augmentation {strength!r}: expected one of {', '.join(AUGMENTATIONS)}")
     if strength == "none":
-        return inference_transform(size)
+        return Prepare(size)
     color = A.OneOf([A.RandomBrightnessContrast(), A.FancyPCA(), A.HueSaturationValue()], p=COLOR_P)
     affine = A.Affine(
         translate_percent=(-AFFINE_SHIFT, AFFINE_SHIFT),
@@ -91,16 +77,16 @@ def train_transform(size: int, strength: str = "recipe") -> A.Compose:
         p=AFFINE_P,
     )
     if strength == "light":
-        return A.Compose([A.HorizontalFlip(p=FLIP_P), *_resize_and_pad(size), affine, *_to_tensor()])
+        return A.Compose([A.HorizontalFlip(p=FLIP_P), ResizePad(size), affine, ToTensorV2()])
     return A.Compose(
         [
             A.ImageCompression(quality_range=JPEG_QUALITY, p=JPEG_P),
             A.GaussNoise(std_range=NOISE_STD, p=NOISE_P),
             A.HorizontalFlip(p=FLIP_P),
-            *_resize_and_pad(size),
+            ResizePad(size),
             color,
             A.ToGray(p=GRAY_P),
             affine,
-            *_to_tensor(),
+            ToTensorV2(),
         ]
     )

@@ -126,7 +126,8 @@ class ModelConfig:
 class TrainConfig:
     """Training per fold (``dfdc train``)."""
 
-    size: int = 240  # network input side; the seed study trained B7 at about 240 px
+    size: int = 240  # network input side; the seed study trained B7 at about 240 px; 0 = the model's own
+    # default (its pretrained config: e.g. 299 for xception, 600 for efficientnet-b7)
     epochs: int = 30
     batch_size: int = 12  # per GPU for B7 at 240 px
     optimizer: str = "adamw"  # "adamw" or "sgd"

@@ -3,7 +3,8 @@
 - ``load_face_table(faces_dir, folds_csv)``: one row per crop with its video's fold; rows
   whose crop file is missing are dropped with a warning count (a partial or damaged faces
   folder never stops training).
-- ``FaceDataset``: ``(image tensor, label 0/1, row index)``; augmentation is reseeded per
+- ``FaceDataset``: ``(uint8 image tensor 3 x S x S, label 0/1, row index)``; the model
+  normalises on its device (``dfdc.preprocess``); augmentation is reseeded per
   (seed, epoch, row), so a sample's augmentation does not depend on the worker that loads it
   and a resumed run draws exactly what an uninterrupted one would.
 - ``BalancedEpochSampler``: every epoch a new class-balanced draw (each class subsampled to
@@ -95,9 +96,10 @@ def read_rgb(path: str) -> np.ndarray:
 
 
 class FaceDataset(Dataset):
-    """Face crops of ``table`` (from ``load_face_table``) -> (tensor, label 0/1, row index).
+    """Face crops of ``table`` (from ``load_face_table``) -> (uint8 tensor, label 0/1, row index).
 
-    ``transform`` is an albumentations Compose; with ``seed`` set it is reseeded per sample
+    ``transform`` is an albumentations Compose (``dfdc.augment.train_transform``) or
+    ``dfdc.preprocess.Prepare`` (validation); with ``seed`` set it is reseeded per sample
     from (seed, epoch, row) so draws are repeatable across workers and resumed runs. Call
     ``set_epoch`` before each epoch (workers are re-created every epoch and see the value).
     """

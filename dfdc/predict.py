@@ -3,7 +3,8 @@
 For every video: ``predict.frames`` evenly spaced frames (``dfdc.video.read_frames``),
 batched MTCNN on downscaled frames (``dfdc.faces.FaceDetector``), the training crop
 (``dfdc.faces.crop_face`` with the margin and crop size saved in each checkpoint) and the
-one preprocessing path shared with validation (``dfdc.augment.inference_transform``),
+one preprocessing path shared with training (``dfdc.preprocess.prepare``: uint8 crops, 4x
+fewer bytes from the workers than float32; each model normalises on its own device),
 P(FAKE) per face averaged over every fold's model (and the horizontal flip with
 ``tta_flip``), then the per-video aggregation, temperature and clip of ``dfdc.aggregate``
 -- the same code calibration and training's validation use.
@@ -66,7 +67,7 @@ class CropSpec:
 
     margin: float  # faces.margin of the model's training run
     crop_size: int  # faces.size: side of the saved training crops
-    input_size: int  # train.size: side after inference_transform
+    input_size: int  # the model's input side (its checkpoint's InputSpec): side after prepare
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class VideoFaces:
     """What a worker returns for one video: preprocessed faces per crop spec."""
 
     name: str
-    tensors: dict[CropSpec, np.ndarray]  # spec -> float32 (n_faces, 3, S, S)
+    tensors: dict[CropSpec, np.ndarray]  # spec -> uint8 (n_faces, 3, S, S), not normalised
     n_faces: int
     n_frames: int
     seconds: dict[str, float]  # decode, detect, crop
@@ -228,7 +229,7 @@ def _resolve_device(device: str | None) -> str:
 
 # --------------------------------------------------------------------------- worker side
 
-_WORKER: dict[str, Any] = {}  # per-process detector and transforms, built on first use
+_WORKER: dict[str, Any] = {}  # per-process detector, built on first use
 
 
 def _worker_state(setup: WorkerSetup) -> dict[str, Any]:
@@ -239,13 +240,6 @@ def _worker_state(setup: WorkerSetup) -> dict[str, Any]:
         _WORKER.clear()
         _WORKER["key"] = key
         _WORKER["detector"] = FaceDetector(setup.faces, device=setup.device)
-        _WORKER["transforms"] = {}
-    transforms = _WORKER["transforms"]
-    for spec in setup.specs:
-        if spec.input_size not in transforms:
-            from dfdc.augment import inference_transform
-
-            transforms[spec.input_size] = inference_transform(spec.input_size)
     return _WORKER
 
 
@@ -261,6 +255,7 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     turned into a fallback by the caller.
     """
     from dfdc.faces import crop_face
+    from dfdc.preprocess import prepare
     from dfdc.video import VideoReadError, read_frames
 
     name = Path(path).name
@@ -281,12 +276,8 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
         return VideoFaces(name, {}, 0, len(frames), seconds, f"{REASON_NO_FACE}: in {len(frames)} frames")
     tensors: dict[CropSpec, np.ndarray] = {}
     for spec in setup.specs:
-        transform = state["transforms"][spec.input_size]
-        out = [
-            np.asarray(transform(image=crop_face(frames[i], box, spec.margin, spec.crop_size))["image"], np.float32)
-            for i, box in boxes
-        ]
-        tensors[spec] = np.stack(out)
+        tensors[spec] = np.stack([prepare(crop_face(frames[i], box, spec.margin, spec.crop_size), spec.input_size)
+                                  for i, box in boxes])
     seconds["crop"] = time.perf_counter() - t2
     return VideoFaces(name, tensors, len(boxes), len(frames), seconds)
 
@@ -318,9 +309,7 @@ class _Ensemble:
         probs = []
         with torch.inference_mode():
             for spec, models in self.groups.items():
-                x = torch.from_numpy(batch[spec]).to(self.device)
-                if self.half:
-                    x = x.half()
+                x = torch.from_numpy(batch[spec]).to(self.device)  # uint8: each model normalises it
                 views = [x, torch.flip(x, dims=[3])] if self.tta_flip else [x]
                 for model in models:
                     for view in views:
@@ -342,7 +331,7 @@ def load_ensemble(run_dir: Path, cfg: PredictConfig, device: str) -> tuple[_Ense
             raise PredictError(f"{path}: cannot load the checkpoint ({exc}); retrain or re-copy it") from None
         run_cfg = _meta_config(meta, run_dir)
         first = first or run_cfg
-        spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(run_cfg.train.size))
+        spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
         model.eval()
         model = model.half() if half else model.float()
         groups.setdefault(spec, []).append(model)

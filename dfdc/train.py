@@ -49,12 +49,13 @@ from torch.utils.data import DataLoader, Subset
 
 from dfdc.aggregate import METHODS, aggregate
 from dfdc.aggregate import clip as clip_probability
-from dfdc.augment import inference_transform, train_transform
+from dfdc.augment import train_transform
 from dfdc.config import Config, ConfigError, save_config
 from dfdc.data import BalancedEpochSampler, FaceDataset, load_face_table, shard, split_fold
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.metrics import log_loss
-from dfdc.models import TORCH_LOAD_ERRORS, create_model, fake_probability, save_checkpoint
+from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
+from dfdc.preprocess import Prepare
 
 METRICS_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_logloss", "val_auc", "lr", "seconds"]
 OOF_COLUMNS = ["video", "label", "fold", "pred", "n_faces"]
@@ -256,8 +257,9 @@ class _FoldTrainer:
         self.run_dir = run_dir
         t = cfg.train
         self.train_idx, self.val_idx = split_fold(table, fold)
-        self.train_ds = FaceDataset(table, train_transform(t.size, t.augment), seed=t.seed + fold)
-        self.val_ds = FaceDataset(table, inference_transform(t.size))
+        self.input = default_input(cfg.model.arch, t.size)  # side: train.size, else the model's own
+        self.train_ds = FaceDataset(table, train_transform(self.input.size, t.augment), seed=t.seed + fold)
+        self.val_ds = FaceDataset(table, Prepare(self.input.size))
         self.sampler = BalancedEpochSampler(table["y"].to_numpy(), self.train_idx, seed=t.seed + fold,
                                             num_replicas=ctx.world, rank=ctx.rank)
         drop_last = len(self.sampler) > t.batch_size  # no batch of one through BatchNorm
@@ -303,7 +305,7 @@ class _FoldTrainer:
 
             model_cfg = deepcopy(model_cfg)
             model_cfg.pretrained = "none"
-        self.model = create_model(model_cfg).to(self.ctx.device, memory_format=self.memory_format)
+        self.model = create_model(model_cfg, self.input.size).to(self.ctx.device, memory_format=self.memory_format)
         self.optimizer = _optimizer(self.model, self.cfg)
         self.scheduler = _schedule(self.optimizer, self.cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp == "fp16")

@@ -1,38 +1,57 @@
-"""dfdc.augment: the training augmentation and the shared inference preprocessing."""
+"""dfdc.preprocess (the one inference path) and dfdc.augment (training augmentation)."""
 
 from __future__ import annotations
 
+import albumentations as A
+import cv2
 import numpy as np
+import pytest
 import torch
 
-from dfdc.augment import IMAGENET_MEAN, IMAGENET_STD, inference_transform, train_transform
+from dfdc.augment import train_transform
+from dfdc.preprocess import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Prepare, prepare, resize_pad
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def test_inference_transform_shape_pad_and_determinism() -> None:
-    tf = inference_transform(64)
-    image = _image(100, 50)  # portrait, not square: longest side -> 64, width -> 32, padded
-    out = tf(image=image)["image"]
-    assert out.shape == (3, 64, 64) and out.dtype == torch.float32
-    assert torch.equal(out, tf(image=image)["image"])
-    assert torch.equal(out, inference_transform(64)(image=image)["image"])
-    pad = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1)
-    assert torch.allclose(out[:, :, :10], pad.expand(3, 64, 10), atol=1e-5)  # zero padding, normalised
-    assert not torch.allclose(out[:, :, 20:40], pad.expand(3, 64, 20), atol=1e-3)  # the image itself
-    # a square crop is only resized: upscaled small crops keep the full frame
-    small = inference_transform(64)(image=_image(32, 32))["image"]
-    assert small.shape == (3, 64, 64)
-    assert not torch.allclose(small[:, :, :4], pad.expand(3, 64, 4), atol=1e-3)
+@pytest.mark.parametrize("shape", [(100, 50), (30, 20), (64, 64), (17, 90), (240, 240)])
+@pytest.mark.parametrize("size", [64, 96, 240])
+def test_resize_pad_equals_albumentations_longest_max_size_and_pad(shape: tuple[int, int], size: int) -> None:
+    """The path left albumentations without moving a pixel: models trained before still fit."""
+    reference = A.Compose([
+        A.LongestMaxSize(max_size=size, interpolation=cv2.INTER_CUBIC, area_for_downscale="image"),
+        A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT, fill=0),
+    ])
+    image = _image(*shape)
+    assert np.array_equal(resize_pad(image, size), reference(image=image)["image"])
+
+
+def test_prepare_is_uint8_chw_padded_and_deterministic() -> None:
+    image = _image(100, 50)  # portrait: longest side -> 64, width -> 32, centred padding
+    out = prepare(image, 64)
+    assert out.shape == (3, 64, 64) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert np.array_equal(out, prepare(image, 64))
+    assert not out[:, :, :16].any() and not out[:, :, 48:].any()  # zero padding left and right
+    assert out[:, :, 20:40].any()  # the image itself
+    assert torch.equal(Prepare(64)(image=image)["image"], torch.from_numpy(out))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        prepare(image.astype(np.float32), 64)
+
+
+def test_input_spec_roundtrip() -> None:
+    spec = InputSpec(299, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert spec.with_size(0) == spec and spec.with_size(128).size == 128
+    assert InputSpec(224).mean == IMAGENET_MEAN and InputSpec(224).std == IMAGENET_STD
 
 
 def test_train_transform_shape_randomness_and_seed() -> None:
     tf = train_transform(48)
     image = _image(80, 60)
     outs = [tf(image=image)["image"] for _ in range(6)]
-    assert all(o.shape == (3, 48, 48) and o.dtype == torch.float32 for o in outs)
+    assert all(o.shape == (3, 48, 48) and o.dtype == torch.uint8 for o in outs)
     assert any(not torch.equal(outs[0], o) for o in outs[1:])  # augmentation is random
     tf.set_random_seed(11)
     first = tf(image=image)["image"]
@@ -41,10 +60,8 @@ def test_train_transform_shape_randomness_and_seed() -> None:
 
 
 def test_augmentation_strengths() -> None:
-    import pytest
-
     image = _image(40, 40)
-    assert torch.equal(train_transform(32, "none")(image=image)["image"], inference_transform(32)(image=image)["image"])
+    assert torch.equal(train_transform(32, "none")(image=image)["image"], torch.from_numpy(prepare(image, 32)))
     light = train_transform(32, "light")
     names = [type(t).__name__ for t in light.transforms]
     assert "ImageCompression" not in names and "HorizontalFlip" in names and "Affine" in names

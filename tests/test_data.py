@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dfdc.augment import inference_transform, train_transform
+from dfdc.augment import train_transform
+from dfdc.preprocess import Prepare
 from dfdc.data import BalancedEpochSampler, DataError, FaceDataset, load_face_table, split_fold
 
 
@@ -95,12 +96,12 @@ def test_dataset_items_and_seeded_augmentation(tiny: tuple[Path, Path]) -> None:
     table = load_face_table(faces_dir, folds_csv)
     ds = FaceDataset(table, train_transform(32), seed=5)
     x, y, i = ds[3]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == int(table.loc[3, "y"]) and i == 3
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8 and y == int(table.loc[3, "y"]) and i == 3
     again, _, _ = ds[3]
     assert torch.equal(x, again)  # same (seed, epoch, row): same augmentation
     ds.set_epoch(1)
     assert any(not torch.equal(ds[k][0], FaceDataset(table, train_transform(32), seed=5)[k][0]) for k in range(8))
-    val = FaceDataset(table, inference_transform(32))
+    val = FaceDataset(table, Prepare(32))
     assert torch.equal(val[0][0], val[0][0])
     (faces_dir / table.loc[0, "path"]).write_bytes(b"not a png")
     with pytest.raises(DataError, match=str(table.loc[0, "path"])):

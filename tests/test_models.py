@@ -108,3 +108,45 @@ def test_fold_checkpoints_are_the_numbered_fold_folders(tmp_path) -> None:
         (tmp_path / name).mkdir()
         (tmp_path / name / "best.pt").write_bytes(b"")
     assert [(k, p.parent.name) for k, p in fold_checkpoints(tmp_path)] == [(0, "fold0"), (2, "fold2"), (10, "fold10")]
+
+
+def test_input_spec_travels_in_the_checkpoint_and_normalises_on_the_device(tmp_path: Path) -> None:
+    from dfdc.models import default_input
+    from dfdc.preprocess import InputSpec
+
+    cfg = Config()
+    cfg.model = ModelConfig(arch="tiny-cnn", pretrained="none")
+    assert default_input("efficientnet-b7").size == 600 and default_input("efficientnet-b7", 240).size == 240
+    torch.manual_seed(0)
+    model = create_model(cfg.model, input_size=48).eval()
+    assert model.input_spec == InputSpec(48)
+    model.set_input_spec(InputSpec(48, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    pixels = torch.randint(0, 256, (3, 3, 48, 48), dtype=torch.uint8)
+    with torch.no_grad():
+        by_hand = model.pooled((pixels.float() / 255 - 0.5) / 0.25)
+        assert torch.allclose(model.features(pixels), by_hand, atol=1e-5)  # uint8 in, normalised inside
+        assert model.features(pixels).shape == (3, model.feature_dim)
+        expected = model(pixels)
+    save_checkpoint(tmp_path / "m.pt", model, cfg, {})
+    loaded, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["input"] == {"size": 48, "mean": [0.5] * 3, "std": [0.25] * 3}
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixels), expected, atol=1e-6)
+    export_half(tmp_path / "m.pt", tmp_path / "h.pt")
+    half, meta16 = load_checkpoint(tmp_path / "h.pt")
+    assert meta16["input"] == meta["input"]
+    half = half.half()  # as the predictor runs it on a GPU: buffers follow, uint8 input still fits
+    assert half.pixel_mean.dtype == torch.float16
+    with torch.no_grad():
+        assert torch.allclose(half(pixels).float(), expected, atol=5e-2)
+
+
+def test_format_1_checkpoint_without_input_spec_uses_train_size(tmp_path: Path) -> None:
+    cfg = Config()
+    cfg.model = ModelConfig(arch="tiny-cnn", pretrained="none")
+    cfg.train.size = 40
+    model = create_model(cfg.model).eval()
+    torch.save({"format": 1, "arch": "tiny-cnn", "num_classes": 2, "state_dict": model.state_dict(),
+                "config": cfg.to_dict()}, tmp_path / "old.pt")
+    loaded, meta = load_checkpoint(tmp_path / "old.pt")
+    assert meta["input"]["size"] == 40 and loaded.input_spec.mean == (0.485, 0.456, 0.406)

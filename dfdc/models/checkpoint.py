@@ -1,0 +1,130 @@
+"""Checkpoints: everything needed to rebuild a model without network access.
+
+A checkpoint holds ``arch``, ``num_classes``, ``kind`` (``frame`` ...), ``input`` (the
+``InputSpec``: side, mean, std), the state dict and the resolved config, plus what the
+training loop adds (``fold``, ``epoch``, ``val_logloss``). ``export_half`` writes the fp16
+copy the Kaggle bundle ships; ``load_checkpoint`` reads both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfdc.config import Config, ModelConfig
+from dfdc.io import atomic_save_torch
+from dfdc.models.registry import TORCH_LOAD_ERRORS, create_model
+from dfdc.preprocess import InputSpec
+
+CHECKPOINT_FORMAT = 2  # 2: + kind and input (side, mean, std); bump when the layout changes
+FOLD_DIR = re.compile(r"fold(\d+)")  # runs/NAME/fold{k}/ as dfdc.train writes them
+HALF_KEEP = ("format", "arch", "num_classes", "kind", "input", "config", "fold", "epoch", "val_logloss")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not fit."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DistributedDataParallel / DataParallel / compile wrappers."""
+    model = model.module if hasattr(model, "module") else model
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: Path, model: nn.Module, cfg: Config, extra: dict[str, Any]) -> None:
+    """Atomically save a self-contained checkpoint (``extra``: fold, epoch, val_logloss ...)."""
+    plain = unwrap(model)
+    state = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
+    spec: InputSpec = plain.input_spec
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": cfg.model.arch,
+        "num_classes": cfg.model.num_classes,
+        "kind": getattr(plain, "kind", "frame"),
+        "input": spec.to_dict(),
+        "state_dict": state,
+        "config": cfg.to_dict(),
+        **extra,
+    }
+    atomic_save_torch(Path(path), payload)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; train first (dfdc train) or fix the path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise CheckpointError(f"{path}: cannot be read as a dfdc checkpoint ({exc}); re-export or retrain it") from None
+    if not isinstance(ckpt, dict) or not {"arch", "num_classes", "state_dict"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a dfdc checkpoint (needs arch, num_classes, state_dict); "
+                              "was it written by dfdc train / export_half?")
+    return ckpt
+
+
+def checkpoint_input(ckpt: dict[str, Any]) -> InputSpec:
+    """The checkpoint's ``InputSpec``; format-1 checkpoints: ``train.size`` and ImageNet statistics."""
+    if isinstance(ckpt.get("input"), dict):
+        return InputSpec.from_dict(ckpt["input"])
+    size = int(((ckpt.get("config") or {}).get("train") or {}).get("size", 0))
+    if size <= 0:
+        raise CheckpointError(f"checkpoint of {ckpt.get('arch')} says neither its input spec nor train.size; retrain it")
+    return InputSpec(size)
+
+
+def fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(fold, path)`` of every ``fold{k}/best.pt`` of a training run, by fold number
+    (the one definition the predictor and the kernel bundle share)."""
+    found = []
+    for path in Path(run_dir).glob("fold*/best.pt"):
+        match = FOLD_DIR.fullmatch(path.parent.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from a checkpoint alone (no network, no pretrained weights).
+
+    Returns ``(model in eval mode on device, float32, checkpoint dict without the weights)``;
+    the dict's ``input`` is the model's ``InputSpec`` as a dict. Reads full and
+    ``export_half`` checkpoints.
+    """
+    ckpt = _read_checkpoint(Path(path))
+    saved = (ckpt.get("config") or {}).get("model") or {}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    # only the model section matters here; keys of other (or newer/older) versions are ignored
+    model_cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known})
+    model_cfg.arch = ckpt["arch"]
+    model_cfg.num_classes = int(ckpt["num_classes"])
+    model_cfg.pretrained = "none"  # the checkpoint has the weights
+    try:
+        model = create_model(model_cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    spec = checkpoint_input(ckpt)
+    if hasattr(model, "set_input_spec"):
+        model.set_input_spec(spec)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {model_cfg.arch} ({exc})") from None
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    meta["input"] = spec.to_dict()
+    return model.to(device).eval(), meta
+
+
+def export_half(path_in: Path, path_out: Path) -> None:
+    """Write a copy of a checkpoint with fp16 weights (half the size; for the kernel bundle)."""
+    ckpt = _read_checkpoint(Path(path_in))
+    out = {k: ckpt[k] for k in HALF_KEEP if k in ckpt}
+    out["input"] = checkpoint_input(ckpt).to_dict()
+    out["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    out["half"] = True
+    atomic_save_torch(Path(path_out), out)

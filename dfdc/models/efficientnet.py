@@ -1,0 +1,79 @@
+"""EfficientNet-B0 .. B7 of efficientnet-pytorch, the seed study's backbone.
+
+``efficientnet-bN``: ``extract_features`` -> global average pooling -> dropout -> Linear.
+Weights: ``imagenet`` downloads efficientnet-pytorch's ImageNet weights when online (cached
+by torch hub); a path loads a local state dict (the offline / Kaggle case); ``none`` is
+random initialisation. ImageNet normalisation; the default side is the variant's native
+resolution (B7: 600), which profiles override with ``train.size`` (the recipe: 240).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dfdc.config import ModelConfig
+from dfdc.models.registry import (
+    FrameModel, download_failed, load_strict, pretrained_source, read_weights_file, register, strip_prefixes,
+)
+from dfdc.preprocess import InputSpec
+
+# efficientnet-pytorch's native resolution per variant (efficientnet_params)
+NATIVE_SIZE = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
+EFFICIENTNET_VARIANTS = tuple(f"efficientnet-b{i}" for i in NATIVE_SIZE)  # b0 .. b7
+
+
+class EfficientNetClassifier(FrameModel):
+    """efficientnet-pytorch features -> global average pooling -> dropout -> Linear."""
+
+    def __init__(self, arch: str, num_classes: int, dropout: float, bn_momentum: float) -> None:
+        from efficientnet_pytorch import EfficientNet
+
+        # efficientnet-pytorch takes TF's decay convention: decay = 1 - PyTorch momentum
+        encoder = EfficientNet.from_name(arch, batch_norm_momentum=1.0 - bn_momentum)
+        super().__init__(encoder._fc.in_features, num_classes, dropout)
+        # The ImageNet head is replaced by ours; drop it so its 1000-way weights cost nothing.
+        del encoder._fc
+        self.encoder = encoder
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.encoder.extract_features(x)).flatten(1)
+
+
+def load_backbone_weights(encoder: nn.Module, raw: object, source: str) -> None:
+    """Load efficientnet-pytorch backbone weights strictly (DDP ``module.`` and our own
+    ``encoder.`` prefixes removed, any ``_fc.``/``fc.`` head left out)."""
+    load_strict(encoder, strip_prefixes(raw, source, ("module.", "encoder."), ("_fc.", "fc.")), source)
+
+
+def _load_pretrained(encoder: nn.Module, arch: str, pretrained: str) -> None:
+    source = pretrained_source(pretrained)
+    if source is None:
+        return
+    if source == "imagenet":
+        from efficientnet_pytorch.utils import url_map
+
+        try:
+            raw = torch.hub.load_state_dict_from_url(url_map[arch], progress=False, map_location="cpu")
+        except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+            raise download_failed(f"the ImageNet weights of {arch}", exc) from None
+        load_backbone_weights(encoder, raw, f"ImageNet weights of {arch}")
+        return
+    load_backbone_weights(encoder, read_weights_file(source), str(source))
+
+
+def _builder(arch: str) -> Callable[[ModelConfig], nn.Module]:
+    def build(cfg: ModelConfig) -> nn.Module:
+        model = EfficientNetClassifier(arch, cfg.num_classes, cfg.dropout, cfg.bn_momentum)
+        _load_pretrained(model.encoder, arch, cfg.pretrained)
+        return model
+
+    build.__doc__ = f"{arch} (efficientnet-pytorch) + average pooling + dropout + Linear."
+    return build
+
+
+for _variant, _size in NATIVE_SIZE.items():
+    register(f"efficientnet-b{_variant}", input=InputSpec(_size))(_builder(f"efficientnet-b{_variant}"))

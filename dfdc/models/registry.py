@@ -1,0 +1,217 @@
+"""The model registry, the frame-classifier contract and pretrained-weight loading.
+
+Models are built by name, timm-style::
+
+    model = create_model(cfg.model, input_size=cfg.train.size)   # "efficientnet-b7"
+
+A builder is a function ``(cfg: ModelConfig) -> nn.Module`` registered with
+``@register("name", input=InputSpec(...))``; ``input`` is the model's default input side and
+the normalisation of its pretrained weights (a callable is allowed, for specs read from a
+library's pretrained config). ``create_model`` gives the model its ``InputSpec`` (the default,
+with the side replaced by ``input_size`` when that is set).
+
+The frame-classifier contract (``FrameModel``): a batch of RGB images N x 3 x H x W with
+pixel values 0-255 (``uint8`` straight from ``dfdc.preprocess.prepare``, or float) ->
+``normalize`` (mean/std of the weights, on the model's device) -> backbone -> pooled
+features (``features``, N x D: what ``dfdc embed`` writes) -> dropout -> ``Linear(D, 2)``.
+P(FAKE) = softmax(logits)[:, 1] (``fake_probability``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfdc.config import ModelConfig
+from dfdc.preprocess import MAX_PIXEL, InputSpec
+
+FAKE_CLASS = 1  # softmax index of FAKE (labels: REAL = 0, FAKE = 1)
+DEFAULT_INPUT = InputSpec(224)  # ImageNet's usual side and statistics
+PRETRAINED_HINT = ("pass a local state dict file with --pretrained PATH "
+                   "(or set model.pretrained: <path>), or train from random init with "
+                   "--pretrained none (model.pretrained: none)")
+# what torch.load raises on a damaged, truncated or foreign file
+TORCH_LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, struct.error)
+
+Builder = Callable[[ModelConfig], nn.Module]
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for and cannot be had."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and its default input."""
+
+    name: str
+    builder: Builder
+    input: InputSpec | Callable[[], InputSpec]
+
+    def default_input(self) -> InputSpec:
+        return self.input() if callable(self.input) else self.input
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT) -> Callable[[Builder], Builder]:
+    """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``."""
+
+    def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name, builder, input)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(arch: str) -> ModelEntry:
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown model arch {arch!r}; registered: {', '.join(list_models())} "
+                         "(set model.arch, e.g. --set model.arch=efficientnet-b0)")
+    return _REGISTRY[arch]
+
+
+def default_input(arch: str, size: int = 0) -> InputSpec:
+    """The input spec ``create_model`` gives ``arch``: its default, side ``size`` when set."""
+    return _entry(arch).default_input().with_size(size)
+
+
+def create_model(cfg: ModelConfig, input_size: int = 0) -> nn.Module:
+    """Build the model named ``cfg.arch`` with ``cfg.num_classes`` outputs, its weights and
+    its ``InputSpec`` (side ``input_size``, or the model's default when 0)."""
+    entry = _entry(cfg.arch)
+    model = entry.builder(cfg)
+    if hasattr(model, "set_input_spec"):
+        model.set_input_spec(entry.default_input().with_size(input_size))
+    return model
+
+
+def fake_probability(logits: torch.Tensor) -> torch.Tensor:
+    """P(FAKE) per row: softmax over the classes, column ``FAKE_CLASS``."""
+    return torch.softmax(logits.float(), dim=1)[:, FAKE_CLASS]
+
+
+class FrameModel(nn.Module):
+    """One face crop -> logits. Subclasses implement ``pooled`` (normalised images -> N x D).
+
+    ``normalize`` maps 0-255 pixels with the weights' mean and std on the model's device and
+    dtype (the buffers follow ``.to()`` / ``.half()``; they are not in the state dict: the
+    checkpoint carries the ``InputSpec`` and ``dfdc.models.load_checkpoint`` sets them).
+    """
+
+    kind = "frame"
+
+    def __init__(self, feature_dim: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.feature_dim = int(feature_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
+        self.register_buffer("pixel_mean", torch.zeros(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.ones(1, 3, 1, 1), persistent=False)
+        self.input_spec = DEFAULT_INPUT
+        self.set_input_spec(DEFAULT_INPUT)
+
+    def set_input_spec(self, spec: InputSpec) -> None:
+        self.input_spec = spec
+        with torch.no_grad():
+            self.pixel_mean.copy_(torch.tensor(spec.mean).view(1, 3, 1, 1) * MAX_PIXEL)
+            self.pixel_std.copy_(torch.tensor(spec.std).view(1, 3, 1, 1) * MAX_PIXEL)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.pixel_mean.dtype)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (N x ``feature_dim``) of 0-255 images."""
+        return self.pooled(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.features(x)))
+
+
+# ----------------------------------------------------------------------------- pretrained weights
+
+
+def strip_prefixes(raw: Any, source: str, prefixes: tuple[str, ...], drop: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A loaded weights object as a plain state dict: ``{"state_dict": ...}`` unwrapped, key
+    ``prefixes`` (e.g. DDP's ``module.``) removed, keys starting with ``drop`` left out."""
+    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise PretrainedWeightsError(f"{source}: not a state dict of tensors; {PRETRAINED_HINT}")
+    state = {}
+    for key, value in raw.items():
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if not key.startswith(drop):
+            state[key] = value
+    return state
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` into ``module`` strictly; a clear error listing any mismatch."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+            for what, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+            if keys
+        )
+        raise PretrainedWeightsError(f"{source}: weights do not fit this backbone ({detail}); {PRETRAINED_HINT}")
+    module.load_state_dict(state, strict=True)
+
+
+def pretrained_source(pretrained: str) -> str | Path | None:
+    """``None`` (random init), ``"imagenet"`` (download) or the local file to load.
+
+    A missing local file is an error here, before any model is built."""
+    choice = pretrained.strip()
+    if choice.lower() in ("none", ""):
+        return None
+    if choice.lower() == "imagenet":
+        return "imagenet"
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file {path} not found; {PRETRAINED_HINT}")
+    return path
+
+
+def read_weights_file(path: Path) -> Any:
+    """``torch.load`` of a local weights file (tensors only), with a clear error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except TORCH_LOAD_ERRORS as exc:
+        raise PretrainedWeightsError(f"{path}: cannot be read as a torch state dict ({exc}); {PRETRAINED_HINT}") from None
+
+
+def download_failed(what: str, exc: BaseException) -> PretrainedWeightsError:
+    return PretrainedWeightsError(
+        f"cannot download {what} ({exc.__class__.__name__}: {exc}); offline? {PRETRAINED_HINT}")
+
+
+def no_pretrained(cfg: ModelConfig) -> None:
+    """For models without pretrained weights: ``pretrained`` must be ``none``."""
+    if cfg.pretrained.strip().lower() not in ("none", ""):
+        raise PretrainedWeightsError(
+            f"{cfg.arch} has no pretrained weights; set model.pretrained: none (--pretrained none)")
