@@ -18,11 +18,11 @@ from dfdc.models.checkpoint import (
 )
 from dfdc.models.registry import (
     FAKE_CLASS, TORCH_LOAD_ERRORS, FrameModel, PretrainedWeightsError, create_model, default_input,
-    fake_probability, list_models, register,
+    fake_probability, list_models, model_requirements, register,
 )
 
 __all__ = [
     "CHECKPOINT_FORMAT", "FAKE_CLASS", "TORCH_LOAD_ERRORS", "CheckpointError", "FrameModel", "PretrainedWeightsError",
     "checkpoint_input", "create_model", "default_input", "export_half", "fake_probability", "fold_checkpoints",
-    "list_models", "load_checkpoint", "register", "save_checkpoint", "unwrap",
+    "list_models", "load_checkpoint", "model_requirements", "register", "save_checkpoint", "unwrap",
 ]

@@ -76,4 +76,4 @@ def _builder(arch: str) -> Callable[[ModelConfig], nn.Module]:
 
 
 for _variant, _size in NATIVE_SIZE.items():
-    register(f"efficientnet-b{_variant}", input=InputSpec(_size))(_builder(f"efficientnet-b{_variant}"))
+    register(f"efficientnet-b{_variant}", input=InputSpec(_size), requires=("efficientnet-pytorch",))(_builder(f"efficientnet-b{_variant}"))

@@ -5,9 +5,11 @@ Models are built by name, timm-style::
     model = create_model(cfg.model, input_size=cfg.train.size)   # "efficientnet-b7"
 
 A builder is a function ``(cfg: ModelConfig) -> nn.Module`` registered with
-``@register("name", input=InputSpec(...))``; ``input`` is the model's default input side and
-the normalisation of its pretrained weights (a callable is allowed, for specs read from a
-library's pretrained config). ``create_model`` gives the model its ``InputSpec`` (the default,
+``@register("name", input=InputSpec(...), requires=("dist-name",))``; ``input`` is the
+model's default input side and the normalisation of its pretrained weights (a callable is
+allowed, for specs read from a library's pretrained config); ``requires`` names the
+third-party distributions (as pinned in requirements.txt) the model needs at inference, so
+the Kaggle bundle ships exactly those (``model_requirements``). ``create_model`` gives the model its ``InputSpec`` (the default,
 with the side replaced by ``input_size`` when that is set).
 
 The frame-classifier contract (``FrameModel``): a batch of RGB images N x 3 x H x W with
@@ -49,11 +51,12 @@ class PretrainedWeightsError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder and its default input."""
+    """A registered model: its builder, its default input, what it needs at inference."""
 
     name: str
     builder: Builder
     input: InputSpec | Callable[[], InputSpec]
+    requires: tuple[str, ...] = ()
 
     def default_input(self) -> InputSpec:
         return self.input() if callable(self.input) else self.input
@@ -62,13 +65,14 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT) -> Callable[[Builder], Builder]:
+def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT,
+             requires: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
     """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, input)
+        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires))
         return builder
 
     return wrap
@@ -83,6 +87,11 @@ def _entry(arch: str) -> ModelEntry:
         raise ValueError(f"unknown model arch {arch!r}; registered: {', '.join(list_models())} "
                          "(set model.arch, e.g. --set model.arch=efficientnet-b0)")
     return _REGISTRY[arch]
+
+
+def model_requirements(arch: str) -> tuple[str, ...]:
+    """Third-party distributions (requirements.txt names) ``arch`` imports at inference."""
+    return _entry(arch).requires
 
 
 def default_input(arch: str, size: int = 0) -> InputSpec:
