@@ -5,6 +5,7 @@
 #   make folds train                folds + cross-validated models (DATA, PROFILE, FOLDS, GPUS)
 #   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
 #   make score                      local log loss of a submission
+#   make embed analyze              face embeddings; PCA -> t-SNE -> HDBSCAN maps and clusters
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
 # train_sample_videos/, test_videos/) to work on the real data.
@@ -19,8 +20,11 @@ DEMO_DATA := data/demo
 DATA ?= $(DEMO_DATA)
 ifeq ($(DATA),$(DEMO_DATA))
 PROFILE ?= smoke
+# the demo's folds keep each actor in one fold (face clusters of the embeddings; README: identity folds)
+GROUP_BY ?= identity
 else
 PROFILE ?= b7
+GROUP_BY ?=
 endif
 RUN ?= $(PROFILE)
 FOLDS ?= all
@@ -29,6 +33,11 @@ WORKERS ?= 2
 SET ?=
 FACES := $(DATA)/faces
 FOLDS_CSV := folds/folds.csv
+EMBEDDINGS := $(DATA)/embeddings
+ANALYSIS := $(DATA)/analysis
+# identity folds need the embeddings first; other groupings only the data
+FOLDS_NEEDS := $(if $(filter identity,$(GROUP_BY)),embed,data)
+GROUP_FLAG := $(if $(GROUP_BY),--group-by $(GROUP_BY))$(if $(filter identity,$(GROUP_BY)), --embeddings $(EMBEDDINGS))
 RUN_DIR := runs/$(RUN)
 SUBMISSION := submissions/$(RUN)/submission.csv
 LABELS ?= $(DATA)/test_labels.csv
@@ -41,11 +50,12 @@ else
 TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m dfdc
 endif
 
-.PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
-        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict clean
+.PHONY: help setup test demo synth data meta faces embed analyze folds train predict score calibrate \
+        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict bench-embed \
+        bench-analyze clean
 
 help:
-	@sed -n '1,12p' Makefile
+	@sed -n '1,13p' Makefile
 
 setup: $(STAMP)
 
@@ -77,8 +87,14 @@ meta: data
 faces: data
 	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) $(SET_FLAGS)
 
-folds: data
-	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
+embed: faces
+	$(DFDC) embed --faces $(FACES) --out $(EMBEDDINGS) --profile $(PROFILE) $(SET_FLAGS)
+
+analyze: embed
+	$(DFDC) analyze --embeddings $(EMBEDDINGS) --out $(ANALYSIS) --profile $(PROFILE) $(SET_FLAGS)
+
+folds: $(FOLDS_NEEDS)
+	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) $(GROUP_FLAG) --profile $(PROFILE) $(SET_FLAGS)
 
 train: faces folds
 	$(TRAIN_LAUNCH) train --faces $(FACES) --folds $(FOLDS_CSV) --profile $(PROFILE) \
@@ -94,7 +110,7 @@ score: $(STAMP)
 	$(DFDC) score --submission $(SUBMISSION) --labels $(LABELS)
 
 demo: $(STAMP)
-	$(MAKE) --no-print-directory synth faces folds train calibrate predict score DATA=$(DEMO_DATA) PROFILE=smoke RUN=demo
+	$(MAKE) --no-print-directory synth faces embed folds train calibrate predict score DATA=$(DEMO_DATA) PROFILE=smoke RUN=demo
 
 kernel: $(STAMP)
 	$(DFDC) kernel --models $(RUN_DIR) --push --profile $(PROFILE) $(SET_FLAGS)
@@ -105,7 +121,7 @@ kernel-build: $(STAMP)
 kernel-local: $(STAMP)
 	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA) --profile $(PROFILE) $(SET_FLAGS)
 
-bench: bench-faces bench-train bench-predict
+bench: bench-faces bench-train bench-predict bench-embed bench-analyze
 
 bench-faces: $(STAMP)
 	$(PY) bench/bench_faces.py
@@ -115,6 +131,13 @@ bench-train: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(PY) bench/bench_predict.py
+
+bench-embed: $(STAMP)
+	$(PY) bench/bench_embed.py
+
+# 130,000 x 512 synthetic embeddings (the study's size); BENCH_ARGS="--n 20000 --compare" for a quick run
+bench-analyze: $(STAMP)
+	$(PY) bench/bench_analyze.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

@@ -124,6 +124,8 @@ class FoldsConfig:
 class EmbedConfig:
     """Pooled backbone features per face crop (``dfdc embed``)."""
 
+    model: str = "efficientnet-b7"  # a registered model, a training run folder or a checkpoint; the
+    # study embedded faces with its B7 (set model.pretrained for ImageNet weights)
     size: int = 0  # input side; 0 = the checkpoint's own side, or a named model's default
     batch_size: int = 64  # crops per forward pass
     chunk_size: int = 2048  # crops per resumable chunk file: a kill loses at most one chunk's work

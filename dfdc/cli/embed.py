@@ -13,8 +13,9 @@ HELP = "embed every face crop with a backbone (name, run folder or checkpoint) -
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", type=Path, required=True, help="faces folder holding faces.csv and the crops")
-    parser.add_argument("--model", required=True, metavar="NAME|RUN_DIR|CKPT",
-                        help="a registered model (random init or --pretrained), a training run folder or a checkpoint")
+    parser.add_argument("--model", default=None, metavar="NAME|RUN_DIR|CKPT",
+                        help="a registered model (random init or --pretrained), a training run folder or a checkpoint "
+                             "(profile: embed.model)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the faces folder's sibling embeddings/)")
     parser.add_argument("--pretrained", default=None, metavar="PATH|none|imagenet", help="weights of a named model")
     parser.add_argument("--fold", type=int, default=None, help="fold checkpoint of a run folder (default the lowest)")
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from dfdc.embed import EmbedError, embed_faces
     from dfdc.models import PretrainedWeightsError
 
+    set_value(cfg, "embed", "model", args.model)
     set_value(cfg, "model", "pretrained", args.pretrained)
     set_value(cfg, "embed", "fold", args.fold)
     set_value(cfg, "embed", "size", args.size)
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     set_value(cfg, "embed", "device", args.device)
     out = args.out or args.faces.parent / "embeddings"
     try:
-        report = embed_faces(args.faces, args.model, out, cfg)
+        report = embed_faces(args.faces, cfg.embed.model, out, cfg)
     except (EmbedError, PretrainedWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

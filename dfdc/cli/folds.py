@@ -69,11 +69,13 @@ def _clusters(args: argparse.Namespace, cfg: Config, needed: bool):
     from dfdc.identity import identities_from_embeddings
 
     path = _embeddings_dir(args, cfg)
-    if not needed and args.embeddings is None and not cfg.folds.embeddings:
+    if not needed and args.embeddings is None:  # the leak report uses face clusters when asked to
         return None
     try:
         return identities_from_embeddings(path, cfg.analyze, cfg.folds.identity_min_cluster)
     except EmbedError as exc:
+        if not needed:  # only for the leak report: without embeddings it uses ground truth alone
+            return None
         raise FoldsError(f"identity folds need face embeddings: {exc}") from None
 
 
