@@ -97,6 +97,11 @@ class FacesConfig:
     # loaded 2-core machine); scale with worker processes instead
     same_face_tolerance: float = 2.0  # mean abs pixel difference (0-255) under which a FAKE crop
     # equals its original's crop: not a manipulated face (audio-only or other-person fakes)
+    track_iou: float = 0.3  # link a face to a track when their boxes overlap at least this (IoU) ...
+    track_center: float = 1.0  # ... or their centres lie within this x the boxes' mean side (sparse
+    # sampling: a moving face may overlap little between two sampled frames but stays near; two people
+    # rarely stand within one face width of each other; dfdc.tracks)
+    track_max_gap: int = 5  # a track unseen for more sampled frames than this ends
     workers: int = 1  # worker processes over videos
     image_format: str = "png"  # lossless, so label cleaning and training see the true pixels
 

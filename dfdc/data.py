@@ -37,7 +37,7 @@ from dfdc.config import warn
 from dfdc.io import read_table
 
 LABELS = {"REAL": 0, "FAKE": 1}
-FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "path", "box", "prob")
+FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob")
 FOLDS_COLUMNS = ("video", "label", "fold")
 ROW_ORDER = ["video", "frame", "face"]  # the canonical order of the training table (unique per crop)
 FACES_FINGERPRINT = ("video", "label", "frame", "face", "path")  # what training reads of the index
@@ -117,6 +117,8 @@ def load_training_data(faces_dir: Path, folds_csv: Path) -> TrainingData:
         table = table[~unassigned]
     table["fold"] = table["fold"].astype(int)
     table["y"] = table["label"].map(LABELS).astype(int)
+    if "track" not in table.columns:  # built before face tracks: the in-frame rank is the best guess
+        table["track"] = table["face"]
     table["file"] = [str(faces_dir / p) for p in table["path"]]
     table = _check_crop_files(table, index_path)
     if table.empty:
