@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,7 +120,7 @@ def load_training_data(faces_dir: Path, folds_csv: Path) -> TrainingData:
     table["y"] = table["label"].map(LABELS).astype(int)
     if "track" not in table.columns:  # built before face tracks: the in-frame rank is the best guess
         table["track"] = table["face"]
-    table["file"] = [str(faces_dir / p) for p in table["path"]]
+    table["file"] = str(faces_dir) + os.sep + table["path"]  # vectorised: 1.7 M rows on DFDC
     table = _check_crop_files(table, index_path)
     if table.empty:
         raise DataError(f"no usable crops under {faces_dir}; rebuild with `python -m dfdc faces`")

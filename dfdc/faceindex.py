@@ -18,7 +18,8 @@ data, e.g. a crash of the machine without the page cache written) or rows withou
 file (an index from an older kit version or a merge) are rebuilt from the manifests.
 
 So a rerun reads one small done file instead of 119k manifests, and no stage stats the
-1.7 M crop files. ``merge`` builds the one ``faces.csv`` of a sharded extraction.
+1.7 M crop files. ``merge`` builds the one ``faces.csv`` of a sharded extraction (with the
+``done.csv`` that fits it, so an unsharded rerun on the same folder finds everything indexed).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from dfdc.io import atomic_write_csv
+from dfdc.io import atomic_write_bytes, atomic_write_csv
 
 ROW_COLUMNS = ["video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob"]
 DONE_COLUMNS = ["video", "part", "label", "crops", "dropped", "end"]
@@ -191,7 +192,7 @@ def merge(out_dir: Path, planned: list[set[str]], failed: list[set[str]]) -> Mer
     """
     n = len(planned)
     out_dir = Path(out_dir)
-    parts, problems, owner, failures = [], [], {}, 0
+    parts, problems, owner, failures, lines = [], [], {}, 0, {}
     for i in range(n):
         index = ShardIndex(out_dir, (i, n))
         if not index.done_path.is_file():
@@ -211,6 +212,7 @@ def merge(out_dir: Path, planned: list[set[str]], failed: list[set[str]]) -> Mer
         if stray:
             problems.append(f"{index.done_path.name} indexes {len(stray)} videos shard {i}/{n} was not to do (e.g. "
                             f"{', '.join(sorted(stray)[:3])}): was it run on other metadata?")
+        lines.update(index.done)
         for video in index.done:
             if video in owner:
                 problems.append(f"video {video} is indexed by shards {owner[video]} and {i}")
@@ -225,11 +227,28 @@ def merge(out_dir: Path, planned: list[set[str]], failed: list[set[str]]) -> Mer
         raise FaceIndexError(f"cannot merge the faces index of {out_dir}: {int(dup.sum())} crop rows appear twice "
                           f"(e.g. {first['video']} frame {first['frame']} face {first['face']})")
     table = table.sort_values(ROW_ORDER, kind="mergesort").reset_index(drop=True)
-    (out_dir / shard_files((0, 1))[1]).unlink(missing_ok=True)  # an unsharded run's done file no longer fits
-    atomic_write_csv(out_dir / INDEX, table[ROW_COLUMNS])
+    _write_unsharded(out_dir, table, lines)
     return MergeReport(shards=n, videos=len(owner), real_crops=int((table["label"] == "REAL").sum()),
                        fake_crops=int((table["label"] == "FAKE").sum()),
                        failed=failures, index=str(out_dir / INDEX))
+
+
+def _write_unsharded(out_dir: Path, table: pd.DataFrame, lines: dict[str, dict[str, Any]]) -> None:
+    """Write ``table`` (sorted by video) as the unsharded index: faces.csv and a done.csv whose
+    end offsets fit it, so a later unsharded run (``make train`` runs ``make faces``) finds
+    every video indexed. The old done.csv goes first: a kill in between leaves faces.csv
+    without done.csv, which the next run rebuilds from the manifests, never a mismatch."""
+    import numpy as np
+
+    rows_name, done_name = shard_files((0, 1))
+    (out_dir / done_name).unlink(missing_ok=True)
+    data = table[ROW_COLUMNS].to_csv(index=False).encode("utf-8")
+    atomic_write_bytes(out_dir / rows_name, data)
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n")) + 1  # [0]: header, [k]: row k - 1
+    last_row = {v: i for i, v in enumerate(table["video"])}  # a video's rows are contiguous (sorted)
+    done = pd.DataFrame([{**line, "end": int(ends[last_row[v] + 1] if v in last_row else ends[0])}
+                         for v, line in lines.items()], columns=DONE_COLUMNS)
+    atomic_write_csv(out_dir / done_name, done.sort_values("end", kind="mergesort"))  # file order
 
 
 def remove_temps(folders: Iterable[Path], names: set[str], mark: str) -> int:

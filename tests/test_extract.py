@@ -210,6 +210,18 @@ def test_resume_after_interruption(built, meta: pd.DataFrame, tmp_path: Path) ->
         build_faces(meta, out, dataclasses.replace(CFG, margin=0.5), progress=False)
 
 
+def test_index_of_an_older_kit_is_rebuilt_from_the_manifests(built, meta: pd.DataFrame, tmp_path: Path) -> None:
+    src, _ = built
+    out = tmp_path / "faces"
+    shutil.copytree(src, out)
+    first = _sorted(pd.read_csv(out / "faces.csv"))
+    (out / "done.csv").unlink()  # faces.csv assembled by an older kit (or a merge), no done file
+    report = build_faces(meta, out, CFG, progress=False, device="cpu")
+    assert "has no done.csv" in report.index_rebuilt and "rebuilt from the manifests" in report.format()
+    assert report.done == 0 and report.indexed_from_manifests == 5 and report.skipped == 5
+    pd.testing.assert_frame_equal(_sorted(pd.read_csv(out / "faces.csv")), first)
+
+
 def test_label_cleaning_uses_video_pixels_not_saved_crops(meta: pd.DataFrame, tmp_path: Path) -> None:
     """An original finished by an earlier run: its fakes are compared with its frames decoded
     again, not with its (lossy) crop files -- here overwritten with noise to prove it."""
@@ -262,6 +274,10 @@ def test_workers_and_shards_match_single_process(built, meta: pd.DataFrame, tmp_
     got = pd.read_csv(out / "faces.csv")
     pd.testing.assert_frame_equal(got, _sorted(got))  # the merged index is in canonical order
     pd.testing.assert_frame_equal(got[["video", "frame", "face", "box"]], expected[["video", "frame", "face", "box"]])
+    # `make train` runs an unsharded `dfdc faces` next: it finds every video in the merged index
+    again = build_faces(meta, out, CFG, progress=False, device="cpu")
+    assert again.done == 0 and again.skipped == 5 and again.indexed_from_manifests == 0 and not again.index_rebuilt
+    pd.testing.assert_frame_equal(pd.read_csv(out / "faces.csv"), got)
 
 
 def test_merge_refuses_missing_and_duplicated(built, meta: pd.DataFrame, tmp_path: Path) -> None:
