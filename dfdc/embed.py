@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dfdc.config import Config
 from dfdc.data import read_rgb
+from dfdc.faceindex import ROW_ORDER
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, clean_temp_files, read_table
 from dfdc.preprocess import prepare
 from dfdc.threads import torch_threads
@@ -87,10 +88,12 @@ class EmbedReport:
 
 
 def read_faces_index(faces_dir: Path) -> pd.DataFrame:
-    """The crops of a faces folder as ``INDEX_COLUMNS``, one row per crop, in file order.
+    """The crops of a faces folder as ``INDEX_COLUMNS``, one row per crop, in the faces
+    index's canonical order (video, frame, face: the order training reads; the file itself
+    is appended as videos finish).
 
-    The one place that reads ``faces.csv`` for embeddings: columns that a faces table lacks
-    are filled (``original`` None, ``part`` "", ``face`` 0, ``track`` -1)."""
+    The one place that reads ``faces.csv`` for embeddings and identity folds: columns that a
+    faces table lacks are filled (``original`` None, ``part`` "", ``face`` 0, ``track`` -1)."""
     faces_dir = Path(faces_dir)
     table = read_table(faces_dir / FACES_FILE, FACES_NEEDED, error=EmbedError, what="faces table",
                        fix="build it with `python -m dfdc faces` (make faces)",
@@ -101,6 +104,7 @@ def read_faces_index(faces_dir: Path) -> pd.DataFrame:
             table[column] = value
     table["original"] = table["original"].where(table["original"].notna(), None)
     table["track"] = table["track"].fillna(NO_TRACK).astype(int)
+    table = table.sort_values(ROW_ORDER, kind="mergesort")
     return table[INDEX_COLUMNS].reset_index(drop=True)
 
 

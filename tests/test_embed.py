@@ -20,7 +20,7 @@ from tests.test_data import make_tiny_faces
 
 
 def _cfg(*overrides: str):
-    return load_config("smoke", ["embed.loader_workers=0", "embed.size=32", *overrides])
+    return load_config("smoke", ["embed.loader_workers=0", "embed.size=32", "embed.center=1.0", *overrides])
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def faces(tmp_path: Path) -> Path:
 def test_embeds_every_crop_with_its_index(faces: Path, tmp_path: Path) -> None:
     report = embed_faces(faces, "tiny-cnn", tmp_path / "emb", _cfg())
     array, index = load_embeddings(tmp_path / "emb")
-    table = pd.read_csv(faces / "faces.csv")
+    table = pd.read_csv(faces / "faces.csv").sort_values(["video", "frame", "face"]).reset_index(drop=True)
     assert array.shape == (len(table), 64) and array.dtype == np.float32 and report.rows == len(table)
     assert list(index.columns) == INDEX_COLUMNS
     assert index["video"].tolist() == table["video"].tolist() and index["path"].tolist() == table["path"].tolist()
@@ -56,7 +56,9 @@ def test_track_column_is_used_when_present(faces: Path) -> None:
     table = pd.read_csv(faces / "faces.csv")
     table["track"] = np.arange(len(table)) % 2
     table.to_csv(faces / "faces.csv", index=False)
-    assert read_faces_index(faces)["track"].tolist() == (np.arange(len(table)) % 2).tolist()
+    index = read_faces_index(faces)
+    assert index["track"].tolist() == table.set_index("path").loc[index["path"], "track"].tolist()
+    assert set(index["track"]) == {0, 1}
 
 
 def test_random_init_efficientnet_gives_usable_features(faces: Path, tmp_path: Path) -> None:
