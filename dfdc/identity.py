@@ -55,15 +55,29 @@ class IdentityReport:
                 f"{self.merged_originals()} originals in multi-video identities")
 
 
+def _per_original(index: pd.DataFrame, crops: int) -> np.ndarray:
+    """Mask of the REAL rows to cluster: at most ``crops`` evenly spaced ones per video (0 = all)."""
+    real = (index["label"] == "REAL").to_numpy()
+    if crops <= 0:
+        return real
+    keep = np.zeros(len(index), bool)
+    for rows in index.index[real].to_series().groupby(index.loc[real, "video"].to_numpy()).groups.values():
+        rows = np.asarray(rows)
+        keep[rows[np.unique(np.linspace(0, len(rows) - 1, min(crops, len(rows))).round().astype(int))]] = True
+    return keep
+
+
 def cluster_identities(embeddings: np.ndarray, index: pd.DataFrame, cfg: AnalyzeConfig,
-                       min_cluster: int = 0) -> IdentityReport:
+                       min_cluster: int = 0, crops: int = 0) -> IdentityReport:
     """Identity of every original (REAL) video in ``index`` from its crops' embeddings.
 
     ``min_cluster`` is HDBSCAN's min_cluster_size (0 = the median crops per original, so a
-    cluster holds at least about one video's faces)."""
+    cluster holds at least about one video's faces); ``crops`` caps the crops per original
+    (evenly spaced; 0 = all)."""
     from dfdc.analyze import NOISE, embed_map
 
-    real = (index["label"] == "REAL").to_numpy()
+    index = index.reset_index(drop=True)
+    real = _per_original(index, crops)
     if real.sum() == 0:
         raise IdentityError("the embeddings hold no crop of a REAL video: identities come from the originals' faces")
     videos = index.loc[real, "video"].astype(str).to_numpy()
@@ -86,12 +100,12 @@ def cluster_identities(embeddings: np.ndarray, index: pd.DataFrame, cfg: Analyze
     return IdentityReport(table, int(len(set(labels.tolist()) - {NOISE})), float(np.mean(labels == NOISE)))
 
 
-def identities_from_embeddings(path: Path, cfg: AnalyzeConfig, min_cluster: int = 0) -> IdentityReport:
+def identities_from_embeddings(path: Path, cfg: AnalyzeConfig, min_cluster: int = 0, crops: int = 0) -> IdentityReport:
     """``cluster_identities`` of an embeddings folder written by ``dfdc embed``."""
     from dfdc.embed import load_embeddings
 
     array, index = load_embeddings(path)
-    return cluster_identities(array, index, cfg, min_cluster)
+    return cluster_identities(array, index, cfg, min_cluster, crops)
 
 
 def synth_identities(data_root: Path) -> dict[str, str] | None:

@@ -72,7 +72,7 @@ def _clusters(args: argparse.Namespace, cfg: Config, needed: bool):
     if not needed and args.embeddings is None:  # the leak report uses face clusters when asked to
         return None
     try:
-        return identities_from_embeddings(path, cfg.analyze, cfg.folds.identity_min_cluster)
+        return identities_from_embeddings(path, cfg.analyze, cfg.folds.identity_min_cluster, cfg.folds.identity_crops)
     except EmbedError as exc:
         if not needed:  # only for the leak report: without embeddings it uses ground truth alone
             return None
