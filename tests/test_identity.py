@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from dfdc.cli import main
-from dfdc.config import SynthConfig
+from dfdc.config import AnalyzeConfig, SynthConfig
 from dfdc.identity import agreement, fold_leak, identities_from_embeddings, synth_identities
-from dfdc.config import AnalyzeConfig
 
 # 6 REAL videos: 3 identities x 2 takes (another background, camera and light each), 1 fake each
 ACTORS = SynthConfig(videos=12, test_videos=0, parts=2, fakes_per_real=1, width=320, height=240, seconds=0.6,
