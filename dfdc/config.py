@@ -159,10 +159,10 @@ class AnalyzeConfig:
     tsne: str = "opentsne"  # "opentsne" (FFT-interpolated gradients, measured faster: bench_analyze)
     # or "sklearn" (Barnes-Hut)
     perplexity: float = 30.0  # t-SNE's customary default (both libraries); capped at (n - 1) / 3
-    tsne_3d: bool = False  # also a 3-D map (the study's t-SNE(3)): Barnes-Hut only, several times
-    # slower than the 2-D FFT map (bench_analyze), so off by default
-    cluster_space: str = "tsne"  # HDBSCAN on the 2-D t-SNE map ("tsne", the study's) or on the PCA
-    # scores ("pca")
+    tsne_3d: bool = False  # also a 3-D map (the study's t-SNE(3)): Barnes-Hut only (no FFT in 3-D),
+    # O(n log n) where the 2-D map is FFT from 10k points; off by default (README: analysis bench)
+    cluster_space: str = "tsne"  # HDBSCAN on the 2-D t-SNE map ("tsne": what the pictures show, cheap
+    # in 2-D) or on the PCA scores ("pca"); identity folds always use "pca" (dfdc.identity)
     min_cluster_size: int = 20  # HDBSCAN: faces in the smallest cluster (the study: 520 clusters
     # of 130,000 faces, 250 on average)
     min_samples: int = 0  # HDBSCAN core-distance neighbours; 0 = min_cluster_size
