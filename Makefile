@@ -84,8 +84,8 @@ train: faces folds
 	$(TRAIN_LAUNCH) train --faces $(FACES) --folds $(FOLDS_CSV) --profile $(PROFILE) \
 	    --name $(RUN) --fold-list $(FOLDS) $(SET_FLAGS)
 
-calibrate: $(STAMP)
-	$(DFDC) calibrate --run $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
+calibrate: data
+	$(DFDC) calibrate --run $(RUN_DIR) --data $(DATA) --folds $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
 
 predict: data
 	$(DFDC) predict --videos $(DATA)/test_videos --models $(RUN_DIR) --out $(SUBMISSION) --profile $(PROFILE) $(SET_FLAGS)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import dfdc
-from dfdc.calibrate import CALIBRATION
+from dfdc.aggregate import CALIBRATION
 from dfdc.config import Config, save_config, warn
 from dfdc.io import TEMP_MARK, atomic_write_json, atomic_write_text
 

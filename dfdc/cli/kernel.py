@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dfdc.calibrate import explicit_keys
+from dfdc.aggregate import explicit_keys
 from dfdc.config import Config, set_value
 from dfdc.kernel import (
     KernelError,
