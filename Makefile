@@ -42,7 +42,8 @@ TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m df
 endif
 
 .PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
-        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict clean
+        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict \
+        bench-label-cleaning clean
 
 help:
 	@sed -n '1,12p' Makefile
@@ -115,6 +116,9 @@ bench-train: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(PY) bench/bench_predict.py
+
+bench-label-cleaning: $(STAMP)
+	$(PY) bench/bench_label_cleaning.py
 
 clean:
 	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

@@ -95,8 +95,12 @@ class FacesConfig:
     detect_threads: int = 1  # torch CPU threads while MTCNN runs (0 = leave as set): its per-box loop
     # of tiny ops ran 3-7x faster on 1 thread than on 2 here (40 1080p frames: 3.3-3.9 s vs 12-26 s,
     # loaded 2-core machine); scale with worker processes instead
-    same_face_tolerance: float = 2.0  # mean abs pixel difference (0-255) under which a FAKE crop
-    # equals its original's crop: not a manipulated face (audio-only or other-person fakes)
+    same_face_tolerance: float = 3.5  # mean abs pixel difference (0-255) inside the face box
+    # (dfdc.faces.face_difference) under which a FAKE crop equals its original's: not a manipulated
+    # face (audio-only or other-person fakes). Source: bench/bench_label_cleaning.py on the mini DFDC:
+    # an original re-encoded at the same quality (libx264 CRF 20) differs by at most 3.0-3.05 inside
+    # the box (176 crops, two runs), genuine swaps by at least 13.9 (880 crops of 40 fakes); a
+    # bit-identical stream by 0. 3.5 drops those re-encodes and keeps every swap.
     workers: int = 1  # worker processes over videos
     image_format: str = "png"  # lossless, so label cleaning and training see the true pixels
 
