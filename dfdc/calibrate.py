@@ -10,7 +10,7 @@
    (stratified by label) is predicted. Each fold's faces land in
    ``RUN/calibration/fold{k}/`` (a fold already predicted for the same videos, checkpoint
    and settings is not predicted again), all of them in ``RUN/calibration_faces.csv``
-   (``video,label,fold,frame,face,prob``). Videos the predictor could not read or found no
+   (``video,label,fold,frame,track,prob``). Videos the predictor could not read or found no
    face in get the fallback at test time whatever the calibration says; they are counted
    and left out of the fit.
 2. **Search** every combination of aggregation (``mean``, ``confident``: ``dfdc.aggregate``,
@@ -55,7 +55,7 @@ from dfdc.metrics import log_loss, plot_reliability
 CALIBRATION_FACES = "calibration_faces.csv"
 CALIBRATION_DIR = "calibration"  # RUN/calibration/fold{k}/: the per-fold predictor outputs
 CALIBRATION_PLOT = "calibration.png"
-FACES_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
+FACES_COLUMNS = ["video", "label", "fold", "frame", "track", "prob"]
 FOLD_DONE = "done.json"  # what a fold's per-face file was predicted from (resume check)
 
 

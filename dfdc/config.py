@@ -101,6 +101,11 @@ class FacesConfig:
     # an original re-encoded at the same quality (libx264 CRF 20) differs by at most 3.0-3.05 inside
     # the box (176 crops, two runs), genuine swaps by at least 13.9 (880 crops of 40 fakes); a
     # bit-identical stream by 0. 3.5 drops those re-encodes and keeps every swap.
+    track_iou: float = 0.3  # link a face to a track when their boxes overlap at least this (IoU) ...
+    track_center: float = 1.0  # ... or their centres lie within this x the boxes' mean side (sparse
+    # sampling: a moving face may overlap little between two sampled frames but stays near; two people
+    # rarely stand within one face width of each other; dfdc.tracks)
+    track_max_gap: int = 5  # a track unseen for more sampled frames than this ends
     workers: int = 1  # worker processes over videos
     image_format: str = "png"  # lossless, so label cleaning and training see the true pixels
 

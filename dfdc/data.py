@@ -29,7 +29,7 @@ from dfdc.config import warn
 from dfdc.io import read_table
 
 LABELS = {"REAL": 0, "FAKE": 1}
-FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "path", "box", "prob")
+FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob")
 FOLDS_COLUMNS = ("video", "label", "fold")
 SEED_MODULUS = 2**32  # numpy / albumentations seeds are 32-bit
 
@@ -67,6 +67,8 @@ def load_face_table(faces_dir: Path, folds_csv: Path) -> pd.DataFrame:
         table = table[~unassigned]
     table["fold"] = table["fold"].astype(int)
     table["y"] = table["label"].map(LABELS).astype(int)
+    if "track" not in table.columns:  # built before face tracks: the in-frame rank is the best guess
+        table["track"] = table["face"]
     table["file"] = [str(faces_dir / p) for p in table["path"]]
     exists = np.fromiter((Path(f).is_file() for f in table["file"]), dtype=bool, count=len(table))
     if not exists.all():

@@ -8,6 +8,9 @@ DFDC metadata table -> face crops + ``faces.csv``. The recipe:
   frame indices (fakes are pixel-aligned with their original). A fake's frames are an
   evenly spaced subset of the original's frames that have a face. A fake whose original is
   not in the table, failed, or has no face is detected on itself.
+- Face tracks (``dfdc.tracks``): a detected video's faces are linked across its frames; every
+  crop row carries its ``track`` (0 = the face seen most often), and a FAKE reusing its
+  original's boxes gets its original's tracks.
 - Label cleaning: a FAKE crop (nearly) identical to its original's crop at the same frame
   and face (mean absolute difference inside the face box, ``dfdc.faces.face_difference``,
   < ``same_face_tolerance``) is not a manipulated face
@@ -55,9 +58,10 @@ from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_conf
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json
 from dfdc.threads import limit_threads
+from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
 
-MANIFEST_COLUMNS = ["video", "part", "label", "original", "frame", "face", "path", "box", "prob"]
+MANIFEST_COLUMNS = ["video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob"]
 META_COLUMNS = ("video", "path", "part", "label", "original")
 FAILURE_COLUMNS = ["video", "part", "label", "reason"]
 IMAGE_FORMATS = ("png", "jpg", "webp")
@@ -65,6 +69,7 @@ IMAGE_FORMATS = ("png", "jpg", "webp")
 RESUME_KEYS = (
     "margin", "size", "frames_real", "frames_fake", "max_faces", "detect_short_side",
     "min_face_size", "thresholds", "min_prob", "same_face_tolerance", "image_format",
+    "track_iou", "track_center", "track_max_gap",
 )  # fmt: skip
 
 
@@ -246,7 +251,7 @@ def _load_crop(path: Path) -> np.ndarray | None:
 def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str, Any]:
     return {
         "video": job.video, "part": job.part, "label": job.label, "original": job.original or "",
-        "frame": frame, "face": face, "path": rel,
+        "frame": frame, "face": face, "track": int(det.track), "path": rel,
         "box": " ".join(f"{float(v):.1f}" for v in det.box[:4]), "prob": round(float(det.prob), 5),
     }  # fmt: skip
 
@@ -325,6 +330,7 @@ def _detect_video(job: Job, k: int) -> tuple[Outcome, _Boxes | None]:
     """Sample ``k`` frames, detect, crop, write boxes and the manifest."""
     indices, frames = read_frames(Path(job.path), k=k)
     dets = _detector().detect(frames)
+    assign_tracks(dets, _STATE["cfg"])
     if not any(dets):
         return Outcome(job.video, job.part, job.label, "failed", f"no face found in {len(frames)} frames",
                        detected=True), None  # fmt: skip

@@ -55,7 +55,7 @@ from dfdc.threads import limit_threads
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
-FACE_COLUMNS = ["filename", "frame", "face", "prob"]  # per-face output (``faces_csv``)
+FACE_COLUMNS = ["filename", "frame", "track", "prob"]  # per-face output (``faces_csv``)
 
 # Fallback reasons written to predictions.csv (a prefix; details follow after ": ").
 REASON_MISSING = "missing"
@@ -107,8 +107,8 @@ class VideoFaces:
     n_frames: int
     seconds: dict[str, float]  # decode, detect, crop
     reason: str = ""  # empty on success
-    frame: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per face: frame index
-    face: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per face: rank in its frame
+    frames: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # frame index of each face
+    tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # face track of each face (dfdc.tracks)
 
 
 def fallback_kind(reason: str) -> str:
@@ -301,6 +301,7 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     """
     from dfdc.faces import crop_face
     from dfdc.preprocess import prepare
+    from dfdc.tracks import assign_tracks
     from dfdc.video import VideoReadError, read_frames
 
     name = Path(path).name
@@ -314,19 +315,20 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
         return VideoFaces(name, {}, 0, 0, seconds, f"{REASON_UNREADABLE}: {exc}")
     t1 = time.perf_counter()
     detections = state["detector"].detect(frames)
+    assign_tracks(detections, setup.faces)
     t2 = time.perf_counter()
     seconds["decode"], seconds["detect"] = t1 - t0, t2 - t1
-    boxes = [(i, j, det.box) for i, dets in enumerate(detections) for j, det in enumerate(dets)]
+    boxes = [(i, det.box) for i, dets in enumerate(detections) for det in dets]
+    frame_of = np.array([indices[i] for i, dets in enumerate(detections) for _ in dets], dtype=np.int64)
+    track_of = np.array([det.track for dets in detections for det in dets], dtype=np.int64)
     if not boxes:
         return VideoFaces(name, {}, 0, len(frames), seconds, f"{REASON_NO_FACE}: in {len(frames)} frames")
     tensors: dict[CropSpec, np.ndarray] = {}
     for spec in setup.specs:
         tensors[spec] = np.stack([prepare(crop_face(frames[i], box, spec.margin, spec.crop_size), spec.input_size)
-                                  for i, _, box in boxes])
+                                  for i, box in boxes])
     seconds["crop"] = time.perf_counter() - t2
-    frame = np.array([indices[i] for i, _, _ in boxes], dtype=np.int64)
-    face = np.array([j for _, j, _ in boxes], dtype=np.int64)
-    return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frame=frame, face=face)
+    return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of)
 
 
 def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFaces]) -> None:
@@ -448,8 +450,8 @@ class _Pending:
 
     name: str
     n_faces: int
-    frame: np.ndarray
-    face: np.ndarray
+    frames: np.ndarray  # per face: its frame index
+    tracks: np.ndarray  # per face: its face track
     probs: list[np.ndarray] = field(default_factory=list)
     done: int = 0
     failed: str = ""  # the reason when a model batch holding its faces failed
@@ -664,7 +666,7 @@ def predict_videos(
     ``cfg.predict.calibration`` is "none" or the key is in ``explicit`` (keys the user set
     on the command line). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1": models
     spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``: also
-    write every face's P(FAKE) there (``filename,frame,face,prob``; calibration searches its
+    write every face's P(FAKE) there (``filename,frame,track,prob``; calibration searches its
     aggregation on them). ``process`` is the per-video worker function (replaceable in
     tests; it must be importable by spawned processes).
     """
@@ -734,7 +736,7 @@ def predict_videos(
             fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
             return
         if faces_csv is not None:
-            face_rows.append(pd.DataFrame({"filename": item.name, "frame": item.frame, "face": item.face,
+            face_rows.append(pd.DataFrame({"filename": item.name, "frame": item.frames, "track": item.tracks,
                                            "prob": probs}))
 
     def run_batch() -> None:
@@ -785,9 +787,9 @@ def predict_videos(
                 if faces is None or reason:
                     fallback(name, reason, 0 if faces is None else faces.n_faces)
                     continue
-                frame = faces.frame if len(faces.frame) == faces.n_faces else np.full(faces.n_faces, -1)
-                face = faces.face if len(faces.face) == faces.n_faces else np.full(faces.n_faces, -1)
-                item = _Pending(name, faces.n_faces, frame, face)
+                frames = faces.frames if len(faces.frames) == faces.n_faces else np.full(faces.n_faces, -1)
+                tracks = faces.tracks if len(faces.tracks) == faces.n_faces else np.full(faces.n_faces, -1)
+                item = _Pending(name, faces.n_faces, frames, tracks)
                 faces_q.append((item, faces.tensors, 0))
                 queued_faces += faces.n_faces
                 total_faces += faces.n_faces

@@ -25,7 +25,7 @@ def faces_table(videos: int, sharpness: float, faces: int = 8, seed: int = 0) ->
         video_signal = (1.0 if label else -1.0) + rng.normal(0.0, 1.2)  # some videos look wrong
         for f in range(faces):
             logit = sharpness * (video_signal + rng.normal(0.0, 0.5))
-            rows.append({"video": f"v{v:04d}.mp4", "label": label, "fold": v % 3, "frame": f, "face": 0,
+            rows.append({"video": f"v{v:04d}.mp4", "label": label, "fold": v % 3, "frame": f, "track": 0,
                          "prob": 1.0 / (1.0 + np.exp(-logit))})
     return pd.DataFrame(rows)
 
@@ -75,7 +75,7 @@ def confident_table(mistakes_in: str, n: int = 400, seed: int = 0) -> pd.DataFra
     for v in range(n):
         sure = 0.9995 if y[v] else 0.0005
         p = 1.0 - sure if v in wrong else sure
-        rows += [{"video": f"v{v:04d}.mp4", "label": int(y[v]), "fold": 0, "frame": f, "face": 0, "prob": p}
+        rows += [{"video": f"v{v:04d}.mp4", "label": int(y[v]), "fold": 0, "frame": f, "track": 0, "prob": p}
                  for f in range(4)]
     return pd.DataFrame(rows)
 
@@ -135,7 +135,7 @@ def test_each_fold_predicts_its_own_held_out_videos(tiny_run: dict[str, Path]) -
     result = calibrate(run, tiny_run["data"], tiny_run["folds"], cfg, device="cpu", progress=False)
     folds = pd.read_csv(tiny_run["folds"])
     faces = pd.read_csv(run / CALIBRATION_FACES)
-    assert list(faces.columns) == ["video", "label", "fold", "frame", "face", "prob"]
+    assert list(faces.columns) == ["video", "label", "fold", "frame", "track", "prob"]
     truth = folds.set_index("video")
     assert (faces["fold"] == faces["video"].map(truth["fold"])).all()
     assert (faces["label"] == (faces["video"].map(truth["label"]) == "FAKE").astype(int)).all()
@@ -200,7 +200,7 @@ def test_confident_rule_parameters_travel_with_the_calibration() -> None:
 
 
 def test_video_probs_follow_the_predictor_rules() -> None:
-    faces = pd.DataFrame({"video": ["a"] * 32, "label": 1, "fold": 0, "frame": range(32), "face": 0,
+    faces = pd.DataFrame({"video": ["a"] * 32, "label": 1, "fold": 0, "frame": range(32), "track": 0,
                           "prob": [0.9] * 4 + [0.05] * 28})
     y, raw, names = video_probs(faces, PredictConfig())
     assert names == ["a"] and y.tolist() == [1]

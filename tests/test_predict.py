@@ -258,7 +258,7 @@ def quick_or_hang(path: str, setup: WorkerSetup) -> VideoFaces:
         time.sleep(3600)
     n = 2
     tensors = {s: np.full((n, 3, s.input_size, s.input_size), 100, np.uint8) for s in setup.specs}
-    return VideoFaces(name, tensors, n, n, {}, frame=np.arange(n), face=np.zeros(n, np.int64))
+    return VideoFaces(name, tensors, n, n, {}, frames=np.arange(n), tracks=np.zeros(n, np.int64))
 
 
 def _linked(videos: Path, source: Path, names: list[str]) -> Path:
@@ -405,7 +405,7 @@ def test_predictor_crops_as_the_checkpoint_was_trained(inputs: dict[str, Path], 
     detections = FaceDetector(trained.faces, device="cpu").detect(frames)
     want = np.stack([prepare(crop_face(frames[i], d.box, 0.3, 40), 24) for i, ds in enumerate(detections) for d in ds])
     assert tensors.shape == want.shape and np.array_equal(tensors, want)
-    assert seen.frame.tolist() == [indices[i] for i, ds in enumerate(detections) for _ in ds]
+    assert seen.frames.tolist() == [indices[i] for i, ds in enumerate(detections) for _ in ds]
 
 
 def test_a_chosen_checkpoint_and_per_face_probabilities(inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -417,7 +417,7 @@ def test_a_chosen_checkpoint_and_per_face_probabilities(inputs: dict[str, Path],
                             checkpoints=[one], faces_csv=faces_csv, names=["good0.mp4", "blank.mp4"])
     assert report.models == 1 and report.faces_csv == faces_csv
     faces = pd.read_csv(faces_csv)
-    assert list(faces.columns) == ["filename", "frame", "face", "prob"]
+    assert list(faces.columns) == ["filename", "frame", "track", "prob"]
     assert set(faces["filename"]) == {"good0.mp4"}  # blank.mp4 has no face: no rows
     pred = read(out)[1].set_index("filename")
     assert float(pred.loc["good0.mp4", "raw"]) == pytest.approx(faces["prob"].mean())
