@@ -4,6 +4,7 @@
 #   make demo                       the whole pipeline on the built-in mini DFDC
 #   make folds train                folds + cross-validated models (DATA, PROFILE, FOLDS, GPUS)
 #   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
+#   make submit                     submit the pushed kernel version to the competition
 #   make score                      local log loss of a submission
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
@@ -42,7 +43,7 @@ TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m df
 endif
 
 .PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
-        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict \
+        kernel kernel-build kernel-local submit bench bench-faces bench-train bench-predict \
         bench-label-cleaning clean
 
 help:
@@ -103,8 +104,11 @@ kernel: $(STAMP)
 kernel-build: $(STAMP)
 	$(DFDC) kernel --models $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
 
-kernel-local: $(STAMP)
+kernel-local: data
 	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA) --profile $(PROFILE) $(SET_FLAGS)
+
+submit: $(STAMP)
+	$(DFDC) submit --profile $(PROFILE) $(SET_FLAGS)
 
 bench: bench-faces bench-train bench-predict
 

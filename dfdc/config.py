@@ -223,7 +223,7 @@ class CalibrateConfig:
 
 @dataclass
 class KernelConfig:
-    """Kaggle kernel bundle (``dfdc kernel``)."""
+    """Kaggle kernel bundle, push, submission and the kernel's own run (``dfdc kernel``, ``dfdc submit``)."""
 
     slug: str = "dfdc-kit-inference"
     dataset_slug: str = "dfdc-kit-models"
@@ -231,15 +231,32 @@ class KernelConfig:
     max_weights_bytes: int = 1_000_000_000  # "models had to fit in 1 GB"
     time_budget: float = 8.5 * 3600  # the 9 h limit less a safety margin
     private: bool = True
-    enable_gpu: bool = True  # the DFDC kernels ran on one GPU (P100 at the time)
+    enable_gpu: bool = True
+    machine_shape: str = "NvidiaTeslaT4"  # kernel-metadata.json accelerator: "NvidiaTeslaT4" gets two T4s
+    # (sm_75); enable_gpu alone still gets a P100, whose sm_60 today's torch no longer supports
+    # (kaggle-cli #1151, #1196). Also accepted: "NvidiaTeslaP100", "TpuV5E8"; "" leaves it out
     license: str = "unknown"  # dataset-metadata.json license name (Kaggle needs exactly one)
-    wheel_packages: tuple[str, str] = ("facenet-pytorch", "efficientnet-pytorch")  # shipped as wheels;
-    # versions are read from requirements.txt so the kernel runs the versions the models were trained with
     build_dir: str = "kernels/build"  # bundle output (git-ignored)
     wheel_cache: str = ""  # where downloaded third-party wheels are kept; "" = BUILD_DIR/wheel-cache
     push_timeout: float = 3600.0  # seconds per `kaggle` CLI call (the client has no HTTP timeout;
     # uploading up to 1 GB of weights)
+    dataset_ready_timeout: float = 1800.0  # seconds to wait for a pushed dataset version to be ready
+    # before the kernel is pushed (Kaggle processes uploads; a kernel pushed earlier sees no files)
+    dataset_poll: float = 15.0  # seconds between two `kaggle datasets status` calls
     local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
+    # -- the kernel's own run --
+    max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that are
+    # not the video's own fault (import, CUDA, model errors, dead or hung workers, time budget): the
+    # kernel prints "STATUS: failed" and exits non-zero after writing the fallback submission
+    video_timeout: float = 60.0  # predict.video_timeout in the kernel: ~7x the ~8 s per video that the
+    # 9 h limit allows for 4,000 videos
+    workers: int = 3  # decode + detect worker processes on a GPU machine (T4 x2 has 4 CPUs: 3 workers,
+    # the main process feeds the GPUs); MTCNN runs on the GPUs, workers alternating between them
+    cpu_frames: int = 8  # when no GPU passes the start-up probe: frames per video on the CPU ...
+    cpu_models: int = 1  # ... fold models used ... (estimate: B7 at 240 px ~0.2-0.25 s per face on a
+    # few CPU threads, so 8 frames x 1 model ~2-4 s per video, inside the ~7.6 s that 8.5 h leave
+    # for 4,000 videos; the time budget still holds if it is slower)
+    cpu_workers: int = 1  # ... and decode + detect workers (the model needs the other CPUs)
 
 
 @dataclass
@@ -368,6 +385,7 @@ RENAMED_KEYS: dict[str, str | None] = {
     "predict.calib_temperatures": "calibrate.temperatures",
     "predict.calib_clips": "calibrate.clips",
     "predict.calib_min_videos": "calibrate.min_videos",
+    "kernel.wheel_packages": None,  # the bundle now ships what its models need (dfdc.kaggle.wheels)
 }
 
 
