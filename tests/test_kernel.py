@@ -346,7 +346,7 @@ def test_invalid_dataset_sources_fail_the_push(bundle: Bundle, tmp_path: Path, m
     """Kaggle saves the kernel but leaves the dataset out: it would run without its weights."""
     with KaggleStub(invalid_dataset_sources=("alice/dfdc-kit-models",)) as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        with pytest.raises(KernelError, match="not valid dataset sources"):
+        with pytest.raises(KernelError, match="saved it without its dataset sources .*alice/dfdc-kit-models"):
             push_bundle(bundle, _push_cfg(tmp_path))
     assert len(stub.bodies("SaveKernel")) == 1
     assert not (bundle.root / "push.json").exists() or json.loads((bundle.root / "push.json").read_text())
