@@ -130,6 +130,7 @@ def image_environment(folder: Path, image: list[str]) -> tuple[Path, list[str]]:
     """A venv at ``folder`` seeing only ``image`` and its dependencies (linked from this
     environment); returns (its python, the distributions it holds). Rebuilt when the list
     or a version changes."""
+    folder = Path(os.path.abspath(folder))  # the kernel runs in another working directory
     dists = closure(image)
     missing = [n for n in image if n not in dists]
     if missing:
