@@ -457,6 +457,12 @@ def test_image_environment_holds_only_the_image(image_dir: Path) -> None:
     from dfdc.kaggle.wheels import image_list
 
     python, dists = image_environment(image_dir, image_list(repo_root() / IMAGE_LIST))
+    cwd = os.getcwd()
+    try:  # a relative folder still gives an interpreter usable from the kernel's working folder
+        os.chdir(image_dir.parent)
+        assert image_environment(Path(image_dir.name), image_list(repo_root() / IMAGE_LIST))[0] == python
+    finally:
+        os.chdir(cwd)
     assert "torch" in dists and "numpy" in dists and "facenet-pytorch" not in dists and "dfdc-kit" not in dists
     probe = ("import importlib.util as u, torch, cv2, numpy, pandas, yaml\n"
              "print([m for m in ('facenet_pytorch', 'efficientnet_pytorch', 'dfdc', 'albumentations', 'pytest') "
