@@ -539,12 +539,15 @@ def test_plan_uses_every_healthy_gpu_or_a_budget_fitting_cpu_plan(tmp_path: Path
 
     cfg = load_config("b7")
     folds = [tmp_path / f"fold{k}" / "best.pt" for k in range(5)]
+    for k, path in enumerate(folds):  # fold 3 validated best: the CPU plan's one model
+        path.parent.mkdir()
+        torch.save({"val_logloss": 0.1 if k == 3 else 0.5 + k / 10}, path)
     gpu, chosen, device, notes = plan_run(cfg, ["cuda:0", "cuda:1"], folds, budget=1000.0)
     assert device == "cuda:0,cuda:1" and chosen == folds
     assert gpu.predict.detect_device == "cuda:0,cuda:1" and gpu.predict.workers == cfg.kernel.workers
     assert gpu.predict.frames == 32 and gpu.predict.time_budget == 1000.0 and gpu.predict.video_timeout == 60.0
     cpu, chosen, device, notes = plan_run(cfg, [], folds, budget=1000.0)
-    assert device == "cpu" and chosen == folds[:1] and cpu.predict.frames == cfg.kernel.cpu_frames
+    assert device == "cpu" and chosen == [folds[3]] and cpu.predict.frames == cfg.kernel.cpu_frames
     assert cpu.predict.detect_device == "cpu" and not cpu.predict.fp16
     assert "no usable GPU: predicting on the CPU with 8 frames per video (configured 32), 1 of 5 fold models" in notes[0]
 
