@@ -27,9 +27,9 @@ Adding a system is one ``register_system`` call (frame classifiers: ``frame_syst
 
 with ``train(job: SystemJob) -> Trained`` (write models under ``job.run_dir``; return the
 OOF video predictions ``video, label, fold, pred`` and the parameter count) and
-``predict(job: SystemJob, heldout: HeldOut) -> int`` (write ``heldout.out_csv`` as
+``predict(job: SystemJob, heldout: HeldOut) -> Predicted`` (write ``heldout.out_csv`` as
 ``filename,label`` for every video of ``heldout.videos_dir`` / its sample submission;
-return the number of videos). ``overrides`` are ``section.key=value`` strings applied over
+return the number of videos and, optionally, seconds per stage). ``overrides`` are ``section.key=value`` strings applied over
 the compare profile and the command's ``--set``.
 """
 
@@ -96,8 +96,16 @@ class Trained:
     seconds: float | None = None  # training time if the system measures it (resume-proof); else wall time
 
 
+@dataclass
+class Predicted:
+    """What a system's prediction returns."""
+
+    videos: int  # rows written to heldout.out_csv
+    stages: dict[str, float] = field(default_factory=dict)  # optional seconds per video by stage (result.json)
+
+
 TrainFn = Callable[[SystemJob], Trained]
-PredictFn = Callable[[SystemJob, HeldOut], int]
+PredictFn = Callable[[SystemJob, HeldOut], Predicted]
 
 
 @dataclass(frozen=True)
@@ -159,13 +167,13 @@ def train_frame(job: SystemJob) -> Trained:
     return Trained(oof[oof["fold"].isin(trained)], sum(p.numel() for p in model.parameters()), seconds)
 
 
-def predict_frame(job: SystemJob, heldout: HeldOut) -> int:
+def predict_frame(job: SystemJob, heldout: HeldOut) -> Predicted:
     """The fold models through ``dfdc.predict.predict_videos``."""
     from dfdc.predict import predict_videos
 
     report = predict_videos(heldout.videos_dir, job.run_dir, heldout.out_csv, job.cfg, heldout.sample_submission,
                             device=None, progress=False)
-    return report.videos
+    return Predicted(report.videos, report.seconds_per_video())
 
 
 def frame_system(arch: str, study: str, reported: str = NOT_GIVEN, extra: tuple[str, ...] = (),
@@ -286,16 +294,19 @@ def _run_system(system: System, base: Config, faces_dir: Path, folds_csv: Path, 
         "train_seconds": trained.seconds if trained.seconds is not None else train_wall,
         "predict_s_per_video": None, "wall_seconds": None, "error": "",
     }
+    stages: dict[str, float] = {}
     if videos_dir is not None:
         heldout = HeldOut(videos_dir, sample, folder / "submission.csv")
         t0 = time.perf_counter()
-        n_videos = system.predict(job, heldout)
-        row["predict_s_per_video"] = (time.perf_counter() - t0) / max(n_videos, 1)
+        predicted = system.predict(job, heldout)
+        row["predict_s_per_video"] = (time.perf_counter() - t0) / max(predicted.videos, 1)
+        stages = predicted.stages
         if labels is not None:
             metrics = score_submission(heldout.out_csv, labels, folder)["metrics"]
             row["heldout_logloss"], row["heldout_auc"] = metrics["logloss"], metrics["auc"]
     row["wall_seconds"] = time.perf_counter() - start
-    result = {"row": row, "oof_folds": scores["folds"], "fingerprint": fingerprint, "overrides": list(system.overrides)}
+    result = {"row": row, "oof_folds": scores["folds"], "predict_stages_per_video": stages,
+              "fingerprint": fingerprint, "overrides": list(system.overrides)}
     atomic_write_json(folder / RESULT_FILE, result)
     return result, False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +13,7 @@ from test_video import astronaut_frames, make_clip
 
 from dfdc.cli import main as cli_main
 from dfdc.compare import (
-    COLUMNS, SYSTEMS, HeldOut, System, SystemJob, Trained, compare, frame_system, oof_scores, register_system,
+    COLUMNS, SYSTEMS, HeldOut, Predicted, System, SystemJob, Trained, compare, frame_system, oof_scores, register_system,
     resolve_systems,
 )
 from dfdc.config import ConfigError, load_config
@@ -49,12 +50,12 @@ def _constant_train(job: SystemJob) -> Trained:
     return Trained(oof, params=0, seconds=1.5)
 
 
-def _constant_predict(job: SystemJob, heldout: HeldOut) -> int:
+def _constant_predict(job: SystemJob, heldout: HeldOut) -> Predicted:
     CALLS.append(f"predict {job.name}")
     names = sorted(p.name for p in heldout.videos_dir.glob("*.mp4"))
     heldout.out_csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"filename": names, "label": 0.5}).to_csv(heldout.out_csv, index=False)
-    return len(names)
+    return Predicted(len(names))
 
 
 def _broken_train(job: SystemJob) -> Trained:
@@ -113,6 +114,8 @@ def test_compare_writes_the_table_resumes_and_isolates_failures(inputs: dict[str
     sub = inputs["root"] / "out" / "custom-cnn"
     assert pd.read_csv(sub / "submission.csv")["filename"].tolist() == ["a.mp4", "b.mp4"]
     assert (sub / "report.json").is_file()
+    stages = json.loads((sub / "result.json").read_text())["predict_stages_per_video"]
+    assert {"decode", "detect", "model"} <= set(stages)  # the predictor's own stage timings
     # the same OOF predictions scored by hand: the table is dfdc.train's oof.csv through the metric
     oof = pd.read_csv(run / "oof.csv")
     assert float(cnn["oof_logloss"]) == pytest.approx(oof_scores(oof, 0.01)["logloss"])
