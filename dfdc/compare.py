@@ -158,6 +158,8 @@ def train_frame(job: SystemJob) -> Trained:
     from dfdc.train import train
 
     report = train(job.faces_dir, job.folds_csv, job.cfg, resume=job.resume)
+    if report.stopped_early:  # train.stop_after_epochs: the folds are not done; nothing to score yet
+        raise RuntimeError(f"{job.name}: training stopped by train.stop_after_epochs; rerun compare to continue it")
     run_dir = Path(report.run_dir)
     oof = pd.read_csv(run_dir / "oof.csv", dtype={"video": str})
     trained = {r.fold for r in report.folds}
