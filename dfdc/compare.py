@@ -14,7 +14,9 @@ on them -- all through the kit's own stages (``dfdc.train.train``,
     compare.png      log loss and AUC per system: pooled OOF bar, one dot per fold, held-out mark
     <system>/        the system's submission.csv, predictions.csv, report.{json,md}, result.json
 
-Models go to ``runs_dir/<system>/`` (``runs/compare/``). Resumable: a system whose
+Models go to ``runs_dir/<system>/`` (``runs/compare/``); a frame system keeps each fold's
+``best.pt`` and drops ``last.pt`` once the fold is finished (resume state only, 3x the size:
+14 GB for the 13 frame systems at smoke sizes otherwise). Resumable: a system whose
 ``result.json`` matches its configuration is not retrained; an interrupted one resumes
 (folds that finished are skipped); a system whose configuration changed is retrained from
 scratch. A system that fails (bad weights, a crash) is reported in the ``error`` column
@@ -162,8 +164,10 @@ def train_frame(job: SystemJob) -> Trained:
     if report.stopped_early:  # train.stop_after_epochs: the folds are not done; nothing to score yet
         raise RuntimeError(f"{job.name}: training stopped by train.stop_after_epochs; rerun compare to continue it")
     run_dir = Path(report.run_dir)
-    oof = pd.read_csv(run_dir / "oof.csv", dtype={"video": str})
     trained = {r.fold for r in report.folds}
+    for fold in trained:  # resume state (weights + optimizer moments, ~3x best.pt) of a finished fold:
+        (run_dir / f"fold{fold}" / "last.pt").unlink(missing_ok=True)  # dfdc.train skips it via status.json
+    oof = pd.read_csv(run_dir / "oof.csv", dtype={"video": str})
     model, _ = load_checkpoint(fold_checkpoints(run_dir)[0][1])
     metrics = pd.read_csv(run_dir / "metrics.csv")
     seconds = float(metrics.loc[metrics["fold"].isin(trained), "seconds"].sum())  # every epoch, all invocations

@@ -111,6 +111,7 @@ def test_compare_writes_the_table_resumes_and_isolates_failures(inputs: dict[str
         assert float(cnn[key]) >= 0, key
     run = inputs["root"] / "runs" / "custom-cnn"
     assert (run / "fold0" / "best.pt").is_file() and (run / "fold1" / "best.pt").is_file()
+    assert not list(run.glob("fold*/last.pt"))  # resume state of finished folds is dropped
     sub = inputs["root"] / "out" / "custom-cnn"
     assert pd.read_csv(sub / "submission.csv")["filename"].tolist() == ["a.mp4", "b.mp4"]
     assert (sub / "report.json").is_file()
