@@ -27,6 +27,7 @@ RUN ?= $(PROFILE)
 FOLDS ?= all
 GPUS ?= 1
 WORKERS ?= 2
+SHARD ?= 0/1
 SET ?=
 SYSTEMS ?= all
 COMPARE_PROFILE ?= compare
@@ -44,11 +45,11 @@ else
 TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m dfdc
 endif
 
-.PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
+.PHONY: help setup test demo synth data meta faces faces-merge folds train predict score calibrate \
         kernel kernel-build kernel-local compare bench bench-faces bench-train bench-predict clean
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,11p' Makefile
 
 setup: $(STAMP)
 
@@ -78,12 +79,21 @@ meta: data
 	$(DFDC) meta --data $(DATA)
 
 faces: data
-	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) $(SET_FLAGS)
+	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) --shard $(SHARD) $(SET_FLAGS)
 
+faces-merge: data
+	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --merge $(SET_FLAGS)
+
+# `make folds` always (re)builds the split; `make train` builds it only when folds/folds.csv is
+# missing, so a run never trains on a split that changed under it (a run also records the
+# fingerprints of its folds table and faces index and refuses to resume on others).
 folds: data
 	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
 
-train: faces folds
+$(FOLDS_CSV):
+	$(MAKE) --no-print-directory folds
+
+train: faces $(FOLDS_CSV)
 	$(TRAIN_LAUNCH) train --faces $(FACES) --folds $(FOLDS_CSV) --profile $(PROFILE) \
 	    --name $(RUN) --fold-list $(FOLDS) $(SET_FLAGS)
 

@@ -35,6 +35,7 @@ class Detection:
     box: np.ndarray
     prob: float
     landmarks: np.ndarray | None = None  # 5 x 2 (eyes, nose, mouth corners), full-res pixels
+    track: int = -1  # the face track across the video's sampled frames (dfdc.tracks); -1 = not linked
 
     def to_dict(self) -> dict:
         """JSON-ready; full precision, so a box read back crops exactly the same pixels."""
@@ -42,6 +43,7 @@ class Detection:
             "box": [float(v) for v in self.box],
             "prob": float(self.prob),
             "landmarks": None if self.landmarks is None else [[float(v) for v in p] for p in self.landmarks],
+            "track": int(self.track),
         }
 
     @classmethod
@@ -51,6 +53,7 @@ class Detection:
             box=np.asarray(data["box"], dtype=np.float32),
             prob=float(data["prob"]),
             landmarks=None if lm is None else np.asarray(lm, dtype=np.float32),
+            track=int(data.get("track", -1)),
         )
 
 

@@ -91,6 +91,8 @@ class VideoFaces:
     n_frames: int
     seconds: dict[str, float]  # decode, detect, crop
     reason: str = ""  # empty on success
+    frames: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # frame index of each face
+    tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # face track of each face (dfdc.tracks)
 
 
 @dataclass
@@ -256,6 +258,7 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     """
     from dfdc.faces import crop_face
     from dfdc.preprocess import prepare
+    from dfdc.tracks import assign_tracks
     from dfdc.video import VideoReadError, read_frames
 
     name = Path(path).name
@@ -263,15 +266,18 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     state = _worker_state(setup)
     t0 = time.perf_counter()
     try:
-        _, frames = read_frames(Path(path), k=setup.frames)
+        indices, frames = read_frames(Path(path), k=setup.frames)
     except VideoReadError as exc:
         seconds["decode"] = time.perf_counter() - t0
         return VideoFaces(name, {}, 0, 0, seconds, f"{REASON_UNREADABLE}: {exc}")
     t1 = time.perf_counter()
     detections = state["detector"].detect(frames)
+    assign_tracks(detections, setup.faces)
     t2 = time.perf_counter()
     seconds["decode"], seconds["detect"] = t1 - t0, t2 - t1
     boxes = [(i, det.box) for i, dets in enumerate(detections) for det in dets]
+    frame_of = np.array([indices[i] for i, dets in enumerate(detections) for _ in dets], dtype=np.int64)
+    track_of = np.array([det.track for dets in detections for det in dets], dtype=np.int64)
     if not boxes:
         return VideoFaces(name, {}, 0, len(frames), seconds, f"{REASON_NO_FACE}: in {len(frames)} frames")
     tensors: dict[CropSpec, np.ndarray] = {}
@@ -279,7 +285,7 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
         tensors[spec] = np.stack([prepare(crop_face(frames[i], box, spec.margin, spec.crop_size), spec.input_size)
                                   for i, box in boxes])
     seconds["crop"] = time.perf_counter() - t2
-    return VideoFaces(name, tensors, len(boxes), len(frames), seconds)
+    return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of)
 
 
 # --------------------------------------------------------------------------- model side
