@@ -37,6 +37,7 @@ the compare profile and the command's ``--set``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,9 +50,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from dfdc.aggregate import clip as clip_probability
-from dfdc.config import Config, ConfigError, apply_override, config_from_dict, read_config
+from dfdc.config import Config, ConfigError, FacesConfig, apply_override, config_from_dict
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, read_table
 from dfdc.metrics import read_labels, score_submission, video_metrics
 
@@ -276,10 +278,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _faces_config(cfg: Config, faces_dir: Path) -> Config:
-    """Crop settings from the faces folder's own config.yaml (the predictor crops with them)."""
+    """Crop settings from the faces folder's own config.yaml (the predictor crops with them).
+
+    Only its ``faces`` section is read, and keys this version does not know are ignored (the
+    folder may be older than the code)."""
     saved = faces_dir / "config.yaml"
-    if saved.is_file():
-        cfg.faces = read_config(saved).faces
+    if not saved.is_file():
+        return cfg
+    try:
+        faces = (yaml.safe_load(saved.read_text()) or {}).get("faces") or {}
+    except (OSError, yaml.YAMLError, AttributeError) as exc:
+        raise ConfigError(f"{saved}: cannot read the crop settings ({exc}); rebuild the faces folder") from None
+    known = {f.name for f in dataclasses.fields(FacesConfig)}
+    cfg.faces = config_from_dict({"faces": {k: v for k, v in faces.items() if k in known}}).faces
     return cfg
 
 

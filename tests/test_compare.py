@@ -18,7 +18,7 @@ from dfdc.compare import (
 )
 from dfdc.config import ConfigError, load_config
 
-TINY = ["train.size=32", "train.batch_size=8", "train.epochs=1", "train.max_steps_per_epoch=2", "train.folds=all",
+TINY = ["train.size=32", "train.batch_size=8", "train.epochs=1", "train.steps_per_epoch=2", "train.folds=all",
         "predict.frames=4", "predict.workers=0"]
 STUDY_SYSTEMS = ("custom-cnn", "reseption-v1", "reseption-v2", "xception", "inception-v3", "inception-resnet-v2",
                  "resnet50", "resnet152", "resnext101", "vgg16", "efficientnet-b5", "tf-efficientnet-b7-ns")
@@ -149,3 +149,13 @@ def test_compare_cli(inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
                      str(inputs["labels"]), "--out", str(out), "--runs", str(inputs["root"] / "cli_runs")])
     assert code == 0
     assert pd.read_csv(out / "compare.csv")["system"].tolist() == ["test-constant"] and (out / "compare.png").is_file()
+
+
+def test_crop_settings_come_from_the_faces_folder(tmp_path: Path) -> None:
+    from dfdc.compare import _faces_config
+
+    (tmp_path / "config.yaml").write_text("faces: {size: 77, margin: 0.5, retired_key: 1}\n"
+                                          "train: {max_steps_per_epoch: 3}\n")  # an older kit's folder
+    cfg = _faces_config(load_config("compare"), tmp_path)
+    assert cfg.faces.size == 77 and cfg.faces.margin == 0.5
+    assert _faces_config(load_config("compare"), tmp_path / "none").faces.size == 128  # no file: the profile's
