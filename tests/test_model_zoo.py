@@ -32,6 +32,22 @@ TIMM_SPECS = {  # kit name -> (timm pretrained config it must read, default side
 STUDY_MODELS = (*TIMM_SPECS, "efficientnet-b5", "custom-cnn", "reseption-v1", "reseption-v2")
 
 
+# efficientnet-b1..b4 and b6 are efficientnet-pytorch's b0/b5/b7 builder with other width/depth
+# coefficients: they build and train here; the checkpoint and predictor path is b0's, b5's and b7's.
+SAME_BUILDER = ("efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4", "efficientnet-b6")
+FULL_PATH = [name for name in list_models() if name not in SAME_BUILDER]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: big backbones at tiny sizes are many small ops, which two threads on
+    the shared cores ran several times slower (OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _size(arch: str) -> int:
     return 75 if arch in NEEDS_75 else 32
 
@@ -46,7 +62,17 @@ def test_the_studies_models_are_registered() -> None:
     assert set(STUDY_MODELS) <= set(list_models())
 
 
-@pytest.mark.parametrize("arch", list_models())
+@pytest.mark.parametrize("arch", SAME_BUILDER)
+def test_efficientnet_variants_train(arch: str) -> None:
+    model = create_model(_cfg(arch).model, 32).train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)),
+                                             torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.fc.weight.grad.abs().sum() > 0
+    assert model.input_spec.size == 32 and default_input(arch).size > 224  # its native side by default
+
+
+@pytest.mark.parametrize("arch", FULL_PATH)
 def test_model_trains_saves_reloads_and_predicts(arch: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = _cfg(arch)
