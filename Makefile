@@ -6,6 +6,7 @@
 #   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
 #   make submit                     submit the pushed kernel version to the competition
 #   make score                      local log loss of a submission
+#   make compare                    every system of the reference studies on the same folds
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
 # train_sample_videos/, test_videos/) to work on the real data.
@@ -29,6 +30,8 @@ GPUS ?= 1
 WORKERS ?= 2
 SHARD ?= 0/1
 SET ?=
+SYSTEMS ?= all
+COMPARE_PROFILE ?= compare
 FACES := $(DATA)/faces
 FOLDS_CSV := folds/folds.csv
 RUN_DIR := runs/$(RUN)
@@ -44,7 +47,7 @@ TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m df
 endif
 
 .PHONY: help setup test demo synth data meta faces faces-merge folds train predict score calibrate \
-        kernel kernel-build kernel-local submit bench bench-faces bench-train bench-predict \
+        kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
         bench-label-cleaning clean
 
 help:
@@ -119,6 +122,12 @@ kernel-local: data
 
 submit: $(STAMP)
 	$(DFDC) submit --profile $(PROFILE) $(SET_FLAGS)
+
+# Every listed system trained and scored on the same folds -> submissions/compare/compare.csv + .png
+# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained).
+compare: faces folds
+	$(DFDC) compare --data $(DATA) --faces $(FACES) --folds $(FOLDS_CSV) --profile $(COMPARE_PROFILE) \
+	    --systems $(SYSTEMS) $(SET_FLAGS)
 
 bench: bench-faces bench-train bench-predict
 

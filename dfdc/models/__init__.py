@@ -4,14 +4,17 @@
   contract (0-255 images -> normalise on the device -> pooled features -> Linear), P(FAKE),
   pretrained-weight loading helpers.
 - ``efficientnet``: ``efficientnet-b0`` .. ``efficientnet-b7`` (efficientnet-pytorch).
-- ``custom``: ``tiny-cnn``.
+- ``timm_backbones``: the reference studies' ImageNet backbones from timm (``xception``,
+  ``inception-v3``, ``inception-resnet-v2``, ``resnet50``, ``resnet152``, ``resnext101``,
+  ``vgg16``, ``tf-efficientnet-b7-ns``).
+- ``custom``: ``tiny-cnn``, ``custom-cnn`` (study 000), ``reseption-v1`` / ``-v2`` (study 001).
 - ``checkpoint``: save / load / fp16 export, a run's fold checkpoints.
 
 Importing this package registers every family. Add a model with one decorated builder in
 one of these files (or a new file imported below).
 """
 
-from dfdc.models import custom, efficientnet  # noqa: F401 - registers the families
+from dfdc.models import custom, efficientnet, timm_backbones  # noqa: F401 - registers the families
 from dfdc.models.checkpoint import (
     CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, export_half, fold_checkpoints, load_checkpoint,
     save_checkpoint, unwrap,
