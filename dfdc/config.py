@@ -125,6 +125,12 @@ class ModelConfig:
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
     # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts
+    # -- models over a frame backbone (sequence models lstm/gru, the baselines logreg/svm/mlp) --
+    backbone: str = "efficientnet-b7"  # the registered frame model whose pooled features they read (its
+    # input size and normalisation, its weights from ``pretrained``); the seed study's backbone
+    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4)
+    rnn_hidden: int = 512  # units per recurrent layer (study 000 tried 128-2048)
+    head_hidden: int = 1024  # the sequence classifier: Linear(rnn_hidden, this) -> ReLU -> Linear(this, 2) (study 000)
 
 
 @dataclass
@@ -161,6 +167,38 @@ class TrainConfig:
     channels_last: bool = True  # NHWC tensors: the layout oneDNN (CPU) and tensor cores (AMP) prefer
     cpu_threads: int = 0  # torch threads per CPU process; 0 = cores / processes - loader_workers, at
     # least 1 (more threads than free cores makes OpenMP spin: 5-10x slower steps, measured here)
+
+
+@dataclass
+class SequenceConfig:
+    """Sequence models (``model.arch`` lstm / gru): a face track -> P(FAKE) (``dfdc.sequences``)."""
+
+    seq_len: int = 8  # frames per track, the same for REAL and FAKE so length cannot leak the label; the
+    # recipe keeps 8 crops per FAKE video (faces.frames_fake), so 8 needs no padding; study 000 used 40
+    # frames (build faces with faces.frames_fake=40 for that)
+    min_len: int = 0  # tracks with fewer crops are skipped in training and validation (and at prediction
+    # while a longer track exists); shorter than seq_len are padded by repeating evenly spaced crops.
+    # 0 = seq_len: no padding in training, so repeated frames cannot become a class cue
+    mode: str = "frozen"  # "frozen": backbone features computed once per crop and cached, only the
+    # recurrent head trains (seconds on a CPU); "finetune": the backbone trains inside the model
+    aggregation: str = "max"  # tracks -> video: "max" (one swapped face makes the video FAKE) or "mean"
+    embeddings: str = ""  # frozen mode: a ``dfdc embed`` output folder to read features from ("" =
+    # compute them with the backbone once and cache them in the run folder)
+
+
+@dataclass
+class BaselineConfig:
+    """Classical baselines (``model.arch`` logreg / svm / mlp) on per-crop features (``dfdc.baselines``)."""
+
+    features: str = "embedding"  # "embedding": pooled features of the frozen ``model.backbone``;
+    # "pixels": the crop downscaled to pixel_size x pixel_size, RGB, as a vector
+    pixel_size: int = 16  # side of the downscaled crop for features=pixels (16 x 16 x 3 = 768 values)
+    C: float = 1.0  # inverse regularisation strength of logreg and svm (scikit-learn's default)
+    mlp_hidden: int = 256  # units of the mlp's one hidden layer
+    mlp_alpha: float = 1e-4  # the mlp's L2 penalty (scikit-learn's default)
+    max_iter: int = 1000  # solver iterations of logreg / svm / mlp
+    calibration_folds: int = 3  # svm: Platt scaling fitted on this many group folds (fakes with
+    # their originals) of the training part, as LinearSVC gives no probabilities
 
 
 @dataclass
@@ -222,6 +260,8 @@ class Config:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
 

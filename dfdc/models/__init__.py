@@ -5,13 +5,15 @@
   pretrained-weight loading helpers.
 - ``efficientnet``: ``efficientnet-b0`` .. ``efficientnet-b7`` (efficientnet-pytorch).
 - ``custom``: ``tiny-cnn``.
+- ``sequence``: ``lstm``, ``gru`` (a face track through a frame backbone, then a recurrent head).
+- ``baseline``: ``logreg``, ``svm``, ``mlp`` (scikit-learn on frozen features) and ``pixels``.
 - ``checkpoint``: save / load / fp16 export, a run's fold checkpoints.
 
 Importing this package registers every family. Add a model with one decorated builder in
 one of these files (or a new file imported below).
 """
 
-from dfdc.models import custom, efficientnet  # noqa: F401 - registers the families
+from dfdc.models import baseline, custom, efficientnet, sequence  # noqa: F401 - registers the families
 from dfdc.models.checkpoint import (
     CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, export_half, fold_checkpoints, load_checkpoint,
     save_checkpoint, unwrap,
