@@ -7,6 +7,8 @@ Aggregation methods (``PredictConfig.aggregation``), over the P(FAKE) of every f
 of one video (all frames, all faces, all models):
 
 - ``mean``: the plain mean.
+- ``max``: the largest (over a video's face tracks, the sequence models' default: one
+  swapped face makes the video FAKE).
 - ``confident`` (after the 1st-place DFDC solution), with ``t = confident_threshold``:
 
   1. if more than ``confident_min_fraction`` of the faces have P(FAKE) > t, return the
@@ -26,7 +28,8 @@ import numpy as np
 
 from dfdc.config import PredictConfig
 
-METHODS = ("mean", "confident")
+METHODS = ("mean", "confident")  # rules over a video's face P(FAKE) (frame models; calibration searches them)
+TRACK_METHODS = ("max", "mean")  # rules over a video's track P(FAKE) (sequence models, sequence.aggregation)
 EPS = 1e-15  # Kaggle clips predictions at [1e-15, 1 - 1e-15]; also keeps logits finite
 
 
@@ -48,8 +51,10 @@ def aggregate(probs: np.ndarray, method: str, cfg: PredictConfig) -> float:
     p = _check(probs)
     if method == "mean":
         return float(p.mean())
+    if method == "max":
+        return float(p.max())
     if method != "confident":
-        raise AggregationError(f"unknown aggregation {method!r}; use one of {', '.join(METHODS)}")
+        raise AggregationError(f"unknown aggregation {method!r}; use one of {', '.join(dict.fromkeys(METHODS + TRACK_METHODS))}")
     t = cfg.confident_threshold
     fake = p > t
     if fake.sum() > cfg.confident_min_fraction * p.size:

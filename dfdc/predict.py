@@ -39,7 +39,9 @@ import numpy as np
 import pandas as pd
 
 from dfdc.calibrate import CALIBRATION, CalibrationError, apply_calibration, read_calibration
-from dfdc.config import Config, FacesConfig, PredictConfig, config_from_dict, read_config, save_config, warn
+from dfdc.config import (
+    Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
+)
 from dfdc.io import atomic_write_csv, read_table
 from dfdc.threads import limit_threads
 
@@ -293,12 +295,41 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
 
 @dataclass
 class _Ensemble:
-    """Fold models grouped by the crop they expect; P(FAKE) averaged over all of them."""
+    """Fold models grouped by the crop they expect; P(FAKE) averaged over all of them.
+
+    The unit a model reads is a face (``kind`` "frame") or a face track (``kind``
+    "sequence": ``sequence.seq_len`` faces of one track, chosen by ``dfdc.sequences``);
+    ``units`` turns a video's faces into its units, and a video's P(FAKE) is the aggregation
+    of its units' P(FAKE): ``predict.aggregation`` over faces, ``sequence.aggregation`` over
+    tracks."""
 
     groups: dict[CropSpec, list[Any]]
     device: str
     half: bool
     tta_flip: bool
+    kind: str = "frame"
+    sequence: SequenceConfig | None = None  # the run's sequence settings (kind "sequence")
+
+    def units(self, faces: VideoFaces) -> tuple[dict[CropSpec, np.ndarray], int]:
+        """A video's model inputs per spec and their count: its faces, or its track sequences
+        (n_tracks x seq_len x 3 x S x S; faces without track ids count as one track)."""
+        if self.kind != "sequence":
+            return faces.tensors, faces.n_faces
+        from dfdc.sequences import video_sequences
+
+        assert self.sequence is not None
+        tracks = faces.tracks if len(faces.tracks) == faces.n_faces else np.zeros(faces.n_faces, np.int64)
+        frames = faces.frames if len(faces.frames) == faces.n_faces else np.arange(faces.n_faces)
+        index = np.stack(video_sequences(tracks, frames, self.sequence))
+        return {spec: t[index] for spec, t in faces.tensors.items()}, len(index)
+
+    def batch_units(self, batch_size: int) -> int:
+        """Units per model batch for ``predict.batch_size`` faces."""
+        return max(1, batch_size // (self.sequence.seq_len if self.kind == "sequence" and self.sequence else 1))
+
+    def rule(self, cfg: Config) -> str:
+        """The aggregation of a video's unit probabilities."""
+        return cfg.sequence.aggregation if self.kind == "sequence" else cfg.predict.aggregation
 
     @property
     def specs(self) -> tuple[CropSpec, ...]:
@@ -316,7 +347,7 @@ class _Ensemble:
         with torch.inference_mode():
             for spec, models in self.groups.items():
                 x = torch.from_numpy(batch[spec]).to(self.device)  # uint8: each model normalises it
-                views = [x, torch.flip(x, dims=[3])] if self.tta_flip else [x]
+                views = [x, torch.flip(x, dims=[-1])] if self.tta_flip else [x]  # W of faces and of tracks
                 for model in models:
                     for view in views:
                         probs.append(fake_probability(model(view)))
@@ -329,6 +360,7 @@ def load_ensemble(run_dir: Path, cfg: PredictConfig, device: str) -> tuple[_Ense
 
     groups: dict[CropSpec, list[Any]] = {}
     first: Config | None = None
+    kinds: set[str] = set()
     half = bool(cfg.fp16) and device.startswith("cuda")
     for path in find_checkpoints(run_dir):
         try:
@@ -337,12 +369,16 @@ def load_ensemble(run_dir: Path, cfg: PredictConfig, device: str) -> tuple[_Ense
             raise PredictError(f"{path}: cannot load the checkpoint ({exc}); retrain or re-copy it") from None
         run_cfg = _meta_config(meta, run_dir)
         first = first or run_cfg
+        kinds.add(str(meta.get("kind", "frame")))
         spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
         model.eval()
         model = model.half() if half else model.float()
         groups.setdefault(spec, []).append(model)
     assert first is not None
-    return _Ensemble(groups, device, half, bool(cfg.tta_flip)), first
+    if len(kinds) > 1:
+        raise PredictError(f"{run_dir}: its checkpoints mix model kinds ({', '.join(sorted(kinds))}); one run, one kind")
+    kind = kinds.pop()
+    return _Ensemble(groups, device, half, bool(cfg.tta_flip), kind, first.sequence), first
 
 
 # --------------------------------------------------------------------------- the run
@@ -350,9 +386,10 @@ def load_ensemble(run_dir: Path, cfg: PredictConfig, device: str) -> tuple[_Ense
 
 @dataclass
 class _Pending:
-    """A video whose faces are queued for (or partly through) the models."""
+    """A video whose units (faces or tracks) are queued for (or partly through) the models."""
 
     name: str
+    n_units: int
     n_faces: int
     probs: list[np.ndarray] = field(default_factory=list)
     done: int = 0
@@ -515,7 +552,7 @@ def predict_videos(
     """
     from tqdm import tqdm
 
-    from dfdc.aggregate import AggregationError, aggregate, apply_temperature, clip
+    from dfdc.aggregate import TRACK_METHODS, AggregationError, aggregate, apply_temperature, clip
 
     t_start = time.perf_counter()
     pcfg = cfg.predict
@@ -528,6 +565,8 @@ def predict_videos(
     names = list_videos(videos_dir, sample_submission)
     dev = _resolve_device(device)
     ensemble, run_cfg = load_ensemble(run_dir, pcfg, dev)
+    if ensemble.kind == "sequence" and cfg.sequence.aggregation not in TRACK_METHODS:
+        raise PredictError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
     # detection exactly as in training (the run's faces settings); crops per model spec
     setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, pcfg.detect_device)
 
@@ -568,8 +607,9 @@ def predict_videos(
         return elapsed() + (in_flight + 1) * per_video <= budget
 
     runner = _Runner(paths, setup, pcfg.workers, pcfg.prefetch, process)
-    faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, tensors, offset)
-    queued_faces = 0
+    faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
+    queued_faces = 0  # units (faces or tracks) waiting for the models
+    batch_units = ensemble.batch_units(pcfg.batch_size)
     bar = tqdm(total=len(paths), unit="video", disable=not progress, desc="predict")
 
     def finish(item: _Pending) -> None:
@@ -578,7 +618,7 @@ def predict_videos(
             return
         probs = np.concatenate(item.probs)
         try:
-            raw = float(aggregate(probs, pcfg.aggregation, pcfg))
+            raw = float(aggregate(probs, ensemble.rule(cfg), pcfg))
             label = float(clip(apply_temperature(raw, pcfg.temperature), pcfg.clip))
             results[item.name] = (label, raw, item.n_faces, "")
         except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
@@ -587,13 +627,13 @@ def predict_videos(
     def run_batch() -> None:
         nonlocal queued_faces
         take: list[tuple[_Pending, dict[CropSpec, np.ndarray], int, int]] = []
-        room = pcfg.batch_size
+        room = batch_units
         while faces_q and room > 0:
             item, tensors, offset = faces_q[0]
-            n = min(room, item.n_faces - offset)
+            n = min(room, item.n_units - offset)
             take.append((item, tensors, offset, n))
             room -= n
-            if offset + n >= item.n_faces:
+            if offset + n >= item.n_units:
                 faces_q.popleft()
             else:
                 faces_q[0] = (item, tensors, offset + n)
@@ -612,7 +652,7 @@ def predict_videos(
             item.done += n
             start += n
             queued_faces -= n
-            if item.done >= item.n_faces:
+            if item.done >= item.n_units:
                 finish(item)
 
     seconds["setup"] = elapsed()  # models loaded, inputs checked; worker start-up counts in the loop
@@ -632,11 +672,16 @@ def predict_videos(
                 if faces is None or reason:
                     fallback(name, reason, 0 if faces is None else faces.n_faces)
                     continue
-                item = _Pending(name, faces.n_faces)
-                faces_q.append((item, faces.tensors, 0))
-                queued_faces += faces.n_faces
+                try:
+                    tensors, n_units = ensemble.units(faces)
+                except (ValueError, IndexError) as exc:  # track ids that cannot be read as sequences
+                    fallback(name, f"{REASON_ERROR}: units: {exc}", faces.n_faces)
+                    continue
+                item = _Pending(name, n_units, faces.n_faces)
+                faces_q.append((item, tensors, 0))
+                queued_faces += n_units
                 total_faces += faces.n_faces
-            if queued_faces >= pcfg.batch_size or (queued_faces > 0 and (not got or runner.started == 0)):
+            if queued_faces >= batch_units or (queued_faces > 0 and (not got or runner.started == 0)):
                 run_batch()  # a full batch, or whatever is queued while the workers are busy
                 continue
             if got or queued_faces > 0:
@@ -676,7 +721,7 @@ def predict_videos(
         fallbacks=fallbacks,
         seconds=seconds,
         calibration={
-            "aggregation": pcfg.aggregation,
+            "aggregation": ensemble.rule(cfg),
             "temperature": pcfg.temperature,
             "clip": pcfg.clip,
             "source": source,
