@@ -43,7 +43,6 @@ from dfdc.config import BaselineConfig, Config, ConfigError, save_config
 
 FEATURE_KINDS = ("embedding", "pixels")
 PIXELS = "pixels"  # the registered frame model baseline.features=pixels reads (dfdc.models.baseline)
-FEATURES_DIR = "features"  # <run>/features/: the cached per-crop features (dfdc.features)
 
 
 def is_baseline(arch: str) -> bool:
@@ -116,7 +115,7 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
     import torch
 
     from dfdc.data import load_face_table, split_fold
-    from dfdc.features import frozen_features
+    from dfdc.features import CACHE_DIR, frozen_features
     from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, clean_temp_files
     from dfdc.metrics import log_loss
     from dfdc.models import create_model, default_input, save_checkpoint
@@ -141,7 +140,7 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
     model = create_model(cfg.model, spec.size)
     identity = {"arch": cfg.model.backbone, "pretrained": cfg.model.pretrained, "seed": t.seed}
     start = time.perf_counter()
-    features = frozen_features(run_dir / FEATURES_DIR, table["file"].tolist(), model.backbone, identity,
+    features = frozen_features(run_dir / CACHE_DIR, table["file"].tolist(), model.backbone, identity,
                                t.val_batch_size or 2 * t.batch_size, dev)
     feature_seconds = time.perf_counter() - start
     labels = table["y"].to_numpy(dtype=np.int64)

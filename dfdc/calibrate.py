@@ -18,6 +18,12 @@ soften predictions (temperature >= 1 and clip >= ``cfg.clip``). A small sample r
 contains the confident mistakes that a sharper setting pays for on the test set, so a
 smaller clip or a temperature below 1 would look free there and cost dearly later.
 
+Sequence models (``oof_tracks.csv``: ``video,label,fold,track,prob``, one row per face track
+read): the unit is a track and the rule is the run's ``sequence.aggregation`` (``max`` by
+default); only temperature and clip are searched, and ``calibration.json`` says
+``"unit": "track"`` (the predictor then leaves ``predict.aggregation``, a rule over faces,
+alone).
+
 Writes ``calibration.json`` and ``calibration.png`` (reliability before/after) in the run
 folder, atomically. The predictor reads them with ``load_calibration`` +
 ``apply_calibration``.
@@ -34,8 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dfdc.aggregate import METHODS, aggregate, apply_temperature, clip
-from dfdc.config import PredictConfig
+from dfdc.aggregate import METHODS, TRACK_METHODS, aggregate, apply_temperature, clip
+from dfdc.config import PredictConfig, read_config
 from dfdc.io import atomic_write_json, read_table
 from dfdc.metrics import log_loss, plot_reliability
 
@@ -46,18 +52,19 @@ CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
 CONFIDENT_KEYS = ("confident_threshold", "confident_min_fraction", "confident_real_fraction")
 CALIBRATION_PLOT = "calibration.png"
 OOF_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
+OOF_TRACKS = "oof_tracks.csv"  # sequence models: one row per track read
+OOF_TRACK_COLUMNS = ["video", "label", "fold", "track", "prob"]
 
 
 class CalibrationError(ValueError):
     """Out-of-fold data or a calibration file that cannot be used; says what to do."""
 
 
-def read_oof_faces(path: Path) -> pd.DataFrame:
-    """Read and validate ``oof_faces.csv``."""
+def read_oof_faces(path: Path, columns: list[str] = OOF_COLUMNS, what: str = "out-of-fold faces file") -> pd.DataFrame:
+    """Read and validate ``oof_faces.csv`` (or, with its ``columns``, ``oof_tracks.csv``)."""
     path = Path(path)
     fix = "run `python -m dfdc train` to (re)write it"
-    df = read_table(path, OOF_COLUMNS, error=CalibrationError, fix=fix, what="out-of-fold faces file",
-                    dtype={"video": str})
+    df = read_table(path, columns, error=CalibrationError, fix=fix, what=what, dtype={"video": str})
     if df.empty:
         raise CalibrationError(f"{path}: no rows; {fix}")
     prob = pd.to_numeric(df["prob"], errors="coerce")
@@ -79,6 +86,18 @@ def _grid(spec: tuple[float, float, int], anchor: float, name: str) -> np.ndarra
         raise CalibrationError(f"predict.{name}={spec}: expected (min > 0, max >= min, steps >= 1)")
     values = np.unique(np.append(np.geomspace(low, high, int(steps)), anchor))
     return values[np.argsort(np.abs(np.log(values / anchor)), kind="stable")]
+
+
+def _oof_units(run_dir: Path) -> tuple[pd.DataFrame, str, tuple[str, ...], str]:
+    """The run's per-unit OOF table, its unit ("face" | "track"), the rules to search and the
+    baseline rule: faces (mean, confident; baseline mean), or the tracks of a sequence run
+    (its ``sequence.aggregation`` alone)."""
+    if (run_dir / OOF_FACES).is_file() or not (run_dir / OOF_TRACKS).is_file():
+        return read_oof_faces(run_dir / OOF_FACES), "face", METHODS, "mean"
+    saved = run_dir / "config.yaml"
+    rule = read_config(saved).sequence.aggregation if saved.is_file() else TRACK_METHODS[0]
+    tracks = read_oof_faces(run_dir / OOF_TRACKS, OOF_TRACK_COLUMNS, "out-of-fold tracks file")
+    return tracks, "track", (rule,), rule
 
 
 def _video_probs(faces: pd.DataFrame, method: str, cfg: PredictConfig) -> np.ndarray:
@@ -104,16 +123,17 @@ def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, 
 
 
 def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
-    """Fit aggregation, temperature and clip on ``run_dir/oof_faces.csv``; write ``calibration.json``.
+    """Fit aggregation, temperature and clip on ``run_dir/oof_faces.csv`` (or the tracks of a
+    sequence run, ``oof_tracks.csv``); write ``calibration.json``.
 
     Returns the written dictionary: ``aggregation, temperature, clip, oof_logloss_before,
-    oof_logloss_after, videos`` plus ``faces``, ``guarded`` (the small-set guard was on)
-    and the confident-rule parameters used.
+    oof_logloss_after, videos, unit`` plus ``faces`` (or ``tracks``), ``guarded`` (the
+    small-set guard was on) and the confident-rule parameters used.
     """
     run_dir = Path(run_dir)
-    faces = read_oof_faces(run_dir / OOF_FACES)
+    faces, unit, methods, baseline = _oof_units(run_dir)
     y = faces.groupby("video", sort=True)["label"].first().to_numpy(dtype=int)
-    raw = {method: _video_probs(faces, method, cfg) for method in METHODS}
+    raw = {method: _video_probs(faces, method, cfg) for method in methods}
     guarded = len(y) < cfg.calib_min_videos
     temperatures = _grid(cfg.calib_temperatures, 1.0, "calib_temperatures")
     clips = _grid(cfg.calib_clips, cfg.clip, "calib_clips")
@@ -121,7 +141,7 @@ def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
     if guarded:
         temperatures = temperatures[temperatures >= 1.0]
         clips = clips[clips >= cfg.clip]
-    before_p = clip(raw["mean"], cfg.clip)
+    before_p = clip(raw[baseline], cfg.clip)
     before = log_loss(y, before_p)
     best = search(raw, y, temperatures, clips)
     after_p = clip(apply_temperature(raw[best["aggregation"]], best["temperature"]), best["clip"])
@@ -132,7 +152,8 @@ def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
         "oof_logloss_before": before,
         "oof_logloss_after": best["loss"],
         "videos": int(len(y)),
-        "faces": int(len(faces)),
+        "unit": unit,
+        f"{unit}s": int(len(faces)),
         "guarded": guarded,
         "confident_threshold": cfg.confident_threshold,
         "confident_min_fraction": cfg.confident_min_fraction,
@@ -140,7 +161,7 @@ def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
     }
     plot_reliability(
         y,
-        {f"before (mean, clip {cfg.clip:g})": before_p,
+        {f"before ({baseline}, clip {cfg.clip:g})": before_p,
          f"after ({best['aggregation']}, T {best['temperature']:.3g}, clip {best['clip']:.3g})": after_p},
         run_dir / CALIBRATION_PLOT,
         title=f"out-of-fold reliability, {len(y)} videos",
@@ -163,7 +184,8 @@ def read_calibration(path: Path) -> dict[str, Any]:
         method, temperature, bound = data["aggregation"], float(data["temperature"]), float(data["clip"])
     except (TypeError, ValueError):
         raise CalibrationError(f"{path}: temperature and clip must be numbers; {fix}") from None
-    if method not in METHODS or not temperature > 0 or not 0 <= bound < 0.5:
+    rules = TRACK_METHODS if data.get("unit") == "track" else METHODS
+    if method not in rules or not temperature > 0 or not 0 <= bound < 0.5:
         raise CalibrationError(f"{path}: values out of range: {method!r}, T={temperature}, clip={bound}; {fix}")
     return data
 
@@ -197,6 +219,9 @@ def apply_calibration(
         "clip": float(calibration["clip"]),
     }
     values.update({k: float(calibration[k]) for k in CONFIDENT_KEYS if k in calibration})
-    if values["aggregation"] not in METHODS or not values["temperature"] > 0 or not 0 <= values["clip"] < 0.5:
+    rules = TRACK_METHODS if calibration.get("unit") == "track" else METHODS
+    if values["aggregation"] not in rules or not values["temperature"] > 0 or not 0 <= values["clip"] < 0.5:
         raise CalibrationError(f"calibration values out of range: {values}")
+    if calibration.get("unit") == "track":  # a rule over tracks (sequence.aggregation), not over faces
+        del values["aggregation"]
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

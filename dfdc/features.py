@@ -33,6 +33,7 @@ from torch import nn
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json
 from dfdc.preprocess import prepare
 
+CACHE_DIR = "features"  # <run>/features/: where a run keeps its frozen features
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.csv"
 EXTRACTOR_FILE = "extractor.pt"

@@ -55,11 +55,13 @@ from dfdc.data import BalancedEpochSampler, FaceDataset, load_face_table, shard,
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.metrics import log_loss
 from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
+from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 
 METRICS_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_logloss", "val_auc", "lr", "seconds"]
 OOF_COLUMNS = ["video", "label", "fold", "pred", "n_faces"]
 OOF_FACES_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
+OOF_TRACKS_COLUMNS = ["video", "label", "fold", "track", "prob"]  # sequence models: one row per track read
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -158,12 +160,13 @@ def _video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
     return log_loss(label, pred), auc
 
 
-def _aggregate_videos(faces: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Per-video prediction from per-face ``prob`` with ``train.val_aggregation``."""
+def _aggregate_videos(faces: pd.DataFrame, cfg: Config, rule: str | None = None) -> pd.DataFrame:
+    """Per-video prediction from per-unit ``prob`` with ``rule`` (default ``train.val_aggregation``);
+    ``n_faces`` counts the units (faces, or tracks)."""
     rows = []
     for (video, label, fold), group in faces.groupby(["video", "label", "fold"], sort=True):
         probs = group["prob"].to_numpy(dtype=float)
-        pred = float(aggregate(probs, cfg.train.val_aggregation, cfg.predict))
+        pred = float(aggregate(probs, rule or cfg.train.val_aggregation, cfg.predict))
         rows.append((video, int(label), int(fold), pred, len(probs)))
     return pd.DataFrame(rows, columns=OOF_COLUMNS)
 
@@ -251,17 +254,20 @@ def _loader(dataset: FaceDataset, indices: np.ndarray | None, cfg: Config, batch
 
 
 class _FoldTrainer:
+    """One fold's training over a unit of data: here a face crop (``_datasets``, ``units``,
+    ``UNIT_COLUMNS``, ``OOF_UNITS``); ``_TrackFoldTrainer`` trains over face tracks."""
+
+    UNIT_COLUMNS = ["video", "y", "fold", "frame", "face"]  # what names a unit in the OOF file
+    OOF_UNITS = ("oof_faces.csv", OOF_FACES_COLUMNS)  # the per-unit OOF file and its columns
+
     def __init__(self, cfg: Config, table: pd.DataFrame, fold: int, run_dir: Path, ctx: _Dist) -> None:
         self.cfg, self.table, self.fold, self.ctx = cfg, table, fold, ctx
         self.dir = run_dir / f"fold{fold}"
         self.run_dir = run_dir
         t = cfg.train
-        self.train_idx, self.val_idx = split_fold(table, fold)
-        self.input = default_input(cfg.model.arch, t.size)  # side: train.size, else the model's own
-        self.train_ds = FaceDataset(table, train_transform(self.input.size, t.augment), seed=t.seed + fold)
-        self.val_ds = FaceDataset(table, Prepare(self.input.size))
-        self.sampler = BalancedEpochSampler(table["y"].to_numpy(), self.train_idx, seed=t.seed + fold,
-                                            num_replicas=ctx.world, rank=ctx.rank)
+        self.input = default_input(cfg.model, t.size)  # side: train.size, else the model's own
+        self.val_rule = t.val_aggregation
+        self._datasets()
         drop_last = len(self.sampler) > t.batch_size  # no batch of one through BatchNorm
         self.train_loader = _loader(self.train_ds, None, cfg, t.batch_size, self.sampler,
                                     seed=t.seed + fold, drop_last=drop_last)
@@ -281,6 +287,26 @@ class _FoldTrainer:
                 print("warning: this GPU has no bfloat16; training with train.amp=fp16", file=sys.stderr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+
+    # -- data ----------------------------------------------------------------------------
+    def _datasets(self) -> None:
+        """The fold's units (``self.units``: one row per unit), training and validation rows of
+        it, datasets and the balanced sampler: face crops."""
+        t, ctx = self.cfg.train, self.ctx
+        self.units = self.table
+        self.train_idx, self.val_idx = split_fold(self.table, self.fold)
+        self.train_ds = FaceDataset(self.table, train_transform(self.input.size, t.augment), seed=t.seed + self.fold)
+        self.val_ds = FaceDataset(self.table, Prepare(self.input.size))
+        self.sampler = BalancedEpochSampler(self.table["y"].to_numpy(), self.train_idx, seed=t.seed + self.fold,
+                                            num_replicas=ctx.world, rank=ctx.rank)
+
+    def _prepare_model(self, model: nn.Module) -> None:
+        """A hook between building the model and making its optimizer (frozen parts)."""
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the device; image batches (N x 3 x H x W) in ``train.channels_last`` layout."""
+        layout = self.memory_format if x.dim() == 4 else torch.contiguous_format
+        return x.to(self.ctx.device, non_blocking=True, memory_format=layout)
 
     # -- state ---------------------------------------------------------------------------
     def build(self, resume: bool) -> None:
@@ -306,6 +332,7 @@ class _FoldTrainer:
             model_cfg = deepcopy(model_cfg)
             model_cfg.pretrained = "none"
         self.model = create_model(model_cfg, self.input.size).to(self.ctx.device, memory_format=self.memory_format)
+        self._prepare_model(self.model)
         self.optimizer = _optimizer(self.model, self.cfg)
         self.scheduler = _schedule(self.optimizer, self.cfg, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp == "fp16")
@@ -374,7 +401,7 @@ class _FoldTrainer:
             for x, y, idx in self._batches():
                 if seen_log is not None:
                     seen_log.write("".join(f"{self.epoch} {i}\n" for i in idx.tolist()))
-                x = x.to(self.ctx.device, non_blocking=True, memory_format=self.memory_format)
+                x = self._to_device(x)
                 y = y.to(self.ctx.device, non_blocking=True)
                 with self._autocast():
                     loss = self.criterion(self.net(x), y)
@@ -402,11 +429,11 @@ class _FoldTrainer:
 
     @torch.no_grad()
     def validate(self) -> pd.DataFrame:
-        """Per-face P(FAKE) and cross-entropy of the whole validation fold (all ranks)."""
+        """Per-unit P(FAKE) and cross-entropy of the whole validation fold (all ranks)."""
         self.model.eval()
         rows: list[tuple[int, float, float]] = []
         for x, y, idx in self.val_loader:
-            x = x.to(self.ctx.device, non_blocking=True, memory_format=self.memory_format)
+            x = self._to_device(x)
             y = y.to(self.ctx.device)
             with self._autocast():
                 logits = self.model(x)
@@ -418,7 +445,7 @@ class _FoldTrainer:
             dist.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
         index, probs, losses = zip(*sorted(rows)) if rows else ((), (), ())
-        faces = self.table.loc[list(index), ["video", "y", "fold", "frame", "face"]].rename(columns={"y": "label"})
+        faces = self.units.loc[list(index), self.UNIT_COLUMNS].rename(columns={"y": "label"})
         faces = faces.assign(prob=list(probs), loss=list(losses)).reset_index(drop=True)
         return faces
 
@@ -433,7 +460,7 @@ class _FoldTrainer:
             train_loss = self.train_epoch()
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
-            videos = _aggregate_videos(faces, self.cfg)
+            videos = _aggregate_videos(faces, self.cfg, self.val_rule)
             val_logloss, val_auc = _video_logloss(videos, t.val_clip)
             improved = val_logloss < self.best
             if improved:
@@ -453,7 +480,8 @@ class _FoldTrainer:
                     save_checkpoint(self.dir / "best.pt", self.model, self.cfg,
                                     {"fold": self.fold, "epoch": self.epoch - 1, "val_logloss": val_logloss})
                     atomic_write_csv(self.dir / "oof.csv", videos)
-                    atomic_write_csv(self.dir / "oof_faces.csv", faces[OOF_FACES_COLUMNS])
+                    name, columns = self.OOF_UNITS
+                    atomic_write_csv(self.dir / name, faces[columns])
                 self.save_last(finished)
                 _update_metrics(self.run_dir, self.fold, self.history)
                 print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {train_loss:.4f} "
@@ -466,6 +494,81 @@ class _FoldTrainer:
                 "finished": True, "best_logloss": self.best, "best_epoch": self.best_epoch, "epochs_run": self.epoch})
         self.ctx.barrier()
         return FoldResult(self.fold, self.best, self.best_epoch, self.epoch, finished=finished)
+
+
+class _TrackFoldTrainer(_FoldTrainer):
+    """One fold of a sequence model (lstm / gru): the unit is a face track read as
+    ``sequence.seq_len`` frames (``dfdc.sequences``: equal length for REAL and FAKE, a
+    balanced draw over tracks, validation read as the predictor reads a video), aggregated to
+    a video with ``sequence.aggregation``. ``sequence.mode`` frozen: the backbone's features of
+    every crop are computed once (``dfdc.features``, cached in ``<run>/features/``), the
+    backbone is frozen with exactly those weights and only the recurrent head trains on the
+    cached features; finetune: the backbone trains inside the model on augmented crops."""
+
+    UNIT_COLUMNS = ["video", "y", "fold", "track"]
+    OOF_UNITS = ("oof_tracks.csv", OOF_TRACKS_COLUMNS)
+
+    def _datasets(self) -> None:
+        from dfdc.aggregate import TRACK_METHODS
+        from dfdc.sequences import (
+            TrackDataset, TrackFeatureDataset, check_sequence_config, track_units, training_units, validation_units,
+        )
+
+        t, s, ctx = self.cfg.train, self.cfg.sequence, self.ctx
+        check_sequence_config(s)
+        if s.aggregation not in TRACK_METHODS:
+            raise ConfigError(f"sequence.aggregation={s.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
+        self.val_rule = s.aggregation
+        self.units, rows = track_units(self.table)
+        is_val = (self.units["fold"] == self.fold).to_numpy()
+        if not is_val.any():
+            raise ConfigError(f"fold {self.fold} has no face tracks; folds present: {sorted(set(self.units['fold']))}")
+        self.train_idx = training_units(self.units, np.flatnonzero(~is_val), s)
+        self.val_idx = validation_units(self.units, np.flatnonzero(is_val), s)
+        seed = t.seed + self.fold
+        if s.mode == "frozen":
+            self.features, self.backbone_state = frozen_backbone_features(self.cfg, self.table, self.input,
+                                                                          self.run_dir, self.ctx)
+            self.train_ds = TrackFeatureDataset(self.features, self.units, rows, s.seq_len, seed=seed)
+            self.val_ds = TrackFeatureDataset(self.features, self.units, rows, s.seq_len)
+        else:
+            self.train_ds = TrackDataset(self.table, self.units, rows, s.seq_len,
+                                         train_transform(self.input.size, t.augment), seed=seed)
+            self.val_ds = TrackDataset(self.table, self.units, rows, s.seq_len, Prepare(self.input.size))
+        self.sampler = BalancedEpochSampler(self.units["y"].to_numpy(), self.train_idx, seed=seed,
+                                            num_replicas=ctx.world, rank=ctx.rank)
+
+    def _prepare_model(self, model: nn.Module) -> None:
+        if self.cfg.sequence.mode == "frozen":  # the weights the cached features came from
+            model.backbone.load_state_dict(self.backbone_state)
+            model.freeze_backbone()
+
+
+def frozen_backbone_features(cfg: Config, table: pd.DataFrame, spec: Any, run_dir: Path,
+                             ctx: _Dist) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Every crop's features by the frozen backbone ``model.backbone`` (weights
+    ``model.pretrained``, random init seeded by ``train.seed``), computed once per run by rank
+    0 and cached in ``<run>/features/`` (``dfdc.features``); returns them and the backbone's
+    weights, which every fold's model takes so the features and the saved model agree."""
+    from dfdc.features import CACHE_DIR, frozen_features
+    from dfdc.models import create_backbone
+
+    with torch.random.fork_rng(devices=[]):  # the fold's global RNG is left as it was
+        torch.manual_seed(cfg.train.seed)
+        backbone = create_backbone(cfg.model)
+    backbone.set_input_spec(spec)
+    backbone.to(ctx.device)
+    identity = {"arch": cfg.model.backbone, "pretrained": cfg.model.pretrained, "seed": cfg.train.seed}
+    batch = cfg.train.val_batch_size or 2 * cfg.train.batch_size
+    files = table["file"].tolist()
+    folder = run_dir / CACHE_DIR
+    features = None
+    if ctx.main:
+        features = frozen_features(folder, files, backbone, identity, batch, ctx.device, progress=True)
+    ctx.barrier()
+    if features is None:  # other ranks: rank 0's cache (same identity and crops)
+        features = frozen_features(folder, files, backbone, identity, batch, ctx.device, progress=False)
+    return features, {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
 
 
 def _fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
@@ -481,18 +584,19 @@ def _fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
 
 
 def _merge_oof(run_dir: Path, cfg: Config) -> tuple[float | None, float | None, int]:
-    """Concatenate every fold's OOF files into the run's oof.csv / oof_faces.csv."""
-    videos, faces = [], []
+    """Concatenate every fold's OOF files into the run's oof.csv and per-unit file
+    (oof_faces.csv, or oof_tracks.csv for sequence models)."""
+    name, columns = _TrackFoldTrainer.OOF_UNITS if is_sequence_model(cfg.model.arch) else _FoldTrainer.OOF_UNITS
+    videos, units = [], []
     for folder in sorted(run_dir.glob("fold*")):
-        if (folder / "oof.csv").is_file() and (folder / "oof_faces.csv").is_file():
+        if (folder / "oof.csv").is_file() and (folder / name).is_file():
             videos.append(pd.read_csv(folder / "oof.csv", dtype={"video": str}))
-            faces.append(pd.read_csv(folder / "oof_faces.csv", dtype={"video": str}))
+            units.append(pd.read_csv(folder / name, dtype={"video": str}))
     if not videos:
         return None, None, 0
     oof = pd.concat(videos, ignore_index=True)[OOF_COLUMNS].sort_values(["fold", "video"])
     atomic_write_csv(run_dir / "oof.csv", oof)
-    atomic_write_csv(run_dir / "oof_faces.csv",
-                     pd.concat(faces, ignore_index=True)[OOF_FACES_COLUMNS].sort_values(["fold", "video", "frame", "face"]))
+    atomic_write_csv(run_dir / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
     loss, auc = _video_logloss(oof, cfg.train.val_clip)
     return loss, auc, len(oof)
 
@@ -510,6 +614,10 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
     ``resume=False`` retrains every selected fold from scratch. Under torchrun (WORLD_SIZE > 1)
     every rank calls this; only rank 0 writes files.
     """
+    from dfdc.baselines import is_baseline, train_baselines  # it writes this module's run outputs
+
+    if is_baseline(cfg.model.arch):  # scikit-learn estimators: fitted, not trained by this loop
+        return train_baselines(Path(faces_dir), Path(folds_csv), cfg, folds, resume)
     ctx = _setup_distributed()
     threads = torch.get_num_threads()
     _set_cpu_threads(cfg, ctx)
@@ -536,7 +644,8 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
                     print(f"fold {fold}: finished earlier (best log loss {status['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            result = _FoldTrainer(cfg, table, fold, run_dir, ctx).run(resume)
+            trainer = _TrackFoldTrainer if is_sequence_model(cfg.model.arch) else _FoldTrainer
+            result = trainer(cfg, table, fold, run_dir, ctx).run(resume)
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True

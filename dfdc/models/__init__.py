@@ -19,12 +19,13 @@ from dfdc.models.checkpoint import (
     save_checkpoint, unwrap,
 )
 from dfdc.models.registry import (
-    FAKE_CLASS, TORCH_LOAD_ERRORS, FrameModel, PretrainedWeightsError, create_model, default_input,
-    fake_probability, list_models, model_requirements, register,
+    FAKE_CLASS, TORCH_LOAD_ERRORS, BackboneModel, FrameModel, PretrainedWeightsError, create_backbone, create_model,
+    default_input, fake_probability, list_models, model_requirements, register,
 )
 
 __all__ = [
-    "CHECKPOINT_FORMAT", "FAKE_CLASS", "TORCH_LOAD_ERRORS", "CheckpointError", "FrameModel", "PretrainedWeightsError",
-    "checkpoint_input", "create_model", "default_input", "export_half", "fake_probability", "fold_checkpoints",
-    "list_models", "load_checkpoint", "model_requirements", "register", "save_checkpoint", "unwrap",
+    "CHECKPOINT_FORMAT", "FAKE_CLASS", "TORCH_LOAD_ERRORS", "BackboneModel", "CheckpointError", "FrameModel",
+    "PretrainedWeightsError", "checkpoint_input", "create_backbone", "create_model", "default_input", "export_half",
+    "fake_probability", "fold_checkpoints", "list_models", "load_checkpoint", "model_requirements", "register",
+    "save_checkpoint", "unwrap",
 ]

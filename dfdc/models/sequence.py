@@ -50,10 +50,12 @@ class SequenceModel(BackboneModel):
             return self.backbone.features(x.flatten(0, 1)).reshape(n, t, -1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """N x T x D features -> N x 2 logits."""
+        """N x T x D features -> N x 2 logits, in the head's own dtype: outside AMP autocast
+        (bf16 recurrent kernels are not everywhere; the head is a sliver of the work)."""
         weight = self.head[0].weight
-        out, _ = self.rnn(features.to(weight.dtype))
-        return self.head(out[:, -1])
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            out, _ = self.rnn(features.to(weight.dtype))
+            return self.head(out[:, -1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
@@ -85,3 +87,9 @@ def _builder(cell: str) -> Callable[[ModelConfig], nn.Module]:
 
 for _cell in CELLS:
     register(_cell, backbone=True)(_builder(_cell))
+
+
+def is_sequence_model(arch: str) -> bool:
+    """Is ``arch`` a model over face tracks (trained and predicted on sequences)?"""
+    return arch in CELLS
+

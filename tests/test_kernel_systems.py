@@ -1,0 +1,51 @@
+"""The Kaggle kernel bundles the other systems and runs them offline (make kernel-local):
+a sequence model reading face tracks and a scikit-learn baseline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfdc.config import load_config, save_config
+from dfdc.kernel import build_bundle, run_local
+from dfdc.models import create_model, save_checkpoint
+
+
+@pytest.mark.parametrize("arch", ["lstm", "logreg"])
+def test_local_kernel_runs_a_sequence_model_and_a_baseline(arch: str, mini_dfdc: Path, tmp_path: Path) -> None:
+    cfg = load_config("smoke", [f"model.arch={arch}", "model.backbone=tiny-cnn", "model.rnn_hidden=128",
+                                "model.head_hidden=32", "train.size=48", "predict.frames=6", "predict.workers=0",
+                                "sequence.seq_len=4", f"kernel.wheel_cache={tmp_path / 'wheel-cache'}"])
+    run = tmp_path / "runs" / arch
+    torch.manual_seed(0)
+    model = create_model(cfg.model, cfg.train.size)
+    if hasattr(model, "set_estimator"):
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.random.default_rng(0).normal(size=(20, model.feature_dim))
+        model.set_estimator(LogisticRegression().fit(x, np.arange(20) % 2))
+    save_checkpoint(run / "fold0" / "best.pt", model, cfg, {"fold": 0})
+    save_config(cfg, run / "config.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PIP_CACHE_DIR", os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip"))
+        bundle = build_bundle(run, tmp_path / "build", cfg, "alice")
+    data = tmp_path / "data"
+    (data / "test_videos").mkdir(parents=True)
+    videos = sorted(p.name for p in (mini_dfdc / "test_videos").glob("*.mp4"))[:2]
+    for name in videos:
+        shutil.copyfile(mini_dfdc / "test_videos" / name, data / "test_videos" / name)
+    pd.DataFrame({"filename": videos, "label": 0.5}).to_csv(data / "sample_submission.csv", index=False)
+
+    report = run_local(bundle, data, cfg, work_dir=tmp_path / "local")
+
+    log = report.log.read_text()
+    assert report.status == "ok" and report.fallback_rows == 0, log
+    predictions = pd.read_csv(tmp_path / "local" / "working" / "predictions.csv", keep_default_na=False)
+    assert (predictions["reason"] == "").all() and (predictions["n_faces"] > 0).all(), log
+    assert predictions["raw"].between(0, 1).all()
