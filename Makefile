@@ -77,10 +77,16 @@ meta: data
 faces: data
 	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) $(SET_FLAGS)
 
+# `make folds` always (re)builds the split; `make train` builds it only when folds/folds.csv is
+# missing, so a run never trains on a split that changed under it (a run also records the
+# fingerprints of its folds table and faces index and refuses to resume on others).
 folds: data
 	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
 
-train: faces folds
+$(FOLDS_CSV):
+	$(MAKE) --no-print-directory folds
+
+train: faces $(FOLDS_CSV)
 	$(TRAIN_LAUNCH) train --faces $(FACES) --folds $(FOLDS_CSV) --profile $(PROFILE) \
 	    --name $(RUN) --fold-list $(FOLDS) $(SET_FLAGS)
 

@@ -1,24 +1,31 @@
-"""Training benchmark (``make bench-train``; not a test): is the data loader fast enough?
+"""Training benchmark (``make bench-train``; not a test): the kit's own training loop.
 
-Measures on this machine (GPU when available, else CPU):
+For each profile and batch size, on this machine (a GPU when there is one, else the CPU),
+through ``dfdc.train.FoldTrainer`` -- the class ``dfdc train`` runs, with its loader, the
+profile's augmentation, AMP, channels_last, fused AdamW, cuDNN autotune, torch.compile as the
+profile says -- on synthetic crops in the profile's crop format and size:
 
-1. data-loader throughput: faces/s of one worker through PNG read + the training
-   augmentation at the recipe's 240 px (and of a DataLoader with N worker processes);
-2. one training step (forward + backward + AdamW step) of EfficientNet-B0 and B7 at
-   batch 4, 240 px;
-3. how many loader workers keep one GPU fed: GPU images/s / faces/s per worker. On a GPU the
-   step time is measured; on a CPU only the GPU step of B7 is given, as an ESTIMATE: the model's measured
-   training FLOPs (torch.utils.flop_counter) divided by an assumed effective GPU throughput
-   (``--gpu-tflops``), printed as such.
+1. loop: ``train_epoch`` over ``warm + steps`` batches of the real loader; images/s from
+   step ``warm`` on (the first steps pay worker start-up, cuDNN autotune, compilation; the
+   first step's time is printed apart);
+2. step: the same ``train_step`` on one batch already on the device, ``steps`` times:
+   what the model alone allows;
+3. loader: faces/s of ONE loader worker (read + decode + the profile's augmentation,
+   ``dfdc.data.loader_rate``), the workers the step needs (step images/s / faces/s per
+   worker) and loop / step (1.0: the loader keeps up).
 
-Usage: ``python bench/bench_train.py [--faces DATA/faces] [--size 240] [--batch 4]``.
-Without ``--faces`` it times synthetic 240-px PNG crops (the faces builder's format).
-Writes the figures to bench/out/train.json as well.
+On a CPU every figure is a CPU figure; the GPU lines are ESTIMATES, printed as such: the
+model's training FLOPs (``torch.utils.flop_counter``, forward x 3) at an assumed effective
+GPU throughput, and the activation memory a training step keeps per image (bytes saved for
+backward, counted on the CPU in fp32, halved for bf16). Writes bench/out/train.json.
+
+Usage: ``python bench/bench_train.py [--profiles b7,smoke] [--batches b7=12,48,96]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -30,142 +37,164 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dfdc.augment import train_transform
-from dfdc.config import ModelConfig, TrainConfig
-from dfdc.data import FaceDataset
+from dfdc.config import load_config
+from dfdc.data import load_training_data, loader_rate
 from dfdc.io import atomic_write_json
 from dfdc.models import create_model
+from dfdc.train import FoldTrainer, _Dist, _set_cpu_threads
 
-RECIPE_SIZE = TrainConfig().size  # 240 px, the seed study's input side
-BATCH = 4  # the brief's step-time batch (a B7 batch of 12 per GPU is the recipe's)
-# Assumed effective fp32 throughput of one DFDC-era GPU on EfficientNet training, in TFLOPS:
-# a P100 peaks at 9.3; depthwise convolutions reach a small fraction of peak. An assumption,
-# not a measurement: pass --gpu-tflops to use your own.
-ASSUMED_GPU_TFLOPS = 3.0
+# Effective GPU throughput assumed for the CPU-side estimate, in TFLOPS: the one GPU training
+# measurement this kit has, B7 at 240 px, batch 96, bf16, fused AdamW: 524 images/s on an
+# H200 (DFDC.md, an earlier session) x 3 x 11.26 GFLOPs forward per image = 17.7 TFLOPS
+# effective. Depthwise convolutions keep EfficientNet far below the card's peak. Pass
+# --gpu-tflops to assume another card.
+ASSUMED_GPU_TFLOPS = 17.7
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward is about 3 forward passes (standard rule of thumb)
+BF16_BYTES_RATIO = 0.5  # bf16 activations take half the bytes of fp32 ones
+OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weight + grad + AdamW's two moments
+GPU_BATCHES = {"b7": (12, 48, 96)}  # the recipe's 12 and the batches DFDC.md measured on an H200
+CPU_BATCHES = {"b7": (4,)}  # B7 steps take seconds on a CPU: one small batch
+POOL = 256  # distinct synthetic crops; epochs draw from them (with repeats when more are needed)
 
 
-def synthetic_faces(folder: Path, count: int, size: int) -> pd.DataFrame:
-    """PNG crops like the faces builder writes: smooth colour + texture, ``size`` px square."""
+def synthetic_faces(folder: Path, count: int, size: int, fmt: str) -> tuple[Path, Path]:
+    """A faces folder (faces.csv + ``size``-px crops in ``fmt``) and a 2-fold folds.csv."""
     rng = np.random.default_rng(0)
-    rows = []
+    (folder / "crops").mkdir(parents=True, exist_ok=True)
+    faces, folds = [], []
     for i in range(count):
         base = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
         image = np.clip(base.astype(np.int16) + rng.integers(-20, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-        path = folder / f"crop{i:04d}.png"
-        cv2.imwrite(str(path), image)
-        rows.append({"file": str(path), "y": i % 2})
-    return pd.DataFrame(rows)
-
-
-def loader_rate(table: pd.DataFrame, size: int, workers: int, repeats: int) -> float:
-    """Faces/s through read + augment + collate with ``workers`` processes (0 = this process)."""
-    dataset = FaceDataset(table, train_transform(size), seed=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=False, num_workers=workers)
-    next(iter(loader))  # start-up (worker spawn, first imports) is not throughput
-    count, start = 0, time.perf_counter()
-    for _ in range(repeats):
-        for x, _, _ in loader:
-            count += len(x)
-    return count / (time.perf_counter() - start)
-
-
-def step_time(arch: str, size: int, batch: int, device: torch.device, steps: int) -> float:
-    """Seconds per training step (forward + backward + optimizer step), after one warm-up."""
-    layout = torch.channels_last if TrainConfig().channels_last else torch.contiguous_format  # as dfdc.train
-    model = create_model(ModelConfig(arch=arch, pretrained="none")).to(device, memory_format=layout).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=layout)
-    y = torch.randint(0, 2, (batch,), device=device)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def one() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-
-    one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps
+        video, label = f"v{i:05d}.mp4", ("REAL", "FAKE")[i % 2]
+        rel = f"crops/{i:05d}.{fmt}"
+        cv2.imwrite(str(folder / rel), image)
+        faces.append({"video": video, "label": label, "frame": 0, "face": 0, "path": rel})
+        folds.append({"video": video, "label": label, "fold": (i // 2) % 2})
+    pd.DataFrame(faces).to_csv(folder / "faces.csv", index=False)
+    pd.DataFrame(folds).to_csv(folder / "folds.csv", index=False)
+    return folder, folder / "folds.csv"
 
 
 def forward_flops(arch: str, size: int) -> float:
     """Forward FLOPs of one image (counted by torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = create_model(ModelConfig(arch=arch, pretrained="none")).eval()
+    model = create_model(load_config("smoke", [f"model.arch={arch}"]).model, size).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.randn(1, 3, size, size))
+        model(torch.zeros(1, 3, size, size))
     return float(counter.get_total_flops())
+
+
+def saved_bytes_per_image(arch: str, size: int) -> tuple[float, int]:
+    """(bytes kept for backward per image in fp32, parameter count), counted on the CPU."""
+    model = create_model(load_config("smoke", [f"model.arch={arch}"]).model, size).train()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.zeros(2, 3, size, size)).sum()
+    return total / 2, sum(p.numel() for p in model.parameters())
+
+
+def bench_one(profile: str, batch: int, steps: int, warm: int, tmp: Path, sets: list[str]) -> dict:
+    cfg = load_config(profile, [f"train.batch_size={batch}", f"train.steps_per_epoch={warm + steps}",
+                                "model.pretrained=none", f"train.runs_dir={tmp / 'runs'}", *sets])
+    fmt = getattr(cfg.faces, "image_format", "png")
+    faces_dir = tmp / f"faces-{cfg.faces.size}-{fmt}"
+    if not (faces_dir / "faces.csv").is_file():
+        synthetic_faces(faces_dir, POOL, cfg.faces.size, fmt)
+    data = load_training_data(faces_dir, faces_dir / "folds.csv")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ctx = _Dist(device=device)
+    _set_cpu_threads(cfg, ctx)  # dfdc train's rule: on a CPU, the cores less one per loader worker
+    trainer = FoldTrainer(cfg, data, 0, tmp / "runs" / profile, ctx)
+    trainer.build(resume=False)
+    epoch = trainer.train_epoch(warm=warm)
+    trainer.sampler.set_epoch(0)
+    keys = list(trainer.sampler)[:max(32, batch)]
+    per_worker = loader_rate(trainer.train_ds, keys[:32])
+    items = [trainer.train_ds[k] for k in keys[:batch]]  # one batch, made here: no loader worker runs meanwhile
+    x = trainer._to_device(torch.stack([item[0] for item in items]))
+    y = torch.tensor([item[1] for item in items], device=device)
+    trainer.train_step(x, y)
+    trainer._sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step(x, y)
+    trainer._sync()
+    step_rate = steps * batch / (time.perf_counter() - start)
+    return {"profile": profile, "arch": cfg.model.arch, "size": trainer.input.size, "batch": batch,
+            "crop_format": fmt, "amp": trainer.amp if trainer.use_amp else "fp32", "compile": cfg.train.compile,
+            "workers": trainer.workers, "loop_images_per_s": epoch.steady_images_per_s,
+            "first_step_seconds": epoch.first_step_seconds, "step_images_per_s": step_rate,
+            "loader_faces_per_s_per_worker": per_worker, "workers_needed": step_rate / per_worker,
+            "loop_over_step": epoch.steady_images_per_s / step_rate, "device": str(device)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--faces", type=Path, default=None, help="a faces folder (faces.csv + crops) to read from")
-    parser.add_argument("--size", type=int, default=RECIPE_SIZE)
-    parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--images", type=int, default=64, help="crops timed through the loader")
-    parser.add_argument("--steps", type=int, default=2, help="timed training steps per model")
-    parser.add_argument("--archs", default="efficientnet-b0,efficientnet-b7")
-    parser.add_argument("--estimate-arch", default="efficientnet-b7",
-                        help="on a CPU, the model whose GPU step time is estimated (the recipe's B7)")
+    parser.add_argument("--profiles", default="b7,smoke", help="comma list of profiles")
+    parser.add_argument("--batches", action="append", default=[], metavar="PROFILE=B1,B2",
+                        help="batch sizes of a profile (default: GPU b7=12,48,96 and each profile's own; "
+                             "CPU b7=4 and the others' own)")
+    parser.add_argument("--steps", type=int, default=0, help="timed steps (default 20 on a GPU, 2 on a CPU)")
+    parser.add_argument("--warm", type=int, default=0, help="untimed first steps (default 5 on a GPU, 1 on a CPU)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="configuration override for every profile, e.g. train.compile=true")
     parser.add_argument("--gpu-tflops", type=float, default=ASSUMED_GPU_TFLOPS,
                         help="assumed effective GPU TFLOPS for the CPU-side estimate")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads for the CPU step times (0 = torch's default); on a shared "
-                             "2-core machine 1 avoids OpenMP spinning (dfdc train's rule with 1 loader worker)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/train.json"))
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    print(f"device {device} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else f'{os.cpu_count()} CPU cores, {threads} torch threads'})")
-    results: dict[str, object] = {"device": str(device), "size": args.size, "batch": args.batch}
-
+    cuda = torch.cuda.is_available()
+    steps, warm = args.steps or (20 if cuda else 2), args.warm or (5 if cuda else 1)
+    where = torch.cuda.get_device_name(0) if cuda else f"CPU, {os.cpu_count()} cores (no GPU: GPU figures are estimates)"
+    print(f"device: {where}; {warm} warm-up + {steps} timed steps per row")
+    chosen = dict(GPU_BATCHES if cuda else CPU_BATCHES)
+    for item in args.batches:
+        name, _, values = item.partition("=")
+        chosen[name] = tuple(int(v) for v in values.split(","))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.faces is not None:
-            table = pd.read_csv(args.faces / "faces.csv").head(args.images)
-            table = pd.DataFrame({"file": [str(args.faces / p) for p in table["path"]],
-                                  "y": (table["label"] == "FAKE").astype(int)})
-        else:
-            table = synthetic_faces(Path(tmp), args.images, args.size)
-        torch.set_num_threads(1)  # a loader worker is one process on one core
-        per_worker = loader_rate(table, args.size, 0, repeats=2)
-        two = loader_rate(table, args.size, 2, repeats=2)
-        torch.set_num_threads(threads)
-    print(f"loader: {per_worker:.1f} faces/s per worker (read + augment at {args.size} px); "
-          f"DataLoader with 2 workers: {two:.1f} faces/s")
-    results["loader_faces_per_s_per_worker"] = per_worker
-    results["loader_faces_per_s_2_workers"] = two
-
-    for arch in args.archs.split(","):
-        seconds = step_time(arch, args.size, args.batch, device, args.steps)
-        ips = args.batch / seconds
-        print(f"{arch}: {seconds * 1000:.0f} ms per training step at batch {args.batch}, {args.size} px "
-              f"({ips:.1f} images/s on {device}; measured)")
-        entry: dict[str, object] = {"step_seconds": seconds, "images_per_s": ips, "measured_on": str(device)}
-        if device.type == "cuda":
-            entry["workers_to_feed_gpu"] = ips / per_worker
-            print(f"  -> {ips / per_worker:.1f} loader workers keep this GPU fed (measured)")
-        elif arch == args.estimate_arch:
-            flops = forward_flops(arch, args.size)
-            est_ips = args.gpu_tflops * 1e12 / (TRAIN_FLOPS_PER_FORWARD * flops)
-            entry.update(forward_gflops=flops / 1e9, gpu_images_per_s_estimate=est_ips,
-                         workers_to_feed_gpu_estimate=est_ips / per_worker)
-            print(f"  ESTIMATE for one GPU (not measured): {flops / 1e9:.2f} GFLOPs forward per image x "
-                  f"{TRAIN_FLOPS_PER_FORWARD:.0f} for training at an assumed {args.gpu_tflops:.1f} effective TFLOPS "
-                  f"-> ~{est_ips:.0f} images/s -> ~{est_ips / per_worker:.1f} loader workers at "
-                  f"{per_worker:.0f} faces/s each")
-        results[arch] = entry
-    atomic_write_json(args.out, results)
+        for profile in args.profiles.split(","):
+            own = load_config(profile).train.batch_size
+            batches = chosen.get(profile, (own,))
+            if cuda and own not in batches:
+                batches = (*batches, own)
+            for batch in batches:
+                row = bench_one(profile, batch, steps, warm, Path(tmp), args.sets)
+                rows.append(row)
+                print(f"{profile:6s} {row['arch']} {row['size']} px batch {batch:3d} {row['amp']}: "
+                      f"loop {row['loop_images_per_s']:7.1f} img/s (first step {row['first_step_seconds']:.1f} s, "
+                      f"{row['workers']} workers), step alone {row['step_images_per_s']:7.1f} img/s; loader "
+                      f"{row['loader_faces_per_s_per_worker']:.0f} faces/s per worker ({row['crop_format']}) -> "
+                      f"{row['workers_needed']:.2f} workers for the step; loop/step {row['loop_over_step']:.2f} "
+                      f"[measured on {row['device']}]")
+    result: dict[str, object] = {"device": where, "steps": steps, "warm": warm, "rows": rows}
+    if not cuda:
+        estimates = []
+        for arch, size, batch in sorted({(r["arch"], r["size"], GPU_BATCHES[r["profile"]][-1])
+                                         for r in rows if r["profile"] in GPU_BATCHES}):
+            flops = forward_flops(arch, size)
+            saved, params = saved_bytes_per_image(arch, size)
+            ips = args.gpu_tflops * 1e12 / (TRAIN_FLOPS_PER_FORWARD * flops)
+            per_worker = min(r["loader_faces_per_s_per_worker"] for r in rows if r["arch"] == arch)
+            memory = batch * saved * BF16_BYTES_RATIO + params * OPTIMIZER_BYTES_PER_PARAM
+            estimates.append({"arch": arch, "size": size, "forward_gflops": flops / 1e9,
+                              "gpu_images_per_s_estimate": ips, "workers_estimate": math.ceil(ips / per_worker),
+                              "batch": batch, "gpu_memory_gb_estimate": memory / 1e9})
+            print(f"ESTIMATE, not measured -- {arch} at {size} px on a GPU: {flops / 1e9:.2f} GFLOPs forward x "
+                  f"{TRAIN_FLOPS_PER_FORWARD:.0f} per image at an assumed {args.gpu_tflops:g} effective TFLOPS -> "
+                  f"~{ips:.0f} img/s -> ~{math.ceil(ips / per_worker)} loader workers at this CPU's "
+                  f"{per_worker:.0f} faces/s each; batch {batch} in bf16 keeps ~{memory / 1e9:.1f} GB "
+                  f"({saved / 1e6:.0f} MB saved for backward per image in fp32, halved, + {params / 1e6:.1f} M "
+                  f"parameters x {OPTIMIZER_BYTES_PER_PARAM} bytes; workspace and allocator slack not counted)")
+        result["gpu_estimates"] = estimates
+    atomic_write_json(args.out, result)
     print(f"figures -> {args.out}")
     return 0
 

@@ -114,20 +114,21 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
     import joblib
     import torch
 
-    from dfdc.data import load_face_table, split_fold
+    from dfdc.data import load_training_data, split_fold
     from dfdc.features import CACHE_DIR, frozen_features
     from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, clean_temp_files
     from dfdc.metrics import log_loss
     from dfdc.models import create_model, default_input, save_checkpoint
     from dfdc.train import (
-        OOF_FACES_COLUMNS, FoldResult, TrainReport, _aggregate_videos, _fold_status, _merge_oof, _parse_folds,
-        _update_metrics, _video_logloss,
+        INPUTS, OOF_FACES_COLUMNS, FoldResult, TrainReport, _aggregate_videos, _check_inputs, _fold_status,
+        _merge_oof, _parse_folds, _update_metrics, _video_logloss,
     )
 
     cfg = resolve_config(cfg)
     t = cfg.train
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    table = load_face_table(Path(faces_dir), Path(folds_csv))
+    data = load_training_data(Path(faces_dir), Path(folds_csv))
+    table = data.table
     available = sorted(int(f) for f in table["fold"].unique())
     chosen = folds if folds is not None else _parse_folds(t.folds, available)
     run_dir = Path(t.runs_dir) / t.name
@@ -151,11 +152,13 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
     for fold in chosen:
         status = _fold_status(run_dir, fold) if resume else None
         if status is not None:
+            _check_inputs(run_dir / f"fold{fold}", fold, data.fingerprints, "skip (as finished)")
             report.folds.append(FoldResult(fold, float(status["best_logloss"]), 0, 1, skipped=True))
             print(f"fold {fold}: finished earlier (best log loss {status['best_logloss']:.4f}); skipped", file=sys.stderr)
             continue
         folder = run_dir / f"fold{fold}"
         (folder / "status.json").unlink(missing_ok=True)
+        atomic_write_json(folder / INPUTS, data.fingerprints)
         begin = time.perf_counter()
         train_idx, val_idx = split_fold(table, fold)
         estimator = fit_estimator(cfg.model.arch, features[train_idx], labels[train_idx], groups[train_idx],
@@ -183,5 +186,5 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
                                                    "epochs_run": 1})
         report.folds.append(FoldResult(fold, val_logloss, 0, 1))
         print(f"fold {fold} {cfg.model.arch}: val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}", file=sys.stderr)
-    report.oof_logloss, report.oof_auc, report.oof_videos = _merge_oof(run_dir, cfg)
+    report.oof_logloss, report.oof_auc, report.oof_videos = _merge_oof(run_dir, cfg, data.fingerprints)
     return report

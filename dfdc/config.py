@@ -140,19 +140,40 @@ class TrainConfig:
     size: int = 240  # network input side; the seed study trained B7 at about 240 px; 0 = the model's own
     # default (its pretrained config: e.g. 299 for xception, 600 for efficientnet-b7)
     epochs: int = 30
-    batch_size: int = 12  # per GPU for B7 at 240 px
+    batch_size: int = 12  # per process (GPU); the recipe's 12 for B7 at 240 px on a 2020 GPU
     optimizer: str = "adamw"  # "adamw" or "sgd"
-    lr: float = 2e-4
+    lr: float = 2e-4  # at a global batch of lr_reference_batch; see lr_scaling
+    lr_scaling: str = "none"  # how the lr follows the global batch (batch_size x processes) against
+    # lr_reference_batch: "none", "linear" (lr x B/B0; Goyal et al. 2017, for SGD) or "sqrt"
+    # (lr x sqrt(B/B0); the square-root rule for Adam-type optimizers, Malladi et al. 2022)
+    lr_reference_batch: int = 12  # the global batch train.lr was tuned at (the recipe: 12 on one GPU)
     weight_decay: float = 1e-2
     momentum: float = 0.9  # SGD only
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # linear warm-up length in epochs (of steps_per_epoch steps; may be a fraction)
     label_smoothing: float = 0.0  # the 1st place used 0.01
     grad_clip: float = 1.0
     amp: str = "bf16"  # "bf16", "fp16" or "none"; CUDA only, CPU runs in fp32
-    loader_workers: int = 4
+    loader_workers: int = -1  # loader processes per training process; -1 = auto: on CUDA enough workers
+    # for feed_images_per_s at the faces/s one worker is measured to deliver at start-up (capped by the
+    # cores per process), on a CPU 1 (the cores train the model)
+    feed_images_per_s: float = 800.0  # images/s the auto loader must deliver per GPU: the 524 img/s of a
+    # B7 240-px training step at batch 96 with fused AdamW (H200, DFDC.md) with 1.5x headroom
+    persistent_workers: bool = True  # keep loader workers across epochs (no re-spawn and re-import per
+    # epoch; the epoch travels with each sample key, so augmentation stays exact)
+    pin_memory: bool = True  # page-locked host batches for asynchronous copies (CUDA only)
+    fused_optimizer: bool = True  # torch's fused AdamW kernel on CUDA: 84 vs 54 img/s at batch 12, 524 vs
+    # 377 at batch 96 (B7 240 px, bf16, H200; DFDC.md); the CPU keeps the default implementation
+    compile: bool = False  # torch.compile the training forward/backward (first steps pay the compile)
+    compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" or "max-autotune"
+    cudnn_benchmark: bool = True  # cuDNN autotune per input shape (CUDA only); every training batch has
+    # one shape (drop_last) and validation batches are padded to one, so it tunes once per shape
     patience: int = 5  # early stopping on video-level validation log loss
     val_clip: float = 0.01  # clip of video predictions in the validation log loss
-    max_steps_per_epoch: int = 0  # 0 = a whole balanced epoch
+    steps_per_epoch: int = 0  # optimizer steps per epoch, each epoch a fresh class-balanced draw of
+    # steps x batch_size x processes crops (the 1st place: 2,500 batches); 0 = the whole balanced draw
+    # (every crop of the smaller class once)
+    val_max_videos: int = 0  # validate each epoch on a seeded sample of this many of the fold's videos
+    # (0 = all of them); the fold's OOF files are then predicted on all its videos by the best epoch
     folds: str = "all"  # "all" or a comma list such as "0,1"
     seed: int = 1234
     runs_dir: str = "runs"
@@ -162,6 +183,9 @@ class TrainConfig:
     val_aggregation: str = "mean"  # per-video mean of face P(FAKE) for the validation log loss
     val_batch_size: int = 0  # validation batch; 0 = 2 x batch_size (no gradients to hold)
     stop_after_epochs: int = 0  # end this invocation after N epochs of a fold (resume later); 0 = no limit
+    log_every: int = 50  # steps between host reads of the running loss (each read waits for the GPU)
+    shared_dir_timeout: float = 30.0  # seconds a rank waits to see rank 0's marker in the run folder
+    # (a shared file system may show a new file a few seconds late) before failing
     debug_dir: str = ""  # when set, each rank logs the sample indices it trained on (DDP tests)
     augment: str = "recipe"  # "recipe" (the seed study's list, dfdc.augment), "light" (flip + affine), "none"
     channels_last: bool = True  # NHWC tensors: the layout oneDNN (CPU) and tensor cores (AMP) prefer

@@ -1,13 +1,18 @@
 """Cross-validated training (``dfdc train``): one model per fold, resumable, DDP-ready.
 
 For every fold k: train on the crops of folds != k with a fresh class-balanced draw per
-epoch, validate on fold k at video level (per-video aggregation of face P(FAKE), clipped at
-``train.val_clip``, sklearn's ``log_loss``), keep the best epoch, stop early after
-``train.patience`` epochs without improvement.
+epoch (the whole balanced set, or ``train.steps_per_epoch`` batches of it), validate on
+fold k -- all its videos, or a seeded sample of ``train.val_max_videos`` -- at video level
+(per-video aggregation of face P(FAKE), clipped at ``train.val_clip``, sklearn's
+``log_loss``), keep the best epoch, stop early after ``train.patience`` epochs without
+improvement. With a validation sample, the best epoch predicts all the fold's videos once
+at the end for the OOF files.
 
 Outputs under ``<runs_dir>/<name>/`` (rank 0 only, every file written atomically)::
 
     config.yaml            the resolved configuration
+    .rank0-marker.json     written by rank 0 at start; every rank must see it (shared folder)
+    fold{k}/inputs.json    fingerprints of the folds table and faces index the fold trained on
     fold{k}/best.pt        best weights of fold k (dfdc.models.save_checkpoint)
     fold{k}/last.pt        everything to resume: model, optimizer, scheduler, scaler, RNG states
     fold{k}/status.json    {"finished": true, ...} once the fold is done (skipped on rerun)
@@ -19,23 +24,35 @@ Outputs under ``<runs_dir>/<name>/`` (rank 0 only, every file written atomically
 
 Resuming: a killed run (even kill -9) restarts from the last finished epoch of the fold it
 was in; with fixed seeds on a CPU the result equals an uninterrupted run's exactly (the
-epoch draw, the augmentation and dropout are all seeded or restored).
+epoch draw, the augmentation and dropout are all seeded or restored). A fold whose recorded
+input fingerprints differ from today's folds table or faces index is neither resumed,
+skipped nor merged into the OOF files: the run stops and says what changed.
 
-DDP: launched by ``torchrun --nproc_per_node=N -m dfdc train ...``; NCCL on GPUs, gloo on
-CPU. Each rank trains on a disjoint shard of the same balanced epoch draw, validation is
-sharded and gathered, only rank 0 writes.
+DDP: launched by ``torchrun --nproc_per_node=N [--nnodes ...] -m dfdc train ...``; NCCL on
+GPUs, gloo on CPU. Each rank trains on a disjoint shard of the same balanced epoch draw
+with its own dropout and augmentation seeds, validation is sharded and gathered, only rank
+0 writes. The learning rate follows ``train.lr_scaling`` over the global batch. The run
+folder must be shared by all nodes: every rank checks that it sees rank 0's marker.
+Failures that can hit one rank alone (inputs, weights, the shared folder) are agreed on by
+all ranks, so every rank stops with the message instead of the others hanging.
+
+The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
+the ones ``bench/bench_train.py`` times.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import random
+import socket
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +62,15 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from dfdc.aggregate import METHODS, aggregate
 from dfdc.aggregate import clip as clip_probability
 from dfdc.augment import train_transform
 from dfdc.config import Config, ConfigError, save_config
-from dfdc.data import BalancedEpochSampler, FaceDataset, load_face_table, shard, split_fold
+from dfdc.data import (
+    BalancedEpochSampler, FaceDataset, TrainingData, load_training_data, loader_rate, sample_videos, shard, split_fold,
+)
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.metrics import log_loss
 from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
@@ -63,6 +82,20 @@ OOF_COLUMNS = ["video", "label", "fold", "pred", "n_faces"]
 OOF_FACES_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
 OOF_TRACKS_COLUMNS = ["video", "label", "fold", "track", "prob"]  # sequence models: one row per track read
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LR_SCALING = ("none", "linear", "sqrt")
+MARKER = ".rank0-marker.json"  # rank 0's proof that the run folder is one folder for all ranks
+INPUTS = "inputs.json"  # per fold: fingerprints of the folds table and faces index it trained on
+INPUT_NAMES = {"folds": "folds table", "faces": "faces index"}
+LOADER_RATE_SAMPLES = 32  # crops read + augmented at start-up to measure one loader worker (auto workers)
+SHARED_DIR_POLL_S = 0.5  # seconds between looks for rank 0's marker
+
+
+class RunDirError(ConfigError):
+    """The run folder is not shared by every rank, or a rank failed where the others cannot go on."""
+
+
+class InputsChangedError(ConfigError):
+    """A fold recorded other input fingerprints than today's folds table / faces index."""
 
 
 @dataclass
@@ -85,13 +118,27 @@ class TrainReport:
     stopped_early: bool = False  # stop_after_epochs ended this invocation before all folds finished
 
 
-# ----------------------------------------------------------------------------- helpers
+@dataclass
+class EpochStats:
+    """What one ``train_epoch`` did (this rank's counts; rates over all ranks)."""
+
+    loss: float  # mean training loss over all ranks
+    steps: int
+    images: int  # this rank's images
+    seconds: float  # wall time of the epoch (loader start-up included)
+    first_step_seconds: float  # from the loop's start to the end of step 0 (workers, cuDNN autotune)
+    steady_images_per_s: float  # images/s over all ranks from step ``warm`` on (nan if too few steps)
+
+
+# ----------------------------------------------------------------------------- processes
 
 
 @dataclass
 class _Dist:
     rank: int = 0
     world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     owns_group: bool = False
 
@@ -103,12 +150,43 @@ class _Dist:
         if self.world > 1:
             dist.barrier()
 
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order (a list of one without DDP)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def agree(self, work: Callable[[], Any], what: str) -> Any:
+        """Run ``work`` on this rank, then stop every rank if it failed on any: the failing
+        ranks raise their own error, the others a ``RunDirError`` naming the rank and host
+        that failed -- instead of waiting forever in the next collective call."""
+        try:
+            result, error = work(), None
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks hear of it
+            result, error = None, exc
+        if self.world == 1:
+            if error is not None:
+                raise error
+            return result
+        failures = [(r, host, msg) for r, (host, msg) in
+                    enumerate(self.gather((socket.gethostname(), None if error is None else str(error))))
+                    if msg is not None]
+        if error is not None:
+            raise error
+        if failures:
+            r, host, msg = failures[0]
+            raise RunDirError(f"{what} failed on rank {r} (host {host}): {msg}")
+        return result
+
 
 def _setup_distributed() -> _Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -118,15 +196,87 @@ def _setup_distributed() -> _Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
         owns = True
-    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device, owns_group=owns)
+    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
+                 local_world=local_world, device=device, owns_group=owns)
+
+
+def _cores_per_process(ctx: _Dist) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, ctx.local_world))
+
+
+def _cpu_workers(cfg: Config) -> int:
+    """Loader workers on a CPU device: the configured count, or 1 for auto."""
+    return cfg.train.loader_workers if cfg.train.loader_workers >= 0 else 1
 
 
 def _set_cpu_threads(cfg: Config, ctx: _Dist) -> None:
     """On a CPU, give each process its share of the cores, leaving one per loader worker."""
     if ctx.device.type != "cpu":
         return
-    threads = cfg.train.cpu_threads or max(1, (os.cpu_count() or 1) // ctx.world - cfg.train.loader_workers)
+    threads = cfg.train.cpu_threads or max(1, _cores_per_process(ctx) - _cpu_workers(cfg))
     torch.set_num_threads(threads)
+
+
+def check_shared_run_dir(run_dir: Path, ctx: _Dist, timeout: float) -> None:
+    """Every rank must see the marker rank 0 wrote into ``run_dir`` (one folder, shared by all
+    nodes); if any does not within ``timeout`` seconds, every rank raises ``RunDirError``."""
+    if ctx.world == 1:
+        return
+    box = [uuid.uuid4().hex if ctx.main else None]
+    dist.broadcast_object_list(box, src=0)
+    token = box[0]
+    marker = Path(run_dir) / MARKER
+    if ctx.main:
+        atomic_write_json(marker, {"token": token, "host": socket.gethostname(), "world": ctx.world})
+    ctx.barrier()
+    deadline = time.monotonic() + timeout
+    seen = False
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            seen = json.loads(marker.read_text()).get("token") == token
+        if seen or time.monotonic() >= deadline:
+            break
+        time.sleep(SHARED_DIR_POLL_S)
+    views = ctx.gather((seen, socket.gethostname(), str(Path(run_dir).absolute())))
+    blind = [(r, host, path) for r, (ok, host, path) in enumerate(views) if not ok]
+    if blind:
+        host0 = views[0][1]
+        who = ", ".join(f"rank {r} on {host} ({path})" for r, host, path in blind[:8])
+        raise RunDirError(
+            f"the run folder is not shared: rank 0 on {host0} wrote {marker}, but {who} "
+            f"did not see it within {timeout:g} s (train.shared_dir_timeout). Every node must see "
+            "one run folder: put train.runs_dir on a file system all nodes mount at the same path "
+            "(NFS, Lustre, ...), e.g. --set train.runs_dir=/shared/runs")
+
+
+def scaled_lr(cfg: Config, world: int) -> tuple[float, str]:
+    """``train.lr`` scaled by ``train.lr_scaling`` from ``lr_reference_batch`` to the global batch
+    (batch_size x processes); returns the lr and a sentence saying how it was obtained."""
+    t = cfg.train
+    if t.lr_scaling not in LR_SCALING:
+        raise ConfigError(f"train.lr_scaling={t.lr_scaling!r}: expected one of {', '.join(LR_SCALING)}")
+    if t.lr_reference_batch < 1:
+        raise ConfigError(f"train.lr_reference_batch={t.lr_reference_batch}: must be at least 1")
+    batch = t.batch_size * world
+    ratio = batch / t.lr_reference_batch
+    factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[t.lr_scaling]
+    lr = t.lr * factor
+    rule = {"none": "unscaled", "linear": f"x {ratio:.3g}", "sqrt": f"x sqrt({ratio:.3g})"}[t.lr_scaling]
+    return lr, (f"lr {lr:.3g} = train.lr {t.lr:g} {rule} (train.lr_scaling={t.lr_scaling}; global batch "
+                f"{batch} = {t.batch_size} x {world} processes, reference {t.lr_reference_batch})")
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch/numpy/python seed of ``rank`` after the model is built: ``seed`` itself on
+    rank 0 (a single process is unchanged), a SeedSequence child of it on the others, so
+    dropout differs between ranks."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def _seed_everything(seed: int) -> None:
@@ -135,19 +285,52 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this rank's GPU only (get_rng_state_all would touch every GPU)
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        cuda = state["cuda"]
+        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda, device)
+
+
+def _read_inputs(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / INPUTS).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _inputs_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two input fingerprint records, in words."""
+    changes = []
+    for key, name in INPUT_NAMES.items():
+        a, b = old.get(key) or {}, new.get(key) or {}
+        if a.get("sha256") != b.get("sha256"):
+            changes.append(f"the {name} {b.get('file')} had {a.get('rows')} rows of {a.get('videos')} videos "
+                           f"(sha256 {a.get('sha256')}), now {b.get('rows')} rows of {b.get('videos')} videos "
+                           f"(sha256 {b.get('sha256')})")
+    return changes
+
+
+def _check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str) -> None:
+    """Refuse to ``doing`` (resume, skip, merge) a fold trained on other inputs."""
+    old = _read_inputs(folder)
+    if old is None:
+        return  # a fold of an older kit version: nothing recorded to compare
+    changes = _inputs_changes(old, current)
+    if changes:
+        raise InputsChangedError(
+            f"cannot {doing} fold {fold} of {folder.parent}: it was trained on other inputs -- "
+            + "; ".join(changes) + ". Mixing them would train or score one model on two splits or crop "
+            "sets: use another --name (a new run), or --no-resume to retrain the fold(s) on today's inputs")
 
 
 def _video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
@@ -184,24 +367,28 @@ def _parse_folds(spec: str, available: list[int]) -> list[int]:
     return wanted
 
 
-def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up then cosine decay, stepped once per optimizer step."""
+def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
+              lr: float) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up then cosine decay to ``lr * min_lr_ratio``, both counted in optimizer
+    steps (``warmup_epochs x steps_per_epoch`` and ``epochs x steps_per_epoch``)."""
     t = cfg.train
     total = max(1, t.epochs * steps_per_epoch)
     warmup = min(total - 1, int(round(t.warmup_epochs * steps_per_epoch)))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=t.lr * t.min_lr_ratio)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=lr * t.min_lr_ratio)
     if warmup <= 0:
         return cosine
     linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=t.warmup_start_factor, end_factor=1.0, total_iters=warmup)
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def _optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, cfg: Config, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (fused kernel on CUDA when ``train.fused_optimizer``) or Nesterov SGD."""
     t = cfg.train
     if t.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        fused = {"fused": True} if t.fused_optimizer and device.type == "cuda" else {}
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, **fused)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
     raise ConfigError(f"train.optimizer={t.optimizer!r}: expected adamw or sgd")
 
 
@@ -240,45 +427,53 @@ def _update_metrics(run_dir: Path, fold: int, history: list[dict[str, Any]]) -> 
     return table
 
 
-def _loader(dataset: FaceDataset, indices: np.ndarray | None, cfg: Config, batch_size: int,
+def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device: torch.device,
             sampler: BalancedEpochSampler | None = None, seed: int = 0, drop_last: bool = False) -> DataLoader:
-    workers = cfg.train.loader_workers
     generator = torch.Generator().manual_seed(seed)  # keeps DataLoader off the global RNG
-    source = dataset if indices is None else Subset(dataset, indices.tolist())
+    t = cfg.train
     return DataLoader(source, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=drop_last, generator=generator,
-                      persistent_workers=False)
+                      pin_memory=t.pin_memory and device.type == "cuda", drop_last=drop_last, generator=generator,
+                      persistent_workers=t.persistent_workers and workers > 0)
+
+
+def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` padded with zero images to ``size`` rows (one input shape for cuDNN autotune)."""
+    if len(x) >= size:
+        return x
+    return torch.cat([x, x.new_zeros((size - len(x), *x.shape[1:]))])
 
 
 # ----------------------------------------------------------------------------- one fold
 
 
-class _FoldTrainer:
-    """One fold's training over a unit of data: here a face crop (``_datasets``, ``units``,
-    ``UNIT_COLUMNS``, ``OOF_UNITS``); ``_TrackFoldTrainer`` trains over face tracks."""
+class FoldTrainer:
+    """Training of one fold: datasets and loaders, model, optimizer, the step, the epoch,
+    validation, checkpoints. ``build`` makes the model (fresh or resumed), ``run`` trains to
+    the end (or ``stop_after_epochs``). ``train_step`` (one batch) and ``train_epoch`` are the
+    units a benchmark times; another data or model kind replaces ``_units`` and keeps them.
+
+    The unit of data is a face crop here (``units`` = the crops table, ``UNIT_COLUMNS`` name
+    one in the per-unit OOF file ``OOF_UNITS``, ``val_rule`` aggregates them to a video);
+    ``TrackFoldTrainer`` trains over face tracks.
+    """
 
     UNIT_COLUMNS = ["video", "y", "fold", "frame", "face"]  # what names a unit in the OOF file
     OOF_UNITS = ("oof_faces.csv", OOF_FACES_COLUMNS)  # the per-unit OOF file and its columns
 
-    def __init__(self, cfg: Config, table: pd.DataFrame, fold: int, run_dir: Path, ctx: _Dist) -> None:
-        self.cfg, self.table, self.fold, self.ctx = cfg, table, fold, ctx
+    def __init__(self, cfg: Config, data: TrainingData, fold: int, run_dir: Path, ctx: _Dist) -> None:
+        self.cfg, self.data, self.table, self.fold, self.ctx = cfg, data, data.table, fold, ctx
         self.dir = run_dir / f"fold{fold}"
         self.run_dir = run_dir
         t = cfg.train
-        self.input = default_input(cfg.model, t.size)  # side: train.size, else the model's own
-        self.val_rule = t.val_aggregation
-        self._datasets()
-        drop_last = len(self.sampler) > t.batch_size  # no batch of one through BatchNorm
-        self.train_loader = _loader(self.train_ds, None, cfg, t.batch_size, self.sampler,
-                                    seed=t.seed + fold, drop_last=drop_last)
-        steps = len(self.train_loader)
-        self.steps_per_epoch = min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch > 0 else steps
-        self.val_loader = _loader(self.val_ds, shard(self.val_idx, ctx.world, ctx.rank), cfg,
-                                  t.val_batch_size or 2 * t.batch_size)
         if t.amp not in (*AMP_DTYPES, "none"):
             raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
         if t.val_aggregation not in METHODS:  # checked before an epoch is spent, not after
             raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
+        if t.steps_per_epoch < 0 or t.val_max_videos < 0:
+            raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
+        self.lr, self.lr_note = scaled_lr(cfg, ctx.world)
+        self.input = default_input(cfg.model, t.size)  # side: train.size, else the model's own
+        self.val_rule = t.val_aggregation  # units -> video
         self.use_amp = ctx.device.type == "cuda" and t.amp in AMP_DTYPES
         self.amp = t.amp
         if self.use_amp and t.amp == "bf16" and not torch.cuda.is_bf16_supported():
@@ -287,33 +482,68 @@ class _FoldTrainer:
                 print("warning: this GPU has no bfloat16; training with train.amp=fp16", file=sys.stderr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.val_batch = t.val_batch_size or 2 * t.batch_size
+        self.fixed_shapes = ctx.device.type == "cuda" and t.cudnn_benchmark
+        self._datasets()
 
     # -- data ----------------------------------------------------------------------------
-    def _datasets(self) -> None:
-        """The fold's units (``self.units``: one row per unit), training and validation rows of
-        it, datasets and the balanced sampler: face crops."""
+    def _units(self) -> None:
+        """The fold's units (``units``: one row per unit), its training and validation rows,
+        datasets and balanced sampler: face crops (the one place that knows them)."""
         t, ctx = self.cfg.train, self.ctx
         self.units = self.table
-        self.train_idx, self.val_idx = split_fold(self.table, self.fold)
-        self.train_ds = FaceDataset(self.table, train_transform(self.input.size, t.augment), seed=t.seed + self.fold)
+        self.train_idx, self.full_val_idx = split_fold(self.table, self.fold)
+        self.val_idx = sample_videos(self.table, self.full_val_idx, t.val_max_videos, t.seed + self.fold)
+        self.train_ds = FaceDataset(self.table, train_transform(self.input.size, t.augment), seed=t.seed + self.fold,
+                                    rank=ctx.rank)
         self.val_ds = FaceDataset(self.table, Prepare(self.input.size))
+        samples = t.steps_per_epoch * t.batch_size * ctx.world
         self.sampler = BalancedEpochSampler(self.table["y"].to_numpy(), self.train_idx, seed=t.seed + self.fold,
-                                            num_replicas=ctx.world, rank=ctx.rank)
+                                            num_replicas=ctx.world, rank=ctx.rank, samples=samples)
 
     def _prepare_model(self, model: nn.Module) -> None:
-        """A hook between building the model and making its optimizer (frozen parts)."""
+        """A hook between building the model and its optimizer (parts to freeze or load)."""
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch on the device; image batches (N x 3 x H x W) in ``train.channels_last`` layout."""
-        layout = self.memory_format if x.dim() == 4 else torch.contiguous_format
-        return x.to(self.ctx.device, non_blocking=True, memory_format=layout)
+    def _datasets(self) -> None:
+        """The fold's units (``_units``) and their loaders."""
+        t, ctx = self.cfg.train, self.ctx
+        self._units()
+        self.workers = self._loader_workers()
+        drop_last = len(self.sampler) > t.batch_size  # one batch shape; no batch of one through BatchNorm
+        self.train_loader = _loader(self.train_ds, t.batch_size, self.workers, self.cfg, ctx.device, self.sampler,
+                                    seed=t.seed + self.fold, drop_last=drop_last)
+        self.steps_per_epoch = len(self.train_loader)
+        self.val_loader = self._val_loader(self.val_idx)
+        self.full_val_loader = self.val_loader if len(self.val_idx) == len(self.full_val_idx) else None
+
+    def _val_loader(self, rows: np.ndarray) -> DataLoader:
+        part = shard(rows, self.ctx.world, self.ctx.rank)
+        return _loader(Subset(self.val_ds, part.tolist()), self.val_batch, self.workers, self.cfg, self.ctx.device)
+
+    def _loader_workers(self) -> int:
+        """``train.loader_workers``, or (-1, CUDA) enough for ``feed_images_per_s`` at the
+        faces/s one worker is measured to deliver here, capped by this process's cores."""
+        t, ctx = self.cfg.train, self.ctx
+        if t.loader_workers >= 0 or ctx.device.type != "cuda":
+            return _cpu_workers(self.cfg)
+        self.sampler.set_epoch(0)
+        keys = list(self.sampler)[:LOADER_RATE_SAMPLES]
+        rate = loader_rate(self.train_ds, keys)
+        cap = max(1, _cores_per_process(ctx) - 1)
+        workers = max(1, min(cap, math.ceil(t.feed_images_per_s / rate)))
+        if ctx.main:
+            print(f"loader: {rate:.0f} faces/s per worker (measured on {len(keys)} crops) -> {workers} workers per "
+                  f"GPU for {t.feed_images_per_s:g} images/s (train.feed_images_per_s; at most {cap} = cores - 1)",
+                  file=sys.stderr)
+        return workers
 
     # -- state ---------------------------------------------------------------------------
     def build(self, resume: bool) -> None:
-        t = self.cfg.train
+        t, ctx = self.cfg.train, self.ctx
         last = self.dir / "last.pt"
         state = None
         if resume and last.is_file():
+            _check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
             try:  # our own file (holds numpy RNG state), so the full unpickler is needed
                 state = torch.load(last, map_location="cpu", weights_only=False)
             except TORCH_LOAD_ERRORS as exc:
@@ -321,20 +551,34 @@ class _FoldTrainer:
             if state.get("arch") != self.cfg.model.arch:
                 raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
                                   "use another --name or pass --no-resume")
-        if state is None and self.ctx.main:  # a fresh start: an older "finished" mark is void
+        if state is None and ctx.main:  # a fresh start: an older "finished" mark is void
             (self.dir / "status.json").unlink(missing_ok=True)
-        self.ctx.barrier()
-        _seed_everything(t.seed + self.fold)
+            atomic_write_json(self.dir / INPUTS, self.data.fingerprints)
+        ctx.barrier()
+        _seed_everything(t.seed + self.fold)  # the same initial weights on every rank
         model_cfg = self.cfg.model
         if state is not None:  # its weights replace any pretrained ones: do not fetch them
             from copy import deepcopy
 
             model_cfg = deepcopy(model_cfg)
             model_cfg.pretrained = "none"
-        self.model = create_model(model_cfg, self.input.size).to(self.ctx.device, memory_format=self.memory_format)
+        # the first process of each node fetches / loads pretrained weights (into that node's
+        # cache) while the others wait; then the others build theirs from the cache
+        holder: list[nn.Module] = []
+
+        def make(first: bool) -> None:
+            if (ctx.local_rank == 0) == first:
+                holder.append(create_model(model_cfg, self.input.size))
+
+        ctx.agree(lambda: make(True), "building the model (pretrained weights)")
+        ctx.agree(lambda: make(False), "building the model (pretrained weights)")
+        self.model = holder[0].to(ctx.device, memory_format=self.memory_format)
         self._prepare_model(self.model)
-        self.optimizer = _optimizer(self.model, self.cfg)
-        self.scheduler = _schedule(self.optimizer, self.cfg, self.steps_per_epoch)
+        _seed_everything(rank_seed(t.seed + self.fold, ctx.rank))  # dropout differs between ranks
+        if ctx.device.type == "cuda":
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
+        self.optimizer = _optimizer(self.model, self.cfg, self.lr, ctx.device)
+        self.scheduler = _schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp == "fp16")
         self.epoch, self.best, self.best_epoch, self.bad_epochs, self.history = 0, math.inf, -1, 0, []
         if state is not None:
@@ -344,16 +588,43 @@ class _FoldTrainer:
             self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
             self.bad_epochs, self.history = state["bad_epochs"], state["history"]
-            _set_rng_state(state["rng"])
-            if self.ctx.main:
+            self._restore_rng(state["rng"])
+            if ctx.main:
                 print(f"fold {self.fold}: resuming at epoch {self.epoch} (best log loss so far {self.best:.4f})",
                       file=sys.stderr)
+        elif ctx.main:
+            print(f"fold {self.fold}: {self.lr_note}; {self.steps_per_epoch} steps per epoch "
+                  f"({'train.steps_per_epoch' if t.steps_per_epoch else 'the whole balanced draw'}), validation on "
+                  f"{self.units.loc[self.val_idx, 'video'].nunique()} of the fold's "
+                  f"{self.units.loc[self.full_val_idx, 'video'].nunique()} videos", file=sys.stderr)
         self.net: nn.Module = self.model
-        if self.ctx.world > 1:
-            ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+        if ctx.world > 1:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if t.compile:  # the plain self.model keeps the state dict's keys (no _orig_mod.)
+            self.net = torch.compile(self.net, mode=t.compile_mode)
+        if t.debug_dir:
+            self._debug_log("rng", f"build {torch.initial_seed()}")
+
+    def _restore_rng(self, saved: Any) -> None:
+        """This rank's RNG state from ``last.pt`` (one per rank; older files hold one for all)."""
+        ctx = self.ctx
+        states = saved if isinstance(saved, list) else [saved]
+        if len(states) == ctx.world:
+            _set_rng_state(states[ctx.rank], ctx.device)
+            return
+        _set_rng_state(states[0], ctx.device)
+        if ctx.rank:  # another world size than the saved run: a fresh per-rank stream
+            _seed_everything(rank_seed(self.cfg.train.seed + self.fold + self.epoch, ctx.rank))
+        if ctx.main:
+            print(f"warning: {self.dir / 'last.pt'} was saved by {len(states)} processes, resumed by {ctx.world}; "
+                  "the run goes on but is not an exact continuation", file=sys.stderr)
 
     def save_last(self, finished: bool) -> None:
+        """Write ``last.pt`` (every rank must call it: the RNG states are gathered)."""
+        rngs = self.ctx.gather(_rng_state(self.ctx.device))
+        if not self.ctx.main:
+            return
         state = {
             "arch": self.cfg.model.arch,
             "model": self.model.state_dict(),
@@ -366,98 +637,159 @@ class _FoldTrainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "finished": finished,
-            "rng": _rng_state(),
+            "rng": rngs,  # one per rank
             "config": self.cfg.to_dict(),
         }
         atomic_save_torch(self.dir / "last.pt", state)
 
-    # -- epochs --------------------------------------------------------------------------
+    def _debug_log(self, what: str, line: str) -> None:
+        folder = Path(self.cfg.train.debug_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{what}_fold{self.fold}_rank{self.ctx.rank}.txt", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    # -- steps ---------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.use_amp:
             return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[self.amp])
         return contextlib.nullcontext()
 
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for step, batch in enumerate(self.train_loader):
-            if step >= self.steps_per_epoch:
-                break
-            yield batch
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch on the device; image batches (N x 3 x H x W) in ``train.channels_last`` layout."""
+        layout = self.memory_format if x.dim() == 4 else torch.contiguous_format
+        return x.to(self.ctx.device, non_blocking=True, memory_format=layout)
 
-    def train_epoch(self) -> float:
+    def _sync(self) -> None:
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize(self.ctx.device)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a batch (uint8 images, labels; on the host or the device);
+        returns the batch's mean loss, detached, on the device (reading it waits for the GPU)."""
+        t = self.cfg.train
+        x, y = self._to_device(x), y.to(self.ctx.device, non_blocking=True)
+        with self._autocast():
+            loss = self.criterion(self.net(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if t.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach()
+
+    def train_epoch(self, warm: int = 1) -> EpochStats:
+        """One epoch of ``train_step`` over this rank's shard of the epoch's balanced draw.
+
+        The running loss stays on the device and is read every ``train.log_every`` steps;
+        the device is synchronised after step 0 and step ``warm - 1`` to time the first step
+        and the steady rate after it."""
         from tqdm import tqdm
 
-        t = self.cfg.train
+        t, ctx = self.cfg.train, self.ctx
         self.sampler.set_epoch(self.epoch)
         self.train_ds.set_epoch(self.epoch)
         self.net.train()
+        if t.debug_dir:
+            digest = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()[:16]
+            self._debug_log("rng", f"epoch {self.epoch} {digest}")
         seen_log = None
         if t.debug_dir:
-            Path(t.debug_dir).mkdir(parents=True, exist_ok=True)
-            seen_log = open(Path(t.debug_dir) / f"seen_fold{self.fold}_rank{self.ctx.rank}.txt", "a", encoding="utf-8")
-        total, count, images, start = 0.0, 0, 0, time.perf_counter()
+            seen_log = open(Path(t.debug_dir) / f"seen_fold{self.fold}_rank{ctx.rank}.txt", "a", encoding="utf-8")
+        total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        images, steps, start = 0, 0, time.perf_counter()
+        first = steady_start = float("nan")
+        steady_images = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"fold {self.fold} epoch {self.epoch}", unit="step",
-                   disable=not self.ctx.main, leave=False, file=sys.stderr)
+                   disable=not ctx.main, leave=False, file=sys.stderr)
         try:
-            for x, y, idx in self._batches():
+            for x, y, idx in self.train_loader:
                 if seen_log is not None:
                     seen_log.write("".join(f"{self.epoch} {i}\n" for i in idx.tolist()))
-                x = self._to_device(x)
-                y = y.to(self.ctx.device, non_blocking=True)
-                with self._autocast():
-                    loss = self.criterion(self.net(x), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if t.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                total += float(loss.detach()) * len(y)
-                count += len(y)
+                loss = self.train_step(x, y)
+                total += loss.double() * len(y)
                 images += len(y)
+                steps += 1
+                if steps == 1 or steps == warm:
+                    self._sync()
+                    now = time.perf_counter()
+                    if steps == 1:
+                        first = now - start
+                    if steps == warm:
+                        steady_start, steady_images = now, images
                 bar.update(1)
-                bar.set_postfix(loss=f"{total / count:.4f}", img_s=f"{images * self.ctx.world / (time.perf_counter() - start):.1f}")
+                if steps % max(1, t.log_every) == 0 or steps == self.steps_per_epoch:
+                    bar.set_postfix(loss=f"{float(total) / images:.4f}",
+                                    img_s=f"{images * ctx.world / (time.perf_counter() - start):.1f}")
         finally:
             bar.close()
             if seen_log is not None:
                 seen_log.close()
-        stats = torch.tensor([total, float(count)], dtype=torch.float64)
-        if self.ctx.world > 1:
+        self._sync()
+        end = time.perf_counter()
+        stats = torch.tensor([float(total), float(images)], dtype=torch.float64)
+        if ctx.world > 1:
             dist.all_reduce(stats)
-        return float(stats[0] / max(stats[1], 1.0))
+        steady = (images - steady_images) * ctx.world / (end - steady_start) if steps > warm else float("nan")
+        return EpochStats(loss=float(stats[0] / max(stats[1], 1.0)), steps=steps, images=images,
+                          seconds=end - start, first_step_seconds=first, steady_images_per_s=steady)
 
     @torch.no_grad()
-    def validate(self) -> pd.DataFrame:
-        """Per-unit P(FAKE) and cross-entropy of the whole validation fold (all ranks)."""
+    def predict(self, loader: DataLoader) -> pd.DataFrame:
+        """Per-unit P(FAKE) and cross-entropy of ``loader``'s rows, gathered from all ranks."""
         self.model.eval()
         rows: list[tuple[int, float, float]] = []
-        for x, y, idx in self.val_loader:
-            x = self._to_device(x)
+        for x, y, idx in loader:
+            n = len(y)
+            x = self._to_device(_pad_batch(x, self.val_batch) if self.fixed_shapes else x)
             y = y.to(self.ctx.device)
             with self._autocast():
-                logits = self.model(x)
+                logits = self.model(x)[:n]
             losses = nn.functional.cross_entropy(logits.float(), y, reduction="none")
             probs = fake_probability(logits)
             rows += zip(idx.tolist(), probs.cpu().tolist(), losses.cpu().tolist())
-        if self.ctx.world > 1:
-            gathered: list[Any] = [None] * self.ctx.world
-            dist.all_gather_object(gathered, rows)
-            rows = [r for part in gathered for r in part]
+        rows = [r for part in self.ctx.gather(rows) for r in part]
         index, probs, losses = zip(*sorted(rows)) if rows else ((), (), ())
         faces = self.units.loc[list(index), self.UNIT_COLUMNS].rename(columns={"y": "label"})
-        faces = faces.assign(prob=list(probs), loss=list(losses)).reset_index(drop=True)
-        return faces
+        return faces.assign(prob=list(probs), loss=list(losses)).reset_index(drop=True)
+
+    def validate(self) -> pd.DataFrame:
+        """Per-unit predictions of this epoch's validation set (all, or the seeded sample)."""
+        return self.predict(self.val_loader)
+
+    def _full_oof(self) -> None:
+        """With a validation sample: the best epoch's weights predict all the fold's videos."""
+        if self.full_val_loader is not None or self.best_epoch < 0:
+            return  # the per-epoch validation already covered the whole fold
+        best = torch.load(self.dir / "best.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(best["state_dict"])
+        if self.ctx.main:
+            print(f"fold {self.fold}: OOF of the best epoch ({self.best_epoch}) on all "
+                  f"{self.units.loc[self.full_val_idx, 'video'].nunique()} videos of the fold", file=sys.stderr)
+        faces = self.predict(self._val_loader(self.full_val_idx))
+        if self.ctx.main:
+            self._write_oof(faces, _aggregate_videos(faces, self.cfg, self.val_rule))
+
+    def _write_oof(self, units: pd.DataFrame, videos: pd.DataFrame) -> None:
+        atomic_write_csv(self.dir / "oof.csv", videos)
+        name, columns = self.OOF_UNITS
+        atomic_write_csv(self.dir / name, units[columns])
 
     def run(self, resume: bool) -> FoldResult:
-        t = self.cfg.train
+        t, ctx = self.cfg.train, self.ctx
         self.build(resume)
         ran = 0
         while self.epoch < t.epochs and self.bad_epochs < t.patience:
             if t.stop_after_epochs and ran >= t.stop_after_epochs:
                 break
             start = time.perf_counter()
-            train_loss = self.train_epoch()
+            stats = self.train_epoch()
+            if ctx.main and ran == 0:
+                print(f"fold {self.fold}: first step {stats.first_step_seconds:.1f} s (loader start-up"
+                      f"{', cuDNN autotune' if self.fixed_shapes else ''}{', compile' if t.compile else ''}), then "
+                      f"{stats.steady_images_per_s:.1f} images/s", file=sys.stderr)
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
             videos = _aggregate_videos(faces, self.cfg, self.val_rule)
@@ -468,35 +800,35 @@ class _FoldTrainer:
             else:
                 self.bad_epochs += 1
             self.history.append({
-                "fold": self.fold, "epoch": self.epoch, "train_loss": train_loss,
+                "fold": self.fold, "epoch": self.epoch, "train_loss": stats.loss,
                 "val_loss": float(faces["loss"].mean()), "val_logloss": val_logloss, "val_auc": val_auc,
                 "lr": lr, "seconds": time.perf_counter() - start,
             })
             self.epoch += 1
             ran += 1
             finished = self.epoch >= t.epochs or self.bad_epochs >= t.patience
-            if self.ctx.main:
-                if improved:
-                    save_checkpoint(self.dir / "best.pt", self.model, self.cfg,
-                                    {"fold": self.fold, "epoch": self.epoch - 1, "val_logloss": val_logloss})
-                    atomic_write_csv(self.dir / "oof.csv", videos)
-                    name, columns = self.OOF_UNITS
-                    atomic_write_csv(self.dir / name, faces[columns])
-                self.save_last(finished)
+            if ctx.main and improved:
+                save_checkpoint(self.dir / "best.pt", self.model, self.cfg,
+                                {"fold": self.fold, "epoch": self.epoch - 1, "val_logloss": val_logloss})
+                self._write_oof(faces, videos)
+            self.save_last(finished)
+            if ctx.main:
                 _update_metrics(self.run_dir, self.fold, self.history)
-                print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {train_loss:.4f} "
+                print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {stats.loss:.4f} "
                       f"val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}{' *' if improved else ''}",
                       file=sys.stderr)
-            self.ctx.barrier()
+            ctx.barrier()
         finished = self.epoch >= t.epochs or self.bad_epochs >= t.patience
-        if finished and self.ctx.main:  # also after a kill between last.pt and this file
-            atomic_write_json(self.dir / "status.json", {
-                "finished": True, "best_logloss": self.best, "best_epoch": self.best_epoch, "epochs_run": self.epoch})
-        self.ctx.barrier()
+        if finished:  # also after a kill between last.pt and status.json
+            self._full_oof()
+            if ctx.main:
+                atomic_write_json(self.dir / "status.json", {
+                    "finished": True, "best_logloss": self.best, "best_epoch": self.best_epoch, "epochs_run": self.epoch})
+        ctx.barrier()
         return FoldResult(self.fold, self.best, self.best_epoch, self.epoch, finished=finished)
 
 
-class _TrackFoldTrainer(_FoldTrainer):
+class TrackFoldTrainer(FoldTrainer):
     """One fold of a sequence model (lstm / gru): the unit is a face track read as
     ``sequence.seq_len`` frames (``dfdc.sequences``: equal length for REAL and FAKE, a
     balanced draw over tracks, validation read as the predictor reads a video), aggregated to
@@ -508,7 +840,7 @@ class _TrackFoldTrainer(_FoldTrainer):
     UNIT_COLUMNS = ["video", "y", "fold", "track"]
     OOF_UNITS = ("oof_tracks.csv", OOF_TRACKS_COLUMNS)
 
-    def _datasets(self) -> None:
+    def _units(self) -> None:
         from dfdc.aggregate import TRACK_METHODS
         from dfdc.sequences import (
             TrackDataset, TrackFeatureDataset, check_sequence_config, track_units, training_units, validation_units,
@@ -523,9 +855,10 @@ class _TrackFoldTrainer(_FoldTrainer):
         is_val = (self.units["fold"] == self.fold).to_numpy()
         if not is_val.any():
             raise ConfigError(f"fold {self.fold} has no face tracks; folds present: {sorted(set(self.units['fold']))}")
-        self.train_idx = training_units(self.units, np.flatnonzero(~is_val), s)
-        self.val_idx = validation_units(self.units, np.flatnonzero(is_val), s)
         seed = t.seed + self.fold
+        self.train_idx = training_units(self.units, np.flatnonzero(~is_val), s)
+        self.full_val_idx = validation_units(self.units, np.flatnonzero(is_val), s)
+        self.val_idx = sample_videos(self.units, self.full_val_idx, t.val_max_videos, seed)
         if s.mode == "frozen":
             self.features, self.backbone_state = frozen_backbone_features(self.cfg, self.table, self.input,
                                                                           self.run_dir, self.ctx)
@@ -536,7 +869,8 @@ class _TrackFoldTrainer(_FoldTrainer):
                                          train_transform(self.input.size, t.augment), seed=seed)
             self.val_ds = TrackDataset(self.table, self.units, rows, s.seq_len, Prepare(self.input.size))
         self.sampler = BalancedEpochSampler(self.units["y"].to_numpy(), self.train_idx, seed=seed,
-                                            num_replicas=ctx.world, rank=ctx.rank)
+                                            num_replicas=ctx.world, rank=ctx.rank,
+                                            samples=t.steps_per_epoch * t.batch_size * ctx.world)
 
     def _prepare_model(self, model: nn.Module) -> None:
         if self.cfg.sequence.mode == "frozen":  # the weights the cached features came from
@@ -583,13 +917,21 @@ def _fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
     return data if data.get("finished") else None
 
 
-def _merge_oof(run_dir: Path, cfg: Config) -> tuple[float | None, float | None, int]:
-    """Concatenate every fold's OOF files into the run's oof.csv and per-unit file
-    (oof_faces.csv, or oof_tracks.csv for sequence models)."""
-    name, columns = _TrackFoldTrainer.OOF_UNITS if is_sequence_model(cfg.model.arch) else _FoldTrainer.OOF_UNITS
+def _trainer(cfg: Config) -> type[FoldTrainer]:
+    """The fold trainer of the model's unit: face crops, or face tracks for sequence models."""
+    return TrackFoldTrainer if is_sequence_model(cfg.model.arch) else FoldTrainer
+
+
+def _merge_oof(run_dir: Path, cfg: Config, fingerprints: dict[str, Any]) -> tuple[float | None, float | None, int]:
+    """Concatenate every fold's OOF files into the run's oof.csv and per-unit file (oof_faces.csv,
+    or oof_tracks.csv of a sequence model) -- only folds trained on today's inputs: another
+    fold stops the merge with what changed."""
+    name, columns = _trainer(cfg).OOF_UNITS
     videos, units = [], []
     for folder in sorted(run_dir.glob("fold*")):
         if (folder / "oof.csv").is_file() and (folder / name).is_file():
+            _check_inputs(folder, int(folder.name[4:]) if folder.name[4:].isdigit() else -1, fingerprints,
+                          "merge the OOF predictions of")
             videos.append(pd.read_csv(folder / "oof.csv", dtype={"video": str}))
             units.append(pd.read_csv(folder / name, dtype={"video": str}))
     if not videos:
@@ -622,37 +964,41 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
     threads = torch.get_num_threads()
     _set_cpu_threads(cfg, ctx)
     try:
-        table = load_face_table(Path(faces_dir), Path(folds_csv))
-        available = sorted(int(f) for f in table["fold"].unique())
+        data = ctx.agree(lambda: load_training_data(Path(faces_dir), Path(folds_csv)), "reading the training inputs")
+        available = sorted(int(f) for f in data.table["fold"].unique())
         chosen = folds if folds is not None else _parse_folds(cfg.train.folds, available)
         missing = sorted(set(chosen) - set(available))
         if missing:
             raise ConfigError(f"folds {missing} have no crops (folds present: {available})")
         run_dir = Path(cfg.train.runs_dir) / cfg.train.name
-        if ctx.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            clean_temp_files(run_dir)
-            save_config(cfg, run_dir / "config.yaml")
-        ctx.barrier()
+
+        def prepare_run_dir() -> None:
+            if ctx.main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                clean_temp_files(run_dir)
+                save_config(cfg, run_dir / "config.yaml")
+
+        ctx.agree(prepare_run_dir, "creating the run folder")
+        check_shared_run_dir(run_dir, ctx, cfg.train.shared_dir_timeout)
         report = TrainReport(run_dir=run_dir)
         for fold in chosen:
             status = _fold_status(run_dir, fold) if resume else None
             if status is not None:
+                _check_inputs(run_dir / f"fold{fold}", fold, data.fingerprints, "skip (as finished)")
                 report.folds.append(FoldResult(fold, float(status["best_logloss"]), int(status["best_epoch"]),
                                                int(status["epochs_run"]), skipped=True))
                 if ctx.main:
                     print(f"fold {fold}: finished earlier (best log loss {status['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            trainer = _TrackFoldTrainer if is_sequence_model(cfg.model.arch) else _FoldTrainer
-            result = trainer(cfg, table, fold, run_dir, ctx).run(resume)
+            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx).run(resume)
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True
                 break
-        if ctx.main:
-            report.oof_logloss, report.oof_auc, report.oof_videos = _merge_oof(run_dir, cfg)
-        ctx.barrier()
+        merged = ctx.agree(lambda: _merge_oof(run_dir, cfg, data.fingerprints) if ctx.main else (None, None, 0),
+                           "merging the OOF predictions")
+        report.oof_logloss, report.oof_auc, report.oof_videos = merged
         return report
     finally:
         torch.set_num_threads(threads)

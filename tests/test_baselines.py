@@ -15,7 +15,7 @@ from test_data import make_tiny_faces
 from dfdc.baselines import resolve_config, train_baselines
 from dfdc.config import ConfigError, load_config
 from dfdc.data import read_rgb
-from dfdc.features import FEATURES_FILE, META_FILE
+from dfdc.features import FEATURES_FILE, INDEX_FILE, META_FILE
 from dfdc.models import export_half, fake_probability, list_models, load_checkpoint
 from dfdc.preprocess import prepare
 
@@ -34,10 +34,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_tiny_faces(tmp_path_factory.mktemp("baselines"))
 
 
-def _crops(faces: Path, n: int, size: int) -> tuple[torch.Tensor, pd.DataFrame]:
-    table = pd.read_csv(faces / "faces.csv").iloc[:n]
-    x = np.stack([prepare(read_rgb(str(faces / p)), size) for p in table["path"]])
-    return torch.from_numpy(x), table
+def _crops(run: Path, n: int, size: int) -> torch.Tensor:
+    """The first ``n`` crops of the run's feature cache, as the predictor feeds them."""
+    files = pd.read_csv(run / "features" / INDEX_FILE)["file"].iloc[:n]
+    return torch.from_numpy(np.stack([prepare(read_rgb(f), size) for f in files]))
 
 
 @pytest.mark.parametrize("arch", BASELINES)
@@ -53,7 +53,7 @@ def test_fit_per_fold_and_predict_through_the_checkpoint(arch: str, tiny, tmp_pa
     assert len(pd.read_csv(run / "oof_faces.csv")) == 48
     model, meta = load_checkpoint(run / "fold1" / "best.pt")
     assert meta["arch"] == arch and meta["kind"] == "frame" and meta["input"]["size"] == 32
-    x, _ = _crops(faces, 10, 32)
+    x = _crops(run, 10, 32)
     estimator = joblib.load(run / "fold1" / "estimator.joblib")
     features = np.load(run / "features" / FEATURES_FILE)[:10]
     want = estimator.predict_proba(features)[:, 1]

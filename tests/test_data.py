@@ -115,19 +115,21 @@ def test_balanced_sampler_per_epoch_and_disjoint_shards() -> None:
     draws = []
     for epoch in range(3):
         sampler.set_epoch(epoch)
-        draw = list(sampler)
+        keys = list(sampler)
+        assert {e for e, _ in keys} == {epoch}  # each key carries its epoch (persistent workers)
+        draw = [row for _, row in keys]
         assert len(draw) == 20 == len(set(draw))
         assert sum(labels[draw]) == 10  # 10 FAKE = the REAL count
         assert set(range(10)) <= set(draw)  # every REAL crop, every epoch
         draws.append(draw)
     assert draws[0] != draws[1]  # a new draw each epoch
     sampler.set_epoch(0)
-    assert list(sampler) == draws[0]  # repeatable
+    assert [row for _, row in sampler] == draws[0]  # repeatable
     shards = []
     for rank in range(3):
         s = BalancedEpochSampler(labels, indices, seed=3, num_replicas=3, rank=rank)
         s.set_epoch(1)
-        shards.append(list(s))
+        shards.append([row for _, row in s])
     assert all(len(s) == 7 for s in shards)  # 20 padded to 21
     union = [i for s in shards for i in s]
     assert set(union) == set(draws[1])
@@ -157,3 +159,54 @@ def test_augmentation_steps_draw_independently(tmp_path: Path) -> None:
     assert 60 < agree < 140, agree
     again = FaceDataset(table, A.Compose([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]), seed=5)
     assert all(np.array_equal(dataset[i][0], again[i][0]) for i in range(10))  # still seeded
+
+
+def test_bounded_epochs_draw_fresh_balanced_samples() -> None:
+    labels = np.array([0] * 10 + [1] * 40)
+    sampler = BalancedEpochSampler(labels, np.arange(50), seed=3, samples=12)
+    draws = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        draw = [row for _, row in sampler]
+        assert len(draw) == 12 == len(set(draw)) and sum(labels[draw]) == 6  # 6 REAL + 6 FAKE, no repeat
+        draws.append(draw)
+    assert draws[0] != draws[1]  # a fresh sample every epoch
+    big = BalancedEpochSampler(labels, np.arange(50), seed=3, samples=30)  # 15 REAL from 10: repeats
+    draw = [row for _, row in big]
+    assert len(draw) == 30 and sum(labels[draw]) == 15 and set(range(10)) <= set(draw)
+    ranks = [BalancedEpochSampler(labels, np.arange(50), seed=3, num_replicas=2, rank=r, samples=12) for r in (0, 1)]
+    assert all(len(s) == 6 for s in ranks)
+    assert sorted(row for s in ranks for _, row in s) == sorted(draws[0])  # the same draw, sharded
+
+
+def test_each_rank_has_its_own_augmentation_stream(tiny: tuple[Path, Path]) -> None:
+    faces_dir, folds_csv = tiny
+    table = load_face_table(faces_dir, folds_csv)
+    single = FaceDataset(table, train_transform(32), seed=5)
+    rank0 = FaceDataset(table, train_transform(32), seed=5, rank=0)
+    rank1 = FaceDataset(table, train_transform(32), seed=5, rank=1)
+    keys = [(2, k) for k in range(12)]
+    assert all(torch.equal(single[k][0], rank0[k][0]) for k in keys)  # rank 0 = one process
+    assert any(not torch.equal(rank0[k][0], rank1[k][0]) for k in keys)
+    assert rank0.sample_seed(2, 3).entropy != rank1.sample_seed(2, 3).entropy
+    single.set_epoch(2)
+    assert torch.equal(single[3][0], single[(2, 3)][0])  # a plain row uses set_epoch's epoch
+
+
+def test_index_order_does_not_change_the_table_or_its_fingerprint(tiny: tuple[Path, Path]) -> None:
+    from dfdc.data import load_training_data
+
+    faces_dir, folds_csv = tiny
+    first = load_training_data(faces_dir, folds_csv)
+    index = pd.read_csv(faces_dir / "faces.csv")
+    index.sample(frac=1.0, random_state=0).to_csv(faces_dir / "faces.csv", index=False)  # e.g. workers' order
+    again = load_training_data(faces_dir, folds_csv)
+    pd.testing.assert_frame_equal(first.table, again.table)
+    assert first.fingerprints == again.fingerprints
+    index.iloc[:-1].to_csv(faces_dir / "faces.csv", index=False)  # one crop fewer: another index
+    fewer = load_training_data(faces_dir, folds_csv)
+    assert fewer.fingerprints["faces"]["sha256"] != first.fingerprints["faces"]["sha256"]
+    assert fewer.fingerprints["faces"]["rows"] == first.fingerprints["faces"]["rows"] - 1
+    assert fewer.fingerprints["folds"] == first.fingerprints["folds"]
+    files = np.asarray(FaceDataset(first.table, Prepare(32)).files)
+    assert files.dtype.kind == "S"  # one numpy bytes array, not a list of Python strings

@@ -46,13 +46,72 @@ def test_two_ranks_disjoint_shards_one_set_of_outputs(tmp_path: Path) -> None:
         assert labels.sum() * 2 == len(labels)  # balanced
     assert not set(seen[0]["index"]) - set(train_idx)  # never a validation crop
 
+    # ... with its own dropout stream: the ranks' torch RNG states differ at every epoch
+    rng = {r: (debug / f"rng_fold{fold}_rank{r}.txt").read_text().splitlines() for r in (0, 1)}
+    assert len(rng[0]) == len(rng[1]) == epochs + 1  # the seed after build, then one state per epoch
+    assert all(a != b for a, b in zip(rng[0], rng[1])), rng
+    assert rng[0][0] == f"build {seed + fold}"  # rank 0 keeps the single-process seed
+    # every rank's RNG state is in last.pt (a resume continues each rank's own stream)
+    import torch
+
+    last = torch.load(runs / "ddp" / "fold0" / "last.pt", weights_only=False)
+    assert isinstance(last["rng"], list) and len(last["rng"]) == 2
+    assert not torch.equal(last["rng"][0]["torch"], last["rng"][1]["torch"])
+
     # one set of outputs, written once
     run = runs / "ddp"
     files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
-    assert files == ["config.yaml", "curves.png", "fold0/best.pt", "fold0/last.pt", "fold0/oof.csv",
-                     "fold0/oof_faces.csv", "fold0/status.json", "metrics.csv", "oof.csv", "oof_faces.csv"]
+    assert files == [".rank0-marker.json", "config.yaml", "curves.png", "fold0/best.pt", "fold0/inputs.json",
+                     "fold0/last.pt", "fold0/oof.csv", "fold0/oof_faces.csv", "fold0/status.json", "metrics.csv",
+                     "oof.csv", "oof_faces.csv"]
     metrics = pd.read_csv(run / "metrics.csv")
     assert metrics["epoch"].tolist() == list(range(epochs))
     assert metrics["train_loss"].iloc[-1] < metrics["train_loss"].iloc[0]  # it learned
     oof = pd.read_csv(run / "oof.csv")
     assert len(oof) == (table["fold"] == fold).groupby(table["video"]).any().sum()  # every val video, once
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _two_nodes(tmp_path: Path, faces: Path, folds: Path, faces_rank1: Path | None = None) -> list[subprocess.CompletedProcess]:
+    """Two single-process "nodes" (RANK 0 and 1, as torchrun sets them on two machines), each
+    in its own working folder with a relative train.runs_dir: a run folder that is NOT shared."""
+    port = _free_port()
+    procs = []
+    for rank in (0, 1):
+        cwd = tmp_path / f"node{rank}"
+        cwd.mkdir(exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+               "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        face_dir = faces_rank1 if rank == 1 and faces_rank1 is not None else faces
+        cmd = [sys.executable, "-m", "dfdc", "train", "--profile", "smoke", "--faces", str(face_dir),
+               "--folds", str(folds), "--name", "nodes", "--fold-list", "0", "--epochs", "1",
+               "--set", "model.arch=tiny-cnn", "--set", "train.size=32", "--set", "train.loader_workers=0",
+               "--set", "train.runs_dir=runs", "--set", "train.shared_dir_timeout=1"]
+        procs.append(subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)  # a hang fails here
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
+def test_unshared_run_folder_stops_every_rank_with_a_message(tmp_path: Path) -> None:
+    faces, folds = make_tiny_faces(tmp_path)
+    ranks = _two_nodes(tmp_path, faces, folds)
+    for done in ranks:
+        assert done.returncode != 0
+        assert "the run folder is not shared" in done.stderr and "rank 1 on" in done.stderr, done.stderr[-2000:]
+        assert "train.runs_dir" in done.stderr
+    assert not (tmp_path / "node0" / "runs" / "nodes" / "fold0").exists()  # nothing trained
+    # one rank that cannot read its inputs stops the other too, instead of leaving it waiting
+    ranks = _two_nodes(tmp_path, faces, folds, faces_rank1=tmp_path / "elsewhere")
+    assert all(done.returncode != 0 for done in ranks)
+    assert "faces table" in ranks[1].stderr
+    assert "reading the training inputs failed on rank 1" in ranks[0].stderr and "faces table" in ranks[0].stderr

@@ -67,15 +67,19 @@ def test_outputs_and_skip_on_rerun(tiny: tuple[Path, Path], tmp_path: Path) -> N
     assert again.oof_logloss == pytest.approx(report.oof_logloss)
 
 
-def test_resume_equals_uninterrupted_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_equals_uninterrupted_run(tiny: tuple[Path, Path], tmp_path: Path, workers: int) -> None:
+    """Also with a persistent loader worker: it lives through both epochs of the straight run,
+    the resumed run starts a new one at epoch 1; both must augment epoch 1 alike."""
     faces, folds = tiny
-    straight = _cfg(tmp_path, "train.epochs=2", "train.name=straight", "train.folds=0")
+    loader = [f"train.loader_workers={workers}", "train.persistent_workers=true"]
+    straight = _cfg(tmp_path, "train.epochs=2", "train.name=straight", "train.folds=0", *loader)
     train(faces, folds, straight)
-    first = _cfg(tmp_path, "train.epochs=2", "train.name=resumed", "train.folds=0", "train.stop_after_epochs=1")
+    first = _cfg(tmp_path, "train.epochs=2", "train.name=resumed", "train.folds=0", "train.stop_after_epochs=1", *loader)
     part = train(faces, folds, first)
     assert part.stopped_early and not part.folds[0].finished
     assert len(pd.read_csv(tmp_path / "runs" / "resumed" / "metrics.csv")) == 1
-    train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.name=resumed", "train.folds=0"))
+    train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.name=resumed", "train.folds=0", *loader))
     a = torch.load(tmp_path / "runs" / "straight" / "fold0" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "runs" / "resumed" / "fold0" / "last.pt", weights_only=False)
     assert a["epoch"] == b["epoch"] == 2
@@ -133,7 +137,7 @@ def test_cli_efficientnet_b0_and_errors(tiny: tuple[Path, Path], tmp_path: Path,
 
     faces, folds = tiny
     argv = _cli(tmp_path, faces, folds, "--fold-list", "1", "--epochs", "1", "--set", "model.arch=efficientnet-b0",
-                "--set", "train.size=64", "--set", "train.max_steps_per_epoch=2", "--batch-size", "4")[3:]
+                "--set", "train.size=64", "--set", "train.steps_per_epoch=2", "--batch-size", "4")[3:]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fold 1: best validation log loss" in out and "OOF log loss" in out
@@ -156,3 +160,83 @@ def test_unknown_validation_aggregation_fails_before_training(tiny: tuple[Path, 
     with pytest.raises(ConfigError, match="val_aggregation='median'"):
         train(faces, folds, _cfg(tmp_path, "train.val_aggregation=median"))
     assert not list((tmp_path / "runs" / "t").glob("fold*/last.pt"))  # no epoch was spent
+
+
+def test_lr_scaling_rules() -> None:
+    from dfdc.config import ConfigError
+    from dfdc.train import scaled_lr
+
+    def lr(*sets: str, world: int = 1) -> float:
+        return scaled_lr(load_config("smoke", ["train.lr=2e-4", "train.lr_reference_batch=12", *sets]), world)[0]
+
+    assert lr("train.lr_scaling=none", "train.batch_size=96") == pytest.approx(2e-4)
+    assert lr("train.lr_scaling=linear", "train.batch_size=96") == pytest.approx(2e-4 * 8)
+    assert lr("train.lr_scaling=sqrt", "train.batch_size=96") == pytest.approx(2e-4 * 8 ** 0.5)
+    assert lr("train.lr_scaling=sqrt", "train.batch_size=12", world=4) == pytest.approx(2e-4 * 2)  # global batch 48
+    assert lr("train.lr_scaling=linear", "train.batch_size=12") == pytest.approx(2e-4)  # the recipe's batch: unscaled
+    note = scaled_lr(load_config("smoke", ["train.lr_scaling=sqrt", "train.batch_size=24"]), 2)[1]
+    assert "global batch 48 = 24 x 2 processes" in note and "sqrt" in note
+    with pytest.raises(ConfigError, match="lr_scaling='cubic'"):
+        lr("train.lr_scaling=cubic")
+
+
+def test_bounded_epochs_and_validation_sample(tiny: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    faces, folds = tiny
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=3", "train.batch_size=4",
+               "train.val_max_videos=2", "train.debug_dir=" + str(tmp_path / "seen"))
+    train(faces, folds, cfg)
+    seen = pd.read_csv(tmp_path / "seen" / "seen_fold0_rank0.txt", sep=" ", names=["epoch", "row"])
+    assert seen.groupby("epoch").size().tolist() == [12, 12]  # 3 steps x 4 crops per epoch
+    assert "3 steps per epoch (train.steps_per_epoch), validation on 2 of the fold's 9 videos" in capsys.readouterr().err
+    run = tmp_path / "runs" / "t" / "fold0"
+    oof = pd.read_csv(run / "oof.csv")
+    fold_videos = set(pd.read_csv(folds).query("fold == 0")["video"])
+    assert set(oof["video"]) == fold_videos  # the OOF covers the whole fold, not the sample
+    best = torch.load(run / "best.pt", weights_only=False)
+    metrics = pd.read_csv(tmp_path / "runs" / "t" / "metrics.csv")
+    assert len(metrics) == 2 and best["epoch"] == metrics["val_logloss"].idxmin()
+
+
+def test_changed_inputs_are_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from dfdc.train import InputsChangedError
+
+    faces, folds = tiny
+    part = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.stop_after_epochs=1")
+    train(faces, folds, part)
+    table = pd.read_csv(folds)
+    table.sample(frac=1.0, random_state=1).to_csv(folds, index=False)  # same split, other row order
+    train(faces, folds, part)  # fine: the content is the same (fold 0 is now finished)
+    train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=1"))
+    moved = table.copy()
+    moved.loc[moved["video"].str.startswith(("real000", "fake000")), "fold"] = 1  # a new split
+    moved.to_csv(folds, index=False)
+    with pytest.raises(InputsChangedError, match="skip .*fold 0.*folds table .* now .*--no-resume"):
+        train(faces, folds, part)
+    with pytest.raises(InputsChangedError, match="merge the OOF predictions of fold 0"):
+        train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=1"), resume=False)
+    table.to_csv(folds, index=False)
+    pd.read_csv(faces / "faces.csv").iloc[:-2].to_csv(faces / "faces.csv", index=False)
+    with pytest.raises(InputsChangedError, match="faces index .* had 48 rows .* now 46 rows"):
+        train(faces, folds, part)
+
+
+def test_compile_option_keeps_plain_checkpoints(tiny: tuple[Path, Path], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.compile wraps the training module only; checkpoints keep the plain keys. (The
+    eager backend stands in for inductor, whose C++ build takes minutes on 2 cores.)"""
+    faces, folds = tiny
+    compiled: list[str] = []
+    real = torch.compile
+
+    def eager(module, mode=None):  # noqa: ANN001, ANN202
+        compiled.append(mode)
+        return real(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager)
+    train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0", "train.compile=true"))
+    assert compiled == ["default"]
+    state = torch.load(tmp_path / "runs" / "t" / "fold0" / "last.pt", weights_only=False)
+    assert not any("_orig_mod" in key for key in state["model"])
+    model, _ = load_checkpoint(tmp_path / "runs" / "t" / "fold0" / "best.pt")
+    assert model is not None
