@@ -206,8 +206,6 @@ class SequenceConfig:
     mode: str = "frozen"  # "frozen": backbone features computed once per crop and cached, only the
     # recurrent head trains (seconds on a CPU); "finetune": the backbone trains inside the model
     aggregation: str = "max"  # tracks -> video: "max" (one swapped face makes the video FAKE) or "mean"
-    embeddings: str = ""  # frozen mode: a ``dfdc embed`` output folder to read features from ("" =
-    # compute them with the backbone once and cache them in the run folder)
 
 
 @dataclass

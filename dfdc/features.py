@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dfdc.config import warn
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json
 from dfdc.preprocess import prepare
 
@@ -38,6 +39,8 @@ FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.csv"
 EXTRACTOR_FILE = "extractor.pt"
 META_FILE = "meta.json"
+CONSTANT_SPREAD = 1e-6  # features whose every dimension varies less than this over the crops say nothing
+# (efficientnet-pytorch's B0 from random init in eval mode gives features of about 1e-13, measured)
 
 
 def crop_features(model: nn.Module, files: Sequence[str], batch_size: int, device: str | torch.device,
@@ -96,6 +99,12 @@ def frozen_features(folder: Path, files: Sequence[str], model: nn.Module, identi
             pass  # damaged: recompute below
     (folder / META_FILE).unlink(missing_ok=True)
     features = crop_features(model, files, batch_size, device, progress)
+    spread = float(features.std(axis=0).max()) if len(features) > 1 else 1.0
+    if spread < CONSTANT_SPREAD:
+        warn(f"the frozen features of {identity.get('arch')} (weights: {identity.get('pretrained')}) are all but "
+             f"constant over {len(files)} crops (largest spread {spread:.2g}): a randomly initialised backbone in "
+             "eval mode carries no signal. Give it weights (model.pretrained=imagenet or a local file), or train "
+             "end to end (sequence.mode=finetune), or use baseline.features=pixels")
     with atomic_open(folder / FEATURES_FILE, "wb") as handle:
         np.save(handle, features)
     atomic_write_csv(folder / INDEX_FILE, _index(files))
