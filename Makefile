@@ -5,6 +5,7 @@
 #   make folds train                folds + cross-validated models (DATA, PROFILE, FOLDS, GPUS)
 #   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
 #   make score                      local log loss of a submission
+#   make compare                    every system of the reference studies on the same folds
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
 # train_sample_videos/, test_videos/) to work on the real data.
@@ -27,6 +28,8 @@ FOLDS ?= all
 GPUS ?= 1
 WORKERS ?= 2
 SET ?=
+SYSTEMS ?= all
+COMPARE_PROFILE ?= compare
 FACES := $(DATA)/faces
 FOLDS_CSV := folds/folds.csv
 RUN_DIR := runs/$(RUN)
@@ -42,10 +45,10 @@ TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m df
 endif
 
 .PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
-        kernel kernel-build kernel-local bench bench-faces bench-train bench-predict clean
+        kernel kernel-build kernel-local compare bench bench-faces bench-train bench-predict clean
 
 help:
-	@sed -n '1,12p' Makefile
+	@sed -n '1,13p' Makefile
 
 setup: $(STAMP)
 
@@ -110,6 +113,12 @@ kernel-build: $(STAMP)
 
 kernel-local: $(STAMP)
 	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA) --profile $(PROFILE) $(SET_FLAGS)
+
+# Every listed system trained and scored on the same folds -> submissions/compare/compare.csv + .png
+# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained).
+compare: faces folds
+	$(DFDC) compare --data $(DATA) --faces $(FACES) --folds $(FOLDS_CSV) --profile $(COMPARE_PROFILE) \
+	    --systems $(SYSTEMS) $(SET_FLAGS)
 
 bench: bench-faces bench-train bench-predict
 

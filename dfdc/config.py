@@ -124,7 +124,18 @@ class ModelConfig:
     dropout: float = 0.5
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
-    # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts
+    # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts.
+    # Applied to every BatchNorm of every backbone (timm's and the custom CNNs' too)
+    trainable: str = "all"  # study 000's transfer settings: "all" layers, "top50" / "top25" (the top 50 % /
+    # 25 % of the backbone's layers, any topN works) or "head" (the classifier only); the rest is frozen
+    # (dfdc.models.registry.FrameModel.set_trainable defines "layer")
+    custom_depth: int = 3  # custom-cnn: conv layers, 2-5 (study 000's custom CNNs)
+    custom_widths: str = "ascending"  # custom-cnn width rule (study 000): "ascending" (base, 2x base, 4x ...),
+    # "descending" (the same widths reversed) or "constant" (base everywhere)
+    custom_base_width: int = 32  # custom-cnn: channels of its narrowest conv layer (our choice; 000 gives none)
+    custom_head_width: int = 128  # custom-cnn: hidden units of its small classifier head (our choice)
+    reseption_blocks: int = 2  # reseption-v1/v2: residual inception blocks per stage, 3 stages (our choice;
+    # study 001 does not give the count)
     # -- models over a frame backbone (sequence models lstm/gru, the baselines logreg/svm/mlp) --
     backbone: str = "efficientnet-b7"  # the registered frame model whose pooled features they read (its
     # input size and normalisation, its weights from ``pretrained``); the seed study's backbone

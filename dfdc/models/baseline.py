@@ -75,6 +75,12 @@ class BaselineModel(BackboneModel):
             raise ValueError("the estimator must be fitted on labels 0 (REAL) and 1 (FAKE)")
         self.estimator = estimator
 
+    def parameter_count(self) -> int:
+        """Numbers the system learned or reads: the frozen backbone's weights (without its
+        unused classifier) plus every fitted array of the estimator pipeline."""
+        backbone = sum(p.numel() for name, p in self.backbone.named_parameters() if not name.startswith("fc."))
+        return backbone + sum(_fitted_arrays(step) for _, step in getattr(self.estimator, "steps", []))
+
     def get_extra_state(self) -> torch.Tensor:
         if self.estimator is None:
             return torch.zeros(0, dtype=torch.uint8)
@@ -99,6 +105,24 @@ class BaselineModel(BackboneModel):
         feats = self.features(x).float().cpu().numpy().astype(np.float64)
         proba = self.estimator.predict_proba(feats)
         return torch.from_numpy(np.log(np.clip(proba, PROBA_FLOOR, 1.0))).float().to(x.device)
+
+
+def _fitted_arrays(estimator: Any) -> int:
+    """Sizes of an estimator's fitted arrays (``coef_``, ``intercept_``, ``coefs_``, ``mean_`` ...),
+    inner estimators and calibrators included."""
+    total = 0
+    for key, value in vars(estimator).items():
+        if not key.endswith("_") or key.startswith("_"):
+            continue
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, np.ndarray) and item.dtype.kind == "f":
+                total += item.size
+            elif hasattr(item, "get_params"):  # a fitted inner estimator (calibrated classifiers)
+                total += _fitted_arrays(item)
+            elif hasattr(item, "estimator") and hasattr(item, "calibrators"):
+                total += _fitted_arrays(item.estimator) + sum(_fitted_arrays(c) for c in item.calibrators)
+    return total
 
 
 def _builder(name: str) -> Callable[[ModelConfig], nn.Module]:

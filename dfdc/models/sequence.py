@@ -43,6 +43,11 @@ class SequenceModel(BackboneModel):
         self.head = nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                                   nn.Linear(head_hidden, num_classes))
 
+    def set_trainable(self, fraction: float) -> None:
+        """``model.trainable`` (study 000's transfer settings) applies to the backbone: its top
+        ``fraction`` of layers train with the recurrent head (``FrameModel.set_trainable``)."""
+        self.backbone.set_trainable(fraction)
+
     def frame_features(self, x: torch.Tensor) -> torch.Tensor:
         """N x T x 3 x H x W images (0-255) -> N x T x D backbone features."""
         n, t = x.shape[:2]
