@@ -79,3 +79,12 @@ def test_checkpoint_round_trip_and_half_export(arch: str, tmp_path: Path) -> Non
         export_half(tmp_path / "best.pt", tmp_path / "half.pt")
         half, _ = load_checkpoint(tmp_path / "half.pt")
         assert torch.allclose(fake_probability(half(x)), fake_probability(model(x)), atol=2e-2)
+
+
+def test_transfer_settings_apply_to_the_backbone() -> None:
+    """model.trainable (study 000) freezes the backbone's lower layers; the recurrent head trains."""
+    model = create_model(_cfg("lstm", trainable="head").model, 32)
+    frozen = [n for n, p in model.backbone.named_parameters() if not p.requires_grad]
+    assert frozen and all(not n.startswith("fc.") for n in frozen)
+    assert all(p.requires_grad for p in model.rnn.parameters()) and all(p.requires_grad for p in model.head.parameters())
+
