@@ -4,6 +4,7 @@
 #   make demo                       the whole pipeline on the built-in mini DFDC
 #   make folds train                folds + cross-validated models (DATA, PROFILE, FOLDS, GPUS)
 #   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
+#   make submit                     submit the pushed kernel version to the competition
 #   make score                      local log loss of a submission
 #   make compare                    every system of the reference studies on the same folds
 #
@@ -45,10 +46,11 @@ TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m df
 endif
 
 .PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
-        kernel kernel-build kernel-local compare bench bench-faces bench-train bench-predict clean
+        kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
+        bench-label-cleaning clean
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,14p' Makefile
 
 setup: $(STAMP)
 
@@ -93,8 +95,8 @@ train: faces $(FOLDS_CSV)
 	$(TRAIN_LAUNCH) train --faces $(FACES) --folds $(FOLDS_CSV) --profile $(PROFILE) \
 	    --name $(RUN) --fold-list $(FOLDS) $(SET_FLAGS)
 
-calibrate: $(STAMP)
-	$(DFDC) calibrate --run $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
+calibrate: data
+	$(DFDC) calibrate --run $(RUN_DIR) --data $(DATA) --folds $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
 
 predict: data
 	$(DFDC) predict --videos $(DATA)/test_videos --models $(RUN_DIR) --out $(SUBMISSION) --profile $(PROFILE) $(SET_FLAGS)
@@ -111,8 +113,11 @@ kernel: $(STAMP)
 kernel-build: $(STAMP)
 	$(DFDC) kernel --models $(RUN_DIR) --profile $(PROFILE) $(SET_FLAGS)
 
-kernel-local: $(STAMP)
+kernel-local: data
 	$(DFDC) kernel --models $(RUN_DIR) --local $(DATA) --profile $(PROFILE) $(SET_FLAGS)
+
+submit: $(STAMP)
+	$(DFDC) submit --profile $(PROFILE) $(SET_FLAGS)
 
 # Every listed system trained and scored on the same folds -> submissions/compare/compare.csv + .png
 # (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained).
@@ -130,6 +135,9 @@ bench-train: $(STAMP)
 
 bench-predict: $(STAMP)
 	$(PY) bench/bench_predict.py
+
+bench-label-cleaning: $(STAMP)
+	$(PY) bench/bench_label_cleaning.py
 
 clean:
 	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

@@ -1,7 +1,10 @@
 """Face probabilities -> one video probability, shared by training's out-of-fold
 predictions, calibration and the predictor, so the three cannot drift.
 
-``finalize(probs, cfg)`` = ``aggregate`` -> ``apply_temperature`` -> ``clip``.
+``finalize(probs, cfg)`` = ``aggregate`` -> ``apply_temperature`` -> ``clip``. The
+settings of those three steps are what ``dfdc calibrate`` chooses; ``calibration.json``
+holds them (``read_calibration``, ``load_calibration``, ``apply_calibration`` here, so the
+predictor reads them without depending on the calibration stage).
 
 Aggregation methods (``PredictConfig.aggregation``), over the P(FAKE) of every face crop
 of one video (all frames, all faces, all models):
@@ -9,20 +12,29 @@ of one video (all frames, all faces, all models):
 - ``mean``: the plain mean.
 - ``max``: the largest (over a video's face tracks, the sequence models' default: one
   swapped face makes the video FAKE).
-- ``confident`` (after the 1st-place DFDC solution), with ``t = confident_threshold``:
+- ``confident``: the 1st-place DFDC solution's ``confident_strategy`` (selimsef/
+  dfdc_deepfake_challenge, ``kernel_utils.py``), exactly. With ``n`` faces, ``t =
+  confident_threshold`` (0.8) and ``fakes`` = the number of faces with P(FAKE) > t:
 
-  1. if more than ``confident_min_fraction`` of the faces have P(FAKE) > t, return the
-     mean of those confidently fake faces (one manipulated face among several real ones,
-     or a few manipulated frames, then decide the video);
-  2. else if more than ``confident_real_fraction`` of the faces have P(FAKE) < 1 - t,
-     return the mean of those confidently real faces;
-  3. else return the plain mean.
+  1. if ``fakes > n // (1 / confident_min_share)`` (the 1st place's ``n // 2.5``) and
+     ``fakes > confident_min_count`` (11): the mean of those confidently fake faces;
+  2. elif more than ``confident_real_share * n`` (0.9 n) faces have P(FAKE) <
+     ``confident_real_threshold`` (0.2): the mean of those confidently real faces;
+  3. else the plain mean.
 
-  The 1st place additionally required more than 11 confident faces (of 32 frames) and
-  40% of them; here one fraction expresses that, so the rule also works with fewer frames.
+  With 32 frames and one face a video needs at least 13 confident faces (more than 32 // 2.5
+  = 12, and more than 11); 4 faces at 0.9 among 28 at 0.05 give the plain mean 0.156. With
+  few frames (the smoke profile's 8) rule 1 can never fire: ``fakes > 11`` is the 1st place's
+  absolute floor, kept as it is (a named key, ``predict.confident_min_count``).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +43,14 @@ from dfdc.config import PredictConfig
 METHODS = ("mean", "confident")  # rules over a video's face P(FAKE) (frame models; calibration searches them)
 TRACK_METHODS = ("max", "mean")  # rules over a video's track P(FAKE) (sequence models, sequence.aggregation)
 EPS = 1e-15  # Kaggle clips predictions at [1e-15, 1 - 1e-15]; also keeps logits finite
+CALIBRATION = "calibration.json"  # in a run folder, written by dfdc calibrate
+CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
+TRACK_UNIT = "track"  # calibration.json "unit" of a sequence model's calibration (else faces)
+# the "confident" rule's parameters the calibration was fitted with: applied with it
+CONFIDENT_KEYS = (
+    "confident_threshold", "confident_min_count", "confident_min_share", "confident_real_threshold",
+    "confident_real_share",
+)
 
 
 class AggregationError(ValueError):
@@ -54,13 +74,16 @@ def aggregate(probs: np.ndarray, method: str, cfg: PredictConfig) -> float:
     if method == "max":
         return float(p.max())
     if method != "confident":
-        raise AggregationError(f"unknown aggregation {method!r}; use one of {', '.join(dict.fromkeys(METHODS + TRACK_METHODS))}")
-    t = cfg.confident_threshold
-    fake = p > t
-    if fake.sum() > cfg.confident_min_fraction * p.size:
+        rules = ", ".join(dict.fromkeys(METHODS + TRACK_METHODS))
+        raise AggregationError(f"unknown aggregation {method!r}; use one of {rules}")
+    n = p.size
+    fake = p > cfg.confident_threshold
+    fakes = int(fake.sum())
+    # ``n // (1 / share)``: with share 1 / 2.5 this is the 1st place's ``n // 2.5`` (floored)
+    if fakes > n // (1.0 / cfg.confident_min_share) and fakes > cfg.confident_min_count:
         return float(p[fake].mean())
-    real = p < 1.0 - t
-    if real.sum() > cfg.confident_real_fraction * p.size:
+    real = p < cfg.confident_real_threshold
+    if real.sum() > cfg.confident_real_share * n:
         return float(p[real].mean())
     return float(p.mean())
 
@@ -86,3 +109,76 @@ def clip(p: float | np.ndarray, c: float) -> float | np.ndarray:
 def finalize(probs: np.ndarray, cfg: PredictConfig) -> float:
     """The submitted P(FAKE) of a video: aggregate (cfg.aggregation), temperature, clip."""
     return clip(apply_temperature(aggregate(probs, cfg.aggregation, cfg), cfg.temperature), cfg.clip)
+
+
+# --------------------------------------------------------------------------- calibration.json
+
+
+class CalibrationError(ValueError):
+    """Calibration data or a calibration file that cannot be used; says what to do."""
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A ``calibration.json`` as a dict, validated (keys present, values in range)."""
+    path = Path(path)
+    fix = "rerun `python -m dfdc calibrate --run RUN --data DATA --folds FOLDS` or pass --set predict.calibration=none"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CalibrationError(f"{path}: unreadable ({exc}); {fix}") from None
+    if not isinstance(data, dict) or not set(CALIBRATION_KEYS) <= set(data):
+        raise CalibrationError(f"{path}: expected a JSON object with {', '.join(CALIBRATION_KEYS)}; {fix}")
+    try:
+        method, temperature, bound = data["aggregation"], float(data["temperature"]), float(data["clip"])
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{path}: temperature and clip must be numbers; {fix}") from None
+    if method not in unit_rules(data) or not temperature > 0 or not 0 <= bound < 0.5:
+        raise CalibrationError(f"{path}: values out of range: {method!r}, T={temperature}, clip={bound}; {fix}")
+    return data
+
+
+def unit_rules(calibration: dict[str, Any]) -> tuple[str, ...]:
+    """The rules a calibration may name: over faces, or over tracks (``"unit": "track"``)."""
+    return TRACK_METHODS if calibration.get("unit") == TRACK_UNIT else METHODS
+
+
+def load_calibration(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/calibration.json`` as a validated dict, or None when the run has none."""
+    path = Path(run_dir) / CALIBRATION
+    return read_calibration(path) if path.is_file() else None
+
+
+def explicit_keys(overrides: list[str], flags: Collection[str] = ()) -> set[str]:
+    """Calibrated keys the user set (``--set predict.KEY=...`` overrides, plus the ``flags``
+    given on the command line): a calibration.json must not override them."""
+    keys = set(flags)
+    for item in overrides:
+        name = item.split("=", 1)[0].strip()
+        if name.startswith("predict."):
+            keys.add(name.split(".", 1)[1])
+    return keys & set(CALIBRATION_KEYS + CONFIDENT_KEYS)
+
+
+def apply_calibration(
+    cfg: PredictConfig, calibration: dict[str, Any], explicit: Collection[str] = ()
+) -> PredictConfig:
+    """A copy of ``cfg`` with the calibrated aggregation, temperature and clip (and the
+    confident-rule parameters they were fitted with), except the ``explicit`` keys (set by
+    the user on the command line, which win). A calibration of track units (a sequence
+    model's, ``"unit": "track"``) leaves ``aggregation``, a rule over faces, alone: its rule
+    is ``sequence.aggregation``."""
+    values: dict[str, Any] = {
+        "aggregation": str(calibration["aggregation"]),
+        "temperature": float(calibration["temperature"]),
+        "clip": float(calibration["clip"]),
+    }
+    for key in CONFIDENT_KEYS:
+        if key in calibration:
+            kind = type(getattr(cfg, key))
+            values[key] = kind(calibration[key])
+    if values["aggregation"] not in unit_rules(calibration) or not values["temperature"] > 0 \
+            or not 0 <= values["clip"] < 0.5:
+        raise CalibrationError(f"calibration values out of range: {values}")
+    if calibration.get("unit") == TRACK_UNIT:
+        del values["aggregation"]
+    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

@@ -15,15 +15,16 @@ torch loop undersamples FAKE crops to the REAL count; weighting uses every crop)
 - ``svm``: ``LinearSVC(C=baseline.C)`` with Platt scaling (``CalibratedClassifierCV``,
   sigmoid) fitted on ``baseline.calibration_folds`` group folds of the training part (a fake
   with its original), since a linear SVM gives no probabilities;
-- ``mlp``: ``MLPClassifier`` with one hidden layer of ``baseline.mlp_hidden`` units.
+- ``mlp``: ``MLPClassifier`` with one ReLU hidden layer of ``model.mlp_hidden`` units.
 
 Per fold k: fit on the crops of folds != k, P(FAKE) of fold k's crops, per-video
 aggregation (``train.val_aggregation``, the predictor's rules), the clipped video log loss.
 Outputs are the training loop's, so calibration, the predictor, the kernel and
 ``dfdc compare`` read them unchanged: ``fold{k}/best.pt`` (a ``BaselineModel``
-checkpoint: the frozen extractor's weights plus the fitted estimator; the predictor embeds
-each face with the extractor, then calls ``predict_proba``), ``fold{k}/estimator.joblib``
-(the same fitted pipeline, for direct scikit-learn use), ``fold{k}/status.json``,
+checkpoint: the frozen extractor's weights plus the fitted pipeline as tensors; the
+predictor embeds each face with the extractor, then computes the pipeline's
+``predict_proba`` in torch), ``fold{k}/estimator.joblib`` (the fitted pipeline itself, for
+direct scikit-learn use), ``fold{k}/status.json``,
 ``fold{k}/oof.csv`` / ``oof_faces.csv``, ``metrics.csv`` (one row per fold, epoch 0),
 ``oof.csv``, ``oof_faces.csv``, ``config.yaml``. Finished folds are skipped on a rerun.
 """
@@ -65,8 +66,9 @@ def resolve_config(cfg: Config) -> Config:
     return cfg
 
 
-def build_estimator(name: str, cfg: BaselineConfig, seed: int, cv: Any = None) -> Any:
-    """A fresh ``StandardScaler -> estimator`` pipeline (``cv``: the svm's calibration splits)."""
+def build_estimator(name: str, cfg: BaselineConfig, seed: int, cv: Any = None, hidden: int = 256) -> Any:
+    """A fresh ``StandardScaler -> estimator`` pipeline (``cv``: the svm's calibration splits;
+    ``hidden``: the mlp's hidden units, ``model.mlp_hidden``)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
@@ -81,7 +83,7 @@ def build_estimator(name: str, cfg: BaselineConfig, seed: int, cv: Any = None) -
                                            method="sigmoid", cv=cv if cv is not None else cfg.calibration_folds,
                                            ensemble=False)
     elif name == "mlp":
-        estimator = MLPClassifier(hidden_layer_sizes=(cfg.mlp_hidden,), alpha=cfg.mlp_alpha, max_iter=cfg.max_iter,
+        estimator = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=cfg.mlp_alpha, max_iter=cfg.max_iter,
                                   random_state=seed)
     else:
         raise ConfigError(f"unknown baseline {name!r}; use logreg, svm or mlp")
@@ -89,7 +91,7 @@ def build_estimator(name: str, cfg: BaselineConfig, seed: int, cv: Any = None) -
 
 
 def fit_estimator(name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: BaselineConfig,
-                  seed: int) -> Any:
+                  seed: int, hidden: int = 256) -> Any:
     """Fit a baseline on features ``x`` and labels ``y`` (0/1) with class-balanced weights;
     ``groups`` (a fake's original) keep the svm's calibration folds leak-free."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -101,7 +103,7 @@ def fit_estimator(name: str, x: np.ndarray, y: np.ndarray, groups: np.ndarray, c
     if name == "svm":
         splits = max(2, min(cfg.calibration_folds, len(set(np.asarray(groups).tolist()))))
         cv = list(StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed).split(x, y, groups))
-    pipeline = build_estimator(name, cfg, seed, cv)
+    pipeline = build_estimator(name, cfg, seed, cv, hidden)
     step = pipeline.steps[-1][0]
     pipeline.fit(x, y, **{f"{step}__sample_weight": compute_sample_weight("balanced", y)})
     return pipeline
@@ -162,7 +164,7 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
         begin = time.perf_counter()
         train_idx, val_idx = split_fold(table, fold)
         estimator = fit_estimator(cfg.model.arch, features[train_idx], labels[train_idx], groups[train_idx],
-                                  cfg.baseline, t.seed + fold)
+                                  cfg.baseline, t.seed + fold, cfg.model.mlp_hidden)
         model.set_estimator(estimator)
         train_p = estimator.predict_proba(features[train_idx])[:, 1]
         val_p = estimator.predict_proba(features[val_idx])[:, 1]

@@ -1,111 +1,192 @@
-"""Choose aggregation, temperature and clip on out-of-fold predictions.
+"""Choose aggregation, temperature and clip on predictions made the way the test is predicted.
 
-``calibrate(run_dir, cfg)`` reads training's ``oof_faces.csv`` (``video,label,fold,frame,
-face,prob``, label 0/1) and searches every combination of
+``calibrate(run_dir, data_root, folds_csv, cfg)``:
 
-- aggregation in ``mean``, ``confident`` (``dfdc.aggregate``, the predictor's rules),
-- temperature on ``cfg.calib_temperatures`` (min, max, log-spaced steps) plus 1.0,
-- clip on ``cfg.calib_clips`` (min, max, log-spaced steps) plus ``cfg.clip``,
+1. **Predict the held-out training videos with the predictor's own path.** Each fold's
+   model alone predicts the videos of its own (held-out) fold, listed in ``folds.csv`` and
+   found through the data root's ``metadata.json`` files: ``predict.frames`` evenly spaced
+   frames, the same detector, crops and preprocessing, every face (``predict_videos`` with
+   one checkpoint and per-face output). Above ``calibrate.max_videos`` a seeded sample
+   (stratified by label) is predicted. Each fold's faces land in
+   ``RUN/calibration/fold{k}/`` (a fold already predicted for the same videos, checkpoint
+   and settings is not predicted again), all of them in ``RUN/calibration_faces.csv``
+   (``video,label,fold,frame,track,prob``). Videos the predictor could not read or found no
+   face in get the fallback at test time whatever the calibration says; they are counted
+   and left out of the fit.
+2. **Search** every combination of aggregation (``mean``, ``confident``: ``dfdc.aggregate``,
+   the predictor's rules), temperature on ``calibrate.temperatures`` plus 1.0, clip on
+   ``calibrate.clips`` plus ``predict.clip``, for the lowest video log loss (Kaggle's). The
+   baseline ("before") is ``predict.aggregation``, temperature 1 and ``predict.clip``: what
+   the predictor does without a calibration; it is a candidate itself, and ties go to the
+   candidate closest to it (its aggregation first; temperatures and clips in order of their
+   log-distance from 1 and ``predict.clip``), so a setting that changes nothing is never moved.
+3. **Guard against sharpening on luck.** A sharper-than-default setting (T < 1 or a clip
+   below ``predict.clip``) looks free on a sample without the confident mistakes it pays for
+   on the test set. So the videos are split (seeded, stratified by label) into a fit part
+   and a held-out part (``calibrate.holdout_share``); the unrestricted best and the best
+   softening-only setting (T >= 1, clip >= ``predict.clip``) are chosen on the fit part and
+   scored on the held-out part. Sharper settings are allowed in the final search (over all
+   the videos) only if the unrestricted choice also wins on the held-out part. With fewer
+   than ``calibrate.min_videos`` videos only softening is allowed at all. Both parts'
+   figures are reported.
 
-for the lowest out-of-fold video log loss (Kaggle's). The baseline ("before") is ``mean``
-aggregation, temperature 1 and ``cfg.clip``; it is itself a candidate, so "after" is never
-worse on the OOF set. Ties go to the candidate closest to the baseline (mean before
-confident; temperatures and clips in order of their log-distance from 1 and ``cfg.clip``),
-so a clip that changes nothing on the OOF set is never moved.
-
-Overfitting guard: with fewer than ``cfg.calib_min_videos`` OOF videos the search may only
-soften predictions (temperature >= 1 and clip >= ``cfg.clip``). A small sample rarely
-contains the confident mistakes that a sharper setting pays for on the test set, so a
-smaller clip or a temperature below 1 would look free there and cost dearly later.
-
-Sequence models (``oof_tracks.csv``: ``video,label,fold,track,prob``, one row per face track
-read): the unit is a track and the rule is the run's ``sequence.aggregation`` (``max`` by
-default); only temperature and clip are searched, and ``calibration.json`` says
-``"unit": "track"`` (the predictor then leaves ``predict.aggregation``, a rule over faces,
-alone).
+Sequence models (``model.arch`` lstm / gru): the predictor's units are face tracks, so the
+per-unit file holds one row per track read (``frame`` -1) and the video rule is
+``sequence.aggregation`` (``max`` by default), kept as it is: only temperature and clip are
+searched, and ``calibration.json`` says ``"unit": "track"`` (the predictor then leaves
+``predict.aggregation``, a rule over faces, alone).
 
 Writes ``calibration.json`` and ``calibration.png`` (reliability before/after) in the run
-folder, atomically. The predictor reads them with ``load_calibration`` +
-``apply_calibration``.
+folder, atomically. The predictor reads them (``dfdc.aggregate.load_calibration`` +
+``apply_calibration``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-from collections.abc import Collection
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dfdc.aggregate import METHODS, TRACK_METHODS, aggregate, apply_temperature, clip
-from dfdc.config import PredictConfig, read_config
-from dfdc.io import atomic_write_json, read_table
+from dfdc.aggregate import (
+    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, aggregate, apply_temperature, clip,
+)
+from dfdc.config import Config, PredictConfig
+from dfdc.io import atomic_write_csv, atomic_write_json, read_table
 from dfdc.metrics import log_loss, plot_reliability
 
-OOF_FACES = "oof_faces.csv"
-CALIBRATION = "calibration.json"
-CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
-# the "confident" rule's parameters the calibration was fitted with: applied with it
-CONFIDENT_KEYS = ("confident_threshold", "confident_min_fraction", "confident_real_fraction")
+CALIBRATION_FACES = "calibration_faces.csv"
+CALIBRATION_DIR = "calibration"  # RUN/calibration/fold{k}/: the per-fold predictor outputs
 CALIBRATION_PLOT = "calibration.png"
-OOF_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
-OOF_TRACKS = "oof_tracks.csv"  # sequence models: one row per track read
-OOF_TRACK_COLUMNS = ["video", "label", "fold", "track", "prob"]
+FACES_COLUMNS = ["video", "label", "fold", "frame", "track", "prob"]
+FOLD_DONE = "done.json"  # what a fold's per-face file was predicted from (resume check)
 
 
-class CalibrationError(ValueError):
-    """Out-of-fold data or a calibration file that cannot be used; says what to do."""
+# --------------------------------------------------------------------------- which videos
 
 
-def read_oof_faces(path: Path, columns: list[str] = OOF_COLUMNS, what: str = "out-of-fold faces file") -> pd.DataFrame:
-    """Read and validate ``oof_faces.csv`` (or, with its ``columns``, ``oof_tracks.csv``)."""
-    path = Path(path)
-    fix = "run `python -m dfdc train` to (re)write it"
-    df = read_table(path, columns, error=CalibrationError, fix=fix, what=what, dtype={"video": str})
-    if df.empty:
-        raise CalibrationError(f"{path}: no rows; {fix}")
-    prob = pd.to_numeric(df["prob"], errors="coerce")
-    if prob.isna().any() or (prob < 0).any() or (prob > 1).any():
-        raise CalibrationError(f"{path}: column prob must hold numbers in [0, 1]; {fix}")
-    if not df["label"].isin([0, 1]).all():
-        raise CalibrationError(f"{path}: column label must be 0 (REAL) or 1 (FAKE); {fix}")
-    mixed = df.groupby("video")["label"].nunique()
-    if (mixed > 1).any():
-        raise CalibrationError(f"{path}: video(s) with two labels, e.g. {mixed[mixed > 1].index[0]}; {fix}")
-    df["prob"] = prob.astype(float)
-    return df
+def held_out_videos(data_root: Path, folds_csv: Path, folds: list[int], max_videos: int, seed: int) -> pd.DataFrame:
+    """The videos of ``folds`` (``video, path, label 0/1, fold``), all or a seeded sample of
+    ``max_videos`` stratified by label (0 = all), sorted by fold and name."""
+    from dfdc.folds import FoldsError, read_folds
+    from dfdc.metadata import MetadataError, load_metadata
+
+    try:
+        table = read_folds(folds_csv)
+        meta, _ = load_metadata(data_root)
+    except (FoldsError, MetadataError) as exc:
+        raise CalibrationError(str(exc)) from None
+    table = table[table["fold"].isin(folds)]
+    merged = table.merge(meta[["video", "path"]], on="video", how="inner")
+    if merged.empty:
+        raise CalibrationError(
+            f"none of the videos of folds {folds} in {folds_csv} is under {data_root}; pass the --data the folds "
+            "were made from (make calibrate DATA=...)"
+        )
+    merged = merged.assign(label=(merged["label"] == "FAKE").astype(int))[["video", "path", "label", "fold"]]
+    if max_videos and len(merged) > max_videos:
+        from sklearn.model_selection import train_test_split
+
+        merged, _ = train_test_split(merged, train_size=max_videos, random_state=seed, stratify=merged["label"])
+    return merged.sort_values(["fold", "video"]).reset_index(drop=True)
+
+
+def _fold_signature(videos: pd.DataFrame, checkpoint: Path, cfg: Config) -> dict[str, Any]:
+    stat = Path(checkpoint).stat()
+    names = "\n".join(sorted(videos["video"]))
+    settings = {k: v for k, v in cfg.predict.__dict__.items() if k in ("frames", "tta_flip", "fp16")}
+    return {"videos": hashlib.sha256(names.encode()).hexdigest(), "count": len(videos),
+            "checkpoint": [str(checkpoint), stat.st_size, stat.st_mtime_ns], "predict": settings}
+
+
+def predict_held_out(
+    run_dir: Path, data_root: Path, folds_csv: Path, cfg: Config, device: str | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Per-face P(FAKE) of each fold's model on its own held-out videos (step 1 above).
+
+    Returns ``(faces, counts)``: ``faces`` has ``FACES_COLUMNS``; ``counts`` the videos
+    predicted, and those that fell back (by reason kind).
+    """
+    from dfdc.models import fold_checkpoints
+    from dfdc.predict import FACE_COLUMNS, fallback_kind, predict_videos
+
+    run_dir, data_root = Path(run_dir), Path(data_root)
+    checkpoints = dict(fold_checkpoints(run_dir))
+    if not checkpoints:
+        raise CalibrationError(f"{run_dir}: no fold*/best.pt checkpoints; train the run first (`dfdc train`)")
+    chosen = held_out_videos(data_root, folds_csv, sorted(checkpoints), cfg.calibrate.max_videos, cfg.calibrate.seed)
+    raw = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, calibration="none", time_budget=0.0))
+    faces, counts = [], {"videos": 0}
+    for fold, videos in chosen.groupby("fold", sort=True):
+        folder = run_dir / CALIBRATION_DIR / f"fold{fold}"
+        faces_csv, done = folder / "faces.csv", folder / FOLD_DONE
+        signature = _fold_signature(videos, checkpoints[fold], cfg)
+        fresh = not (faces_csv.is_file() and done.is_file() and json.loads(done.read_text()).get("signature") == signature)
+        if fresh:
+            root = Path(os.path.abspath(data_root))  # as dfdc.metadata writes its paths
+            names = [os.path.relpath(p, root) for p in videos["path"]]
+            report = predict_videos(
+                root, run_dir, folder / "submission.csv", raw, device=device, progress=progress,
+                checkpoints=[checkpoints[fold]], faces_csv=faces_csv, names=names,
+            )
+            reasons: dict[str, int] = {}
+            for reason in report.fallbacks.values():
+                reasons[fallback_kind(reason)] = reasons.get(fallback_kind(reason), 0) + 1
+            atomic_write_json(done, {"signature": signature, "fallbacks": reasons})
+        fold_faces = read_table(faces_csv, FACE_COLUMNS, error=CalibrationError, what="per-face predictions",
+                                fix="delete it and rerun `dfdc calibrate`", dtype={"filename": str})
+        fold_faces["video"] = fold_faces["filename"].map(lambda n: Path(n).name)
+        labels = videos.set_index("video")["label"]
+        fold_faces = fold_faces.assign(label=fold_faces["video"].map(labels).astype(int), fold=int(fold))
+        faces.append(fold_faces[FACES_COLUMNS])
+        counts["videos"] += len(videos)
+        for kind, n in json.loads(done.read_text()).get("fallbacks", {}).items():
+            counts[kind] = counts.get(kind, 0) + int(n)
+    table = pd.concat(faces, ignore_index=True)
+    if table.empty:
+        raise CalibrationError(f"the predictor found no face in any of the {counts['videos']} held-out videos "
+                               f"({counts}); check the data and the run")
+    atomic_write_csv(run_dir / CALIBRATION_FACES, table)
+    return table, counts
+
+
+# --------------------------------------------------------------------------- the search
 
 
 def _grid(spec: tuple[float, float, int], anchor: float, name: str) -> np.ndarray:
     """Log-spaced grid plus ``anchor``, ordered by distance from ``anchor`` (anchor first)."""
     low, high, steps = spec
     if not (0 < low <= high) or int(steps) < 1:
-        raise CalibrationError(f"predict.{name}={spec}: expected (min > 0, max >= min, steps >= 1)")
+        raise CalibrationError(f"calibrate.{name}={spec}: expected (min > 0, max >= min, steps >= 1)")
     values = np.unique(np.append(np.geomspace(low, high, int(steps)), anchor))
     return values[np.argsort(np.abs(np.log(values / anchor)), kind="stable")]
 
 
-def _oof_units(run_dir: Path) -> tuple[pd.DataFrame, str, tuple[str, ...], str]:
-    """The run's per-unit OOF table, its unit ("face" | "track"), the rules to search and the
-    baseline rule: faces (mean, confident; baseline mean), or the tracks of a sequence run
-    (its ``sequence.aggregation`` alone)."""
-    if (run_dir / OOF_FACES).is_file() or not (run_dir / OOF_TRACKS).is_file():
-        return read_oof_faces(run_dir / OOF_FACES), "face", METHODS, "mean"
-    saved = run_dir / "config.yaml"
-    rule = read_config(saved).sequence.aggregation if saved.is_file() else TRACK_METHODS[0]
-    tracks = read_oof_faces(run_dir / OOF_TRACKS, OOF_TRACK_COLUMNS, "out-of-fold tracks file")
-    return tracks, "track", (rule,), rule
+def video_probs(faces: pd.DataFrame, cfg: PredictConfig,
+                methods: tuple[str, ...] = METHODS) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """(labels, method -> aggregated P(FAKE), video names), videos sorted by name."""
+    groups = faces.groupby("video", sort=True)
+    y = groups["label"].first().to_numpy(dtype=int)
+    raw = {m: np.array([aggregate(g.to_numpy(), m, cfg) for _, g in groups["prob"]]) for m in methods}
+    return y, raw, list(groups.groups)
 
 
-def _video_probs(faces: pd.DataFrame, method: str, cfg: PredictConfig) -> np.ndarray:
-    return np.array([aggregate(g.to_numpy(), method, cfg) for _, g in faces.groupby("video", sort=True)["prob"]])
+def run_unit(run_dir: Path) -> str:
+    """What the run's models read: "face", or "track" for a sequence model (its config.yaml)."""
+    from dfdc.config import read_config
+    from dfdc.models.sequence import is_sequence_model
+
+    saved = Path(run_dir) / "config.yaml"
+    return TRACK_UNIT if saved.is_file() and is_sequence_model(read_config(saved).model.arch) else "face"
 
 
 def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, clips: np.ndarray) -> dict[str, Any]:
-    """Best (method, temperature, clip) by OOF log loss; ``raw`` maps method -> video probs.
+    """Best (method, temperature, clip) by log loss; ``raw`` maps method -> video probs.
 
     Candidates are tried in the given order and only a strictly lower loss replaces the
     best, so among equal losses the first (closest to the baseline) wins.
@@ -122,106 +203,116 @@ def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, 
     return best
 
 
-def calibrate(run_dir: Path, cfg: PredictConfig) -> dict[str, Any]:
-    """Fit aggregation, temperature and clip on ``run_dir/oof_faces.csv`` (or the tracks of a
-    sequence run, ``oof_tracks.csv``); write ``calibration.json``.
+def _score(setting: dict[str, Any], raw: dict[str, np.ndarray], y: np.ndarray) -> float:
+    p = clip(apply_temperature(raw[setting["aggregation"]], setting["temperature"]), setting["clip"])
+    return log_loss(y, p)
 
-    Returns the written dictionary: ``aggregation, temperature, clip, oof_logloss_before,
-    oof_logloss_after, videos, unit`` plus ``faces`` (or ``tracks``), ``guarded`` (the
-    small-set guard was on) and the confident-rule parameters used.
+
+def _subset(raw: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    return {m: p[index] for m, p in raw.items()}
+
+
+def nested_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Indices of the fit part and the held-out part (``share``), seeded, stratified by label;
+    None when there are too few videos of a class to split."""
+    from sklearn.model_selection import train_test_split
+
+    if len(y) < 4 or min(np.bincount(y, minlength=2)) < 2:
+        return None
+    fit_idx, hold_idx = train_test_split(np.arange(len(y)), test_size=share, random_state=seed, stratify=y)
+    return np.sort(fit_idx), np.sort(hold_idx)
+
+
+def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The search with its guard (steps 2 and 3) on per-unit predictions (``FACES_COLUMNS``:
+    faces, or the tracks of a sequence model with ``unit`` "track").
+
+    Returns the calibration dictionary and the before/after video probabilities (for plots).
     """
-    run_dir = Path(run_dir)
-    faces, unit, methods, baseline = _oof_units(run_dir)
-    y = faces.groupby("video", sort=True)["label"].first().to_numpy(dtype=int)
-    raw = {method: _video_probs(faces, method, cfg) for method in methods}
-    guarded = len(y) < cfg.calib_min_videos
-    temperatures = _grid(cfg.calib_temperatures, 1.0, "calib_temperatures")
-    clips = _grid(cfg.calib_clips, cfg.clip, "calib_clips")
+    pcfg, ccfg = cfg.predict, cfg.calibrate
+    rule = cfg.sequence.aggregation if unit == TRACK_UNIT else pcfg.aggregation  # the predictor's, uncalibrated
+    methods = (rule,) if unit == TRACK_UNIT else tuple([rule] + [m for m in METHODS if m != rule])  # baseline first
+    y, raw, _ = video_probs(faces, pcfg, methods)
+    temperatures = _grid(ccfg.temperatures, 1.0, "temperatures")
+    clips = _grid(ccfg.clips, pcfg.clip, "clips")
     clips = clips[clips < 0.5]  # clip(p, c) needs c < 0.5
-    if guarded:
-        temperatures = temperatures[temperatures >= 1.0]
-        clips = clips[clips >= cfg.clip]
-    before_p = clip(raw[baseline], cfg.clip)
-    before = log_loss(y, before_p)
-    best = search(raw, y, temperatures, clips)
+    soft_t, soft_c = temperatures[temperatures >= 1.0], clips[clips >= pcfg.clip]
+    baseline = {"aggregation": rule, "temperature": 1.0, "clip": pcfg.clip}
+
+    def sharper(setting: dict[str, Any]) -> bool:
+        return setting["temperature"] < 1.0 or setting["clip"] < pcfg.clip
+
+    halves: dict[str, Any] = {}
+    small = len(y) < ccfg.min_videos
+    sharper_allowed = False
+    split = nested_split(y, ccfg.holdout_share, ccfg.seed)
+    if split is not None:
+        fit_idx, hold_idx = split
+        free = search(_subset(raw, fit_idx), y[fit_idx], temperatures, clips)
+        soft = search(_subset(raw, fit_idx), y[fit_idx], soft_t, soft_c)
+        for part, index in (("fit", fit_idx), ("holdout", hold_idx)):
+            halves[part] = {
+                "videos": int(len(index)),
+                "before": _score(baseline, _subset(raw, index), y[index]),
+                "free": _score(free, _subset(raw, index), y[index]),
+                "soft": _score(soft, _subset(raw, index), y[index]),
+            }
+        halves["free_setting"] = {k: free[k] for k in ("aggregation", "temperature", "clip")}
+        halves["soft_setting"] = {k: soft[k] for k in ("aggregation", "temperature", "clip")}
+        sharper_allowed = (not small and sharper(free)
+                           and halves["holdout"]["free"] < halves["holdout"]["soft"])
+    best = search(raw, y, temperatures, clips) if sharper_allowed else search(raw, y, soft_t, soft_c)
+    before_p = clip(raw[rule], pcfg.clip)
     after_p = clip(apply_temperature(raw[best["aggregation"]], best["temperature"]), best["clip"])
+    if small:
+        guard = f"fewer than calibrate.min_videos={ccfg.min_videos} videos: only softening tried"
+    elif sharper_allowed:
+        guard = "a sharper setting won on the held-out part too: allowed"
+    elif halves and sharper(halves.get("free_setting", baseline)):
+        guard = "the sharper setting chosen on the fit part lost on the held-out part: only softening kept"
+    else:
+        guard = "no sharper setting was better on the fit part: only softening"
     result = {
         "aggregation": best["aggregation"],
         "temperature": best["temperature"],
         "clip": best["clip"],
-        "oof_logloss_before": before,
-        "oof_logloss_after": best["loss"],
+        "logloss_before": log_loss(y, before_p),
+        "logloss_after": best["loss"],
         "videos": int(len(y)),
         "unit": unit,
         f"{unit}s": int(len(faces)),
-        "guarded": guarded,
-        "confident_threshold": cfg.confident_threshold,
-        "confident_min_fraction": cfg.confident_min_fraction,
-        "confident_real_fraction": cfg.confident_real_fraction,
+        "sharper_allowed": bool(sharper_allowed),
+        "guard": guard,
+        "halves": halves,
+        "baseline": baseline,
+        **{key: getattr(pcfg, key) for key in CONFIDENT_KEYS},
     }
+    return result, {"before": before_p, "after": after_p, "y": y}
+
+
+def calibrate(
+    run_dir: Path, data_root: Path, folds_csv: Path, cfg: Config, device: str | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Predict the held-out videos, fit, write ``calibration.json`` and ``calibration.png``.
+
+    Returns the written dictionary: ``aggregation, temperature, clip, logloss_before,
+    logloss_after, videos, faces, sharper_allowed, guard, halves`` (fit / holdout:
+    ``videos``, ``before``, ``free``, ``soft`` log losses of the settings chosen on the fit
+    part), ``fallbacks`` (held-out videos left out, by reason) and the confident-rule
+    parameters used.
+    """
+    run_dir = Path(run_dir)
+    faces, counts = predict_held_out(run_dir, data_root, folds_csv, cfg, device=device, progress=progress)
+    result, curves = fit(faces, cfg, run_unit(run_dir))
+    result["fallbacks"] = {k: v for k, v in counts.items() if k != "videos"}
+    result["frames"] = cfg.predict.frames
+    y = curves["y"]
     plot_reliability(
         y,
-        {f"before ({baseline}, clip {cfg.clip:g})": before_p,
-         f"after ({best['aggregation']}, T {best['temperature']:.3g}, clip {best['clip']:.3g})": after_p},
+        {f"before ({result['baseline']['aggregation']}, clip {cfg.predict.clip:g})": curves["before"],
+         f"after ({result['aggregation']}, T {result['temperature']:.3g}, clip {result['clip']:.3g})": curves["after"]},
         run_dir / CALIBRATION_PLOT,
-        title=f"out-of-fold reliability, {len(y)} videos",
+        title=f"held-out training videos, each fold's model alone: {len(y)} videos",
     )
     atomic_write_json(run_dir / CALIBRATION, result)
     return result
-
-
-def read_calibration(path: Path) -> dict[str, Any]:
-    """A ``calibration.json`` as a dict, validated (keys present, values in range)."""
-    path = Path(path)
-    fix = "rerun `python -m dfdc calibrate --run RUN` or pass --set predict.calibration=none"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"{path}: unreadable ({exc}); {fix}") from None
-    if not isinstance(data, dict) or not set(CALIBRATION_KEYS) <= set(data):
-        raise CalibrationError(f"{path}: expected a JSON object with {', '.join(CALIBRATION_KEYS)}; {fix}")
-    try:
-        method, temperature, bound = data["aggregation"], float(data["temperature"]), float(data["clip"])
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{path}: temperature and clip must be numbers; {fix}") from None
-    rules = TRACK_METHODS if data.get("unit") == "track" else METHODS
-    if method not in rules or not temperature > 0 or not 0 <= bound < 0.5:
-        raise CalibrationError(f"{path}: values out of range: {method!r}, T={temperature}, clip={bound}; {fix}")
-    return data
-
-
-def load_calibration(run_dir: Path) -> dict[str, Any] | None:
-    """``run_dir/calibration.json`` as a validated dict, or None when the run has none."""
-    path = Path(run_dir) / CALIBRATION
-    return read_calibration(path) if path.is_file() else None
-
-
-def explicit_keys(overrides: list[str], flags: Collection[str] = ()) -> set[str]:
-    """Calibrated keys the user set (``--set predict.KEY=...`` overrides, plus the ``flags``
-    given on the command line): a calibration.json must not override them."""
-    keys = set(flags)
-    for item in overrides:
-        name = item.split("=", 1)[0].strip()
-        if name.startswith("predict."):
-            keys.add(name.split(".", 1)[1])
-    return keys & set(CALIBRATION_KEYS + CONFIDENT_KEYS)
-
-
-def apply_calibration(
-    cfg: PredictConfig, calibration: dict[str, Any], explicit: Collection[str] = ()
-) -> PredictConfig:
-    """A copy of ``cfg`` with the calibrated aggregation, temperature and clip (and the
-    confident-rule parameters they were fitted with), except the ``explicit`` keys (set by
-    the user on the command line, which win)."""
-    values: dict[str, Any] = {
-        "aggregation": str(calibration["aggregation"]),
-        "temperature": float(calibration["temperature"]),
-        "clip": float(calibration["clip"]),
-    }
-    values.update({k: float(calibration[k]) for k in CONFIDENT_KEYS if k in calibration})
-    rules = TRACK_METHODS if calibration.get("unit") == "track" else METHODS
-    if values["aggregation"] not in rules or not values["temperature"] > 0 or not 0 <= values["clip"] < 0.5:
-        raise CalibrationError(f"calibration values out of range: {values}")
-    if calibration.get("unit") == "track":  # a rule over tracks (sequence.aggregation), not over faces
-        del values["aggregation"]
-    return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

@@ -95,8 +95,12 @@ class FacesConfig:
     detect_threads: int = 1  # torch CPU threads while MTCNN runs (0 = leave as set): its per-box loop
     # of tiny ops ran 3-7x faster on 1 thread than on 2 here (40 1080p frames: 3.3-3.9 s vs 12-26 s,
     # loaded 2-core machine); scale with worker processes instead
-    same_face_tolerance: float = 2.0  # mean abs pixel difference (0-255) under which a FAKE crop
-    # equals its original's crop: not a manipulated face (audio-only or other-person fakes)
+    same_face_tolerance: float = 3.5  # mean abs pixel difference (0-255) inside the face box
+    # (dfdc.faces.face_difference) under which a FAKE crop equals its original's: not a manipulated
+    # face (audio-only or other-person fakes). Source: bench/bench_label_cleaning.py on the mini DFDC:
+    # an original re-encoded at the same quality (libx264 CRF 20) differs by at most 3.0-3.05 inside
+    # the box (176 crops, two runs), genuine swaps by at least 13.9 (880 crops of 40 fakes); a
+    # bit-identical stream by 0. 3.5 drops those re-encodes and keeps every swap.
     track_iou: float = 0.3  # link a face to a track when their boxes overlap at least this (IoU) ...
     track_center: float = 1.0  # ... or their centres lie within this x the boxes' mean side (sparse
     # sampling: a moving face may overlap little between two sampled frames but stays near; two people
@@ -142,6 +146,7 @@ class ModelConfig:
     rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4)
     rnn_hidden: int = 512  # units per recurrent layer (study 000 tried 128-2048)
     head_hidden: int = 1024  # the sequence classifier: Linear(rnn_hidden, this) -> ReLU -> Linear(this, 2) (study 000)
+    mlp_hidden: int = 256  # the mlp baseline's one hidden layer (our choice; studies 000/002 give no width)
 
 
 @dataclass
@@ -227,7 +232,6 @@ class BaselineConfig:
     # "pixels": the crop downscaled to pixel_size x pixel_size, RGB, as a vector
     pixel_size: int = 16  # side of the downscaled crop for features=pixels (16 x 16 x 3 = 768 values)
     C: float = 1.0  # inverse regularisation strength of logreg and svm (scikit-learn's default)
-    mlp_hidden: int = 256  # units of the mlp's one hidden layer
     mlp_alpha: float = 1e-4  # the mlp's L2 penalty (scikit-learn's default)
     max_iter: int = 1000  # solver iterations of logreg / svm / mlp
     calibration_folds: int = 3  # svm: Platt scaling fitted on this many group folds (fakes with
@@ -242,31 +246,55 @@ class PredictConfig:
     batch_size: int = 32  # face crops per model forward
     tta_flip: bool = False
     aggregation: str = "confident"  # "mean" or "confident" (1st place)
-    confident_threshold: float = 0.8  # a face is confidently fake above this P(FAKE)
-    confident_min_fraction: float = 0.11  # ... and "enough" confident faces is this fraction
-    confident_real_fraction: float = 0.9  # 1st place: if more than 90% of faces are confidently
-    # real (P(FAKE) < 1 - confident_threshold), average those (dfdc.aggregate)
-    calib_temperatures: tuple[float, float, int] = (0.25, 4.0, 41)  # calibration grid: min, max,
-    # log-spaced steps (T > 1 softens, T < 1 sharpens); 1.0 is always tried (dfdc.calibrate)
-    calib_clips: tuple[float, float, int] = (0.001, 0.2, 31)  # calibration grid of clip bounds:
-    # min, max, log-spaced steps; the default clip is always tried
-    calib_min_videos: int = 200  # fewer OOF videos: calibration may only soften (T >= 1,
-    # clip >= default), as a tiny OOF set cannot justify sharper predictions
+    # "confident" aggregation = the 1st place's confident_strategy (selimsef/dfdc_deepfake_challenge,
+    # kernel_utils.py; exact rule in dfdc.aggregate):
+    confident_threshold: float = 0.8  # a face is confidently fake above this P(FAKE) (their t = 0.8)
+    confident_min_count: int = 11  # ... and rule 1 needs more than this many confident fakes (their 11)
+    confident_min_share: float = 0.4  # ... and more than n // (1 / this) of the n faces (their n // 2.5)
+    confident_real_threshold: float = 0.2  # rule 2: a face is confidently real below this P(FAKE) (their 0.2)
+    confident_real_share: float = 0.9  # ... and rule 2 needs more than this share of the faces (their 0.9 n)
     clip: float = 0.01  # predictions clipped to [clip, 1 - clip] (NTech used 0.01)
     temperature: float = 1.0
     fallback: float = 0.5  # any failed video gets this value (log loss 0.693 at worst)
     time_budget: float = 0.0  # seconds; 0 = no limit; the kernel sets a margin under 9 h
+    video_timeout: float = 0.0  # seconds one video's decode + detect may take in a worker before it
+    # gets the fallback (reason "timeout") and its worker is replaced; 0 = no limit. Off by default:
+    # on a CPU-only machine a 4K video legitimately takes long; the Kaggle kernel sets
+    # kernel.video_timeout (60 s, ~7x the ~8 s/video the 9 h limit allows for 4,000 videos)
     workers: int = 2  # decode + detect processes overlapped with the model
     fp16: bool = True  # half-precision models on CUDA
     prefetch: int = 2  # videos in flight per worker: the next video is ready when one finishes
     worker_threads: int = 1  # torch/OpenCV threads per worker process (cores go to the model)
-    detect_device: str = "cpu"  # MTCNN device in the workers ("cuda" shares the GPU)
+    detect_device: str = "cpu"  # MTCNN device in the workers ("cuda" shares the GPU; a comma list
+    # "cuda:0,cuda:1" spreads the workers over the devices, worker i on item i mod n)
     calibration: str = "auto"  # "auto": the run's calibration.json if present; "none"; or a path
 
 
 @dataclass
+class CalibrateConfig:
+    """Choosing aggregation, temperature and clip (``dfdc calibrate``).
+
+    Fitted on predictions made the way the test is predicted: each fold's model alone on its
+    held-out training videos, through the predictor (``predict.frames`` frames, the same crops
+    and aggregation).
+    """
+
+    max_videos: int = 2000  # held-out videos predicted (a seeded sample above this; 0 = all): half
+    # the 4,000-video public test set, at a fifth of its model work (one model per video, not five)
+    seed: int = 0  # the sample and the nested split
+    temperatures: tuple[float, float, int] = (0.25, 4.0, 41)  # grid: min, max, log-spaced steps
+    # (T > 1 softens, T < 1 sharpens); 1.0 is always tried
+    clips: tuple[float, float, int] = (0.001, 0.2, 31)  # grid of clip bounds: min, max, log-spaced
+    # steps; predict.clip (the default) is always tried
+    min_videos: int = 200  # fewer calibration videos: only softening (T >= 1, clip >= predict.clip),
+    # without even trying the nested split (a tiny sample cannot justify sharper predictions)
+    holdout_share: float = 0.5  # nested split: a sharper-than-default setting chosen on the other
+    # part must also beat the best softening-only setting on this held-out part to be kept
+
+
+@dataclass
 class KernelConfig:
-    """Kaggle kernel bundle (``dfdc kernel``)."""
+    """Kaggle kernel bundle, push, submission and the kernel's own run (``dfdc kernel``, ``dfdc submit``)."""
 
     slug: str = "dfdc-kit-inference"
     dataset_slug: str = "dfdc-kit-models"
@@ -274,15 +302,32 @@ class KernelConfig:
     max_weights_bytes: int = 1_000_000_000  # "models had to fit in 1 GB"
     time_budget: float = 8.5 * 3600  # the 9 h limit less a safety margin
     private: bool = True
-    enable_gpu: bool = True  # the DFDC kernels ran on one GPU (P100 at the time)
+    enable_gpu: bool = True
+    machine_shape: str = "NvidiaTeslaT4"  # kernel-metadata.json accelerator: "NvidiaTeslaT4" gets two T4s
+    # (sm_75); enable_gpu alone still gets a P100, whose sm_60 today's torch no longer supports
+    # (kaggle-cli #1151, #1196). Also accepted: "NvidiaTeslaP100", "TpuV5E8"; "" leaves it out
     license: str = "unknown"  # dataset-metadata.json license name (Kaggle needs exactly one)
-    wheel_packages: tuple[str, str] = ("facenet-pytorch", "efficientnet-pytorch")  # shipped as wheels;
-    # versions are read from requirements.txt so the kernel runs the versions the models were trained with
     build_dir: str = "kernels/build"  # bundle output (git-ignored)
     wheel_cache: str = ""  # where downloaded third-party wheels are kept; "" = BUILD_DIR/wheel-cache
     push_timeout: float = 3600.0  # seconds per `kaggle` CLI call (the client has no HTTP timeout;
     # uploading up to 1 GB of weights)
+    dataset_ready_timeout: float = 1800.0  # seconds to wait for a pushed dataset version to be ready
+    # before the kernel is pushed (Kaggle processes uploads; a kernel pushed earlier sees no files)
+    dataset_poll: float = 15.0  # seconds between two `kaggle datasets status` calls
     local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
+    # -- the kernel's own run --
+    max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that are
+    # not the video's own fault (import, CUDA, model errors, dead or hung workers, time budget): the
+    # kernel prints "STATUS: failed" and exits non-zero after writing the fallback submission
+    video_timeout: float = 60.0  # predict.video_timeout in the kernel: ~7x the ~8 s per video that the
+    # 9 h limit allows for 4,000 videos
+    workers: int = 3  # decode + detect worker processes on a GPU machine (T4 x2 has 4 CPUs: 3 workers,
+    # the main process feeds the GPUs); MTCNN runs on the GPUs, workers alternating between them
+    cpu_frames: int = 8  # when no GPU passes the start-up probe: frames per video on the CPU ...
+    cpu_models: int = 1  # ... fold models used ... (estimate: B7 at 240 px ~0.2-0.25 s per face on a
+    # few CPU threads, so 8 frames x 1 model ~2-4 s per video, inside the ~7.6 s that 8.5 h leave
+    # for 4,000 videos; the time budget still holds if it is slower)
+    cpu_workers: int = 1  # ... and decode + detect workers (the model needs the other CPUs)
 
 
 @dataclass
@@ -296,6 +341,7 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -404,9 +450,35 @@ def set_value(cfg: Config, section: str, key: str, value: Any) -> None:
         _merge(cfg, {section: {key: value}}, "flag")
 
 
+# Keys of older saved configurations (checkpoints, runs): section.key -> its new place, or None
+# when it is gone (its meaning changed; the current default applies).
+RENAMED_KEYS: dict[str, str | None] = {
+    "predict.confident_min_fraction": None,  # replaced by the 1st place's count + share rule
+    "predict.confident_real_fraction": "predict.confident_real_share",
+    "predict.calib_temperatures": "calibrate.temperatures",
+    "predict.calib_clips": "calibrate.clips",
+    "predict.calib_min_videos": "calibrate.min_videos",
+    "kernel.wheel_packages": None,  # the bundle now ships what its models need (dfdc.kaggle.wheels)
+}
+
+
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved configuration with ``RENAMED_KEYS`` moved to their current place."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for old, new in RENAMED_KEYS.items():
+        section, key = old.split(".")
+        if isinstance(data.get(section), dict) and key in data[section]:
+            value = data[section].pop(key)
+            if new is not None:
+                new_section, new_key = new.split(".")
+                data.setdefault(new_section, {}).setdefault(new_key, value)
+    return data
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a Config from ``to_dict`` output (e.g. the config saved beside a run)."""
-    data = dict(data)
+    """Rebuild a Config from ``to_dict`` output (e.g. the config saved beside a run); keys
+    of older versions are upgraded (``RENAMED_KEYS``)."""
+    data = _upgrade(dict(data))
     cfg = Config(profile=str(data.pop("profile", DEFAULT_PROFILE)))
     _merge(cfg, data, "saved config")
     return cfg

@@ -12,7 +12,8 @@ DFDC metadata table -> face crops + ``faces.csv``. The recipe:
   crop row carries its ``track`` (0 = the face seen most often), and a FAKE reusing its
   original's boxes gets its original's tracks.
 - Label cleaning: a FAKE crop (nearly) identical to its original's crop at the same frame
-  and face (mean absolute difference < ``same_face_tolerance``) is not a manipulated face
+  and face (mean absolute difference inside the face box, ``dfdc.faces.face_difference``,
+  < ``same_face_tolerance``) is not a manipulated face
   (audio-only fakes, two-person videos with one face swapped): it is dropped and counted.
 
 Work unit = one REAL original with its fakes (one worker holds the boxes and the
@@ -54,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
-from dfdc.faces import Detection, FaceDetector, check_margin, crop_face
+from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json
 from dfdc.threads import limit_threads
 from dfdc.tracks import assign_tracks
@@ -284,8 +285,7 @@ def _save_crops(
             if ref is not None:
                 same = ref.crop(frame_index, face)
                 if same is not None and same.shape == crop.shape:
-                    diff = float(np.abs(crop.astype(np.int16) - same.astype(np.int16)).mean())
-                    if diff < cfg.same_face_tolerance:
+                    if face_difference(crop, same, det.box, cfg.margin) < cfg.same_face_tolerance:
                         dropped += 1
                         continue
             name = f"{frame_index}_{face}.{cfg.image_format}"

@@ -10,27 +10,34 @@ P(FAKE) per face averaged over every fold's model (and the horizontal flip with
 -- the same code calibration and training's validation use.
 
 Pipeline: decoding, detection, cropping and preprocessing run in ``predict.workers``
-spawned processes (each builds its own detector and limits its torch threads) with a
-bounded number of videos in flight; the main process runs the models on batches of
-``predict.batch_size`` faces drawn from every finished video, so the model stage keeps
-working while the workers prepare the next videos. ``workers=0`` runs everything inline.
+spawned worker processes of our own (each builds its own detector, on
+``predict.detect_device``: a comma list spreads them over devices, worker i on item i mod n,
+and limits its torch threads), each with at most ``predict.prefetch`` videos queued; the
+main process runs the models on batches of ``predict.batch_size`` faces drawn from every
+finished video, so the model stage keeps working while the workers prepare the next
+videos. ``workers=0`` runs everything inline. With several devices (``device``
+"cuda:0,cuda:1", or "auto" = every visible GPU) the fold models are spread over them, model
+k on device k mod n; CUDA calls are asynchronous, so the devices work at the same time.
 
 Failures never stop a run: a missing, empty, corrupt or faceless video, an exception in a
-worker or a dead worker process gives that video ``predict.fallback`` with its reason in
-``predictions.csv``. A time budget (``predict.time_budget``) stops starting videos whose
-projected finish would not fit; they get the fallback too. Outputs are written atomically.
+worker, a dead worker process, or a video whose decode/detect takes longer than
+``predict.video_timeout`` (its worker is killed and replaced) gives that video
+``predict.fallback`` with its reason in ``predictions.csv``. A time budget
+(``predict.time_budget``) stops starting videos whose projected finish would not fit; they
+get the fallback too. ``PredictReport.system_failures`` counts the fallbacks that are not
+the video's own fault (the Kaggle kernel fails loudly on too many). Outputs are written
+atomically.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
 import math
 import multiprocessing
+import multiprocessing.connection
 import time
 from collections import deque
-from collections.abc import Callable, Collection
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,16 +45,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dfdc.calibrate import CALIBRATION, CalibrationError, apply_calibration, read_calibration
+from dfdc.aggregate import (
+    CALIBRATION, TRACK_METHODS, AggregationError, CalibrationError, aggregate, apply_calibration, apply_temperature,
+    clip, read_calibration,
+)
 from dfdc.config import (
     Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
 )
 from dfdc.io import atomic_write_csv, read_table
 from dfdc.threads import limit_threads
 
-# Keys of calibration.json that set PredictConfig fields of the same name.
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
+FACE_COLUMNS = ["filename", "frame", "track", "prob"]  # per-unit output (``faces_csv``): a face, or a
+# sequence model's track (frame -1)
 
 # Fallback reasons written to predictions.csv (a prefix; details follow after ": ").
 REASON_MISSING = "missing"
@@ -56,7 +67,13 @@ REASON_UNREADABLE = "unreadable"
 REASON_NO_FACE = "no face"
 REASON_ERROR = "error"
 REASON_WORKER_DIED = "worker died"
+REASON_TIMEOUT = "timeout"
 REASON_TIME = "time budget"
+# The video's own fault: anything else (an exception, a dead or hung worker, a model error,
+# the time budget) says the system failed it, and too many of those fail a Kaggle run loudly.
+VIDEO_FAULTS = (REASON_MISSING, REASON_EMPTY, REASON_UNREADABLE, REASON_NO_FACE)
+WORKER_START_FAILURES = 3  # workers dying before their first video in a row: stop respawning
+POLL_SECONDS = 1.0  # longest wait for a worker message while a timeout or the budget may fire
 
 
 class PredictError(ValueError):
@@ -74,13 +91,13 @@ class CropSpec:
 
 @dataclass(frozen=True)
 class WorkerSetup:
-    """Everything a worker process needs (picklable, sent once per task)."""
+    """Everything a worker process needs (picklable, sent once per worker)."""
 
     faces: FacesConfig
     frames: int
     specs: tuple[CropSpec, ...]
     threads: int
-    device: str
+    device: str  # the detector's device
 
 
 @dataclass
@@ -95,6 +112,16 @@ class VideoFaces:
     reason: str = ""  # empty on success
     frames: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # frame index of each face
     tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # face track of each face (dfdc.tracks)
+
+
+def fallback_kind(reason: str) -> str:
+    """The reason's prefix (``"no face"``, ``"timeout"`` ...)."""
+    return reason.split(":", 1)[0].strip()
+
+
+def is_video_fault(reason: str) -> bool:
+    """True when the video itself is to blame (missing, empty, unreadable, no face)."""
+    return fallback_kind(reason) in VIDEO_FAULTS
 
 
 @dataclass
@@ -113,26 +140,39 @@ class PredictReport:
     predictions_csv: Path
     faces: int = 0  # faces through the models
     processed: int = 0  # videos decoded by the workers (success or failure)
+    devices: tuple[str, ...] = ()  # where the models ran
+    faces_csv: Path | None = None  # per-face probabilities, when asked for
 
     def seconds_per_video(self) -> dict[str, float]:
         """Stage seconds divided by the videos the workers processed."""
         n = max(self.processed, 1)
         return {k: v / n for k, v in self.seconds.items()}
 
+    def system_failures(self) -> dict[str, int]:
+        """Fallbacks that are not the video's own fault, counted by reason kind."""
+        counts: dict[str, int] = {}
+        for reason in self.fallbacks.values():
+            if not is_video_fault(reason):
+                counts[fallback_kind(reason)] = counts.get(fallback_kind(reason), 0) + 1
+        return counts
+
+    def system_failure_share(self) -> float:
+        return sum(self.system_failures().values()) / max(self.videos, 1)
+
     def summary(self) -> str:
         per = self.seconds_per_video()
         reasons: dict[str, int] = {}
         for r in self.fallbacks.values():
-            key = r.split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
+            reasons[fallback_kind(r)] = reasons.get(fallback_kind(r), 0) + 1
         why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
         cal = self.calibration
         return "\n".join(
             [
                 f"calibration: aggregation={cal['aggregation']} temperature={cal['temperature']:g} "
                 f"clip={cal['clip']:g} (source: {cal['source']})",
-                f"models: {self.models}; videos: {self.videos}; predicted: {self.predicted}; "
-                f"faces: {self.faces}; fallbacks: {len(self.fallbacks)}" + (f" ({why})" if why else ""),
+                f"models: {self.models} on {', '.join(self.devices) or '?'}; videos: {self.videos}; "
+                f"predicted: {self.predicted}; faces: {self.faces}; fallbacks: {len(self.fallbacks)}"
+                + (f" ({why})" if why else ""),
                 "seconds per video: "
                 + " ".join(f"{k}={per.get(k, 0.0):.3f}" for k in ("decode", "detect", "crop", "model", "total"))
                 + f" (wall {self.seconds.get('total', 0.0):.1f} s, of which setup {self.seconds.get('setup', 0.0):.1f} s)",
@@ -176,6 +216,8 @@ def _check_predict_config(cfg: PredictConfig) -> None:
         raise PredictError("predict.frames and predict.batch_size must be positive")
     if cfg.workers < 0:
         raise PredictError(f"predict.workers={cfg.workers}: must be 0 (inline) or more")
+    if cfg.video_timeout < 0:
+        raise PredictError(f"predict.video_timeout={cfg.video_timeout}: must be 0 (off) or seconds")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -221,14 +263,21 @@ def _meta_config(meta: dict[str, Any], run_dir: Path) -> Config:
     raise PredictError(f"{run_dir}: checkpoint holds no config and {saved} is missing; cannot crop as in training")
 
 
-def _resolve_device(device: str | None) -> str:
+def resolve_devices(device: str | None) -> list[str]:
+    """``None``/"auto": every visible GPU (else the CPU); else a comma list such as "cuda:0,cuda:1"."""
     import torch
 
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if device is None or device.strip() in ("", "auto"):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(n)] or ["cpu"]
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         raise PredictError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return device
+    return devices
+
+
+def _device_list(text: str) -> list[str]:
+    return [d.strip() for d in str(text).split(",") if d.strip()] or ["cpu"]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -245,11 +294,6 @@ def _worker_state(setup: WorkerSetup) -> dict[str, Any]:
         _WORKER["key"] = key
         _WORKER["detector"] = FaceDetector(setup.faces, device=setup.device)
     return _WORKER
-
-
-def _init_worker(threads: int) -> None:
-    """Pool initializer: limit this process's threads before any work."""
-    limit_threads(threads)
 
 
 def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
@@ -290,38 +334,60 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of)
 
 
+def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFaces]) -> None:
+    """A worker process: videos arrive on ``conn`` one at a time; "start" and "done" go back.
+
+    Each video is announced before its work starts, so the main process knows which video
+    a worker was on when it hangs or dies.
+    """
+    limit_threads(setup.threads)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        name, path = task
+        conn.send(("start", name))
+        try:
+            result: tuple[Any, ...] = ("done", name, process(path, setup), "")
+        except Exception as exc:  # noqa: BLE001 - any per-video exception becomes this video's fallback
+            result = ("done", name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}")
+        conn.send(result)
+
+
 # --------------------------------------------------------------------------- model side
 
 
 @dataclass
 class _Ensemble:
-    """Fold models grouped by the crop they expect; P(FAKE) averaged over all of them.
+    """Fold models grouped by the crop they expect, each on its device; P(FAKE) averaged.
 
     The unit a model reads is a face (``kind`` "frame") or a face track (``kind``
     "sequence": ``sequence.seq_len`` faces of one track, chosen by ``dfdc.sequences``);
     ``units`` turns a video's faces into its units, and a video's P(FAKE) is the aggregation
-    of its units' P(FAKE): ``predict.aggregation`` over faces, ``sequence.aggregation`` over
-    tracks."""
+    of its units' P(FAKE) (``rule``): ``predict.aggregation`` over faces,
+    ``sequence.aggregation`` over tracks."""
 
-    groups: dict[CropSpec, list[Any]]
-    device: str
+    groups: dict[CropSpec, list[tuple[Any, str]]]  # spec -> [(model, device)]
     half: bool
     tta_flip: bool
     kind: str = "frame"
     sequence: SequenceConfig | None = None  # the run's sequence settings (kind "sequence")
 
-    def units(self, faces: VideoFaces) -> tuple[dict[CropSpec, np.ndarray], int]:
-        """A video's model inputs per spec and their count: its faces, or its track sequences
-        (n_tracks x seq_len x 3 x S x S; faces without track ids count as one track)."""
+    def units(self, faces: VideoFaces) -> tuple[dict[CropSpec, np.ndarray], np.ndarray, np.ndarray]:
+        """A video's model inputs per spec, and each unit's frame and track: its faces, or its
+        track sequences (n_tracks x seq_len x 3 x S x S; frame -1: a track spans frames)."""
+        frames = faces.frames if len(faces.frames) == faces.n_faces else np.full(faces.n_faces, -1)
+        tracks = faces.tracks if len(faces.tracks) == faces.n_faces else np.full(faces.n_faces, -1)
         if self.kind != "sequence":
-            return faces.tensors, faces.n_faces
+            return faces.tensors, frames, tracks
         from dfdc.sequences import video_sequences
 
         assert self.sequence is not None
-        tracks = faces.tracks if len(faces.tracks) == faces.n_faces else np.zeros(faces.n_faces, np.int64)
-        frames = faces.frames if len(faces.frames) == faces.n_faces else np.arange(faces.n_faces)
-        index = np.stack(video_sequences(tracks, frames, self.sequence))
-        return {spec: t[index] for spec, t in faces.tensors.items()}, len(index)
+        index = np.stack(video_sequences(tracks, frames, self.sequence))  # faces without ids: one track
+        return {spec: t[index] for spec, t in faces.tensors.items()}, np.full(len(index), -1), tracks[index[:, 0]]
 
     def batch_units(self, batch_size: int) -> int:
         """Units per model batch for ``predict.batch_size`` faces."""
@@ -335,10 +401,18 @@ class _Ensemble:
     def specs(self) -> tuple[CropSpec, ...]:
         return tuple(self.groups)
 
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(d for models in self.groups.values() for _, d in models))
+
     def __len__(self) -> int:
         return sum(len(m) for m in self.groups.values())
 
     def fake_probability(self, batch: dict[CropSpec, np.ndarray]) -> np.ndarray:
+        """Mean P(FAKE) per face over every model (and the flipped view with ``tta_flip``).
+
+        Every model's work is queued before any result is read back: on several GPUs the
+        models run at the same time (CUDA calls return before the GPU finishes)."""
         import torch
 
         from dfdc.models import fake_probability
@@ -346,23 +420,34 @@ class _Ensemble:
         probs = []
         with torch.inference_mode():
             for spec, models in self.groups.items():
-                x = torch.from_numpy(batch[spec]).to(self.device)  # uint8: each model normalises it
-                views = [x, torch.flip(x, dims=[-1])] if self.tta_flip else [x]  # W of faces and of tracks
-                for model in models:
-                    for view in views:
+                x_cpu = torch.from_numpy(batch[spec])  # uint8: each model normalises on its device
+                inputs: dict[str, list[torch.Tensor]] = {}
+                for model, device in models:
+                    if device not in inputs:
+                        x = x_cpu.to(device, non_blocking=True)
+                        inputs[device] = [x, torch.flip(x, dims=[-1])] if self.tta_flip else [x]  # W
+                    for view in inputs[device]:
                         probs.append(fake_probability(model(view)))
-        return torch.stack(probs).mean(0).cpu().numpy().astype(np.float64)
+        return torch.stack([p.cpu() for p in probs]).mean(0).numpy().astype(np.float64)
 
 
-def load_ensemble(run_dir: Path, cfg: PredictConfig, device: str) -> tuple[_Ensemble, Config]:
-    """Load every fold model of ``run_dir``; returns the ensemble and the first model's config."""
+def load_ensemble(
+    run_dir: Path, cfg: PredictConfig, devices: Sequence[str], checkpoints: Sequence[Path] | None = None
+) -> tuple[_Ensemble, Config]:
+    """Load the fold models (``checkpoints``, default every fold of ``run_dir``), model k on
+    ``devices[k % len(devices)]``; returns the ensemble and the first model's config."""
     from dfdc.models import load_checkpoint
 
-    groups: dict[CropSpec, list[Any]] = {}
+    groups: dict[CropSpec, list[tuple[Any, str]]] = {}
     first: Config | None = None
     kinds: set[str] = set()
-    half = bool(cfg.fp16) and device.startswith("cuda")
-    for path in find_checkpoints(run_dir):
+    devices = list(devices) or ["cpu"]
+    half = bool(cfg.fp16) and all(d.startswith("cuda") for d in devices)
+    paths = list(checkpoints) if checkpoints is not None else find_checkpoints(run_dir)
+    if not paths:
+        raise PredictError(f"{run_dir}: no checkpoint chosen to predict with")
+    for k, path in enumerate(paths):
+        device = devices[k % len(devices)]
         try:
             model, meta = load_checkpoint(path, device)
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
@@ -373,15 +458,26 @@ def load_ensemble(run_dir: Path, cfg: PredictConfig, device: str) -> tuple[_Ense
         spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
         model.eval()
         model = model.half() if half else model.float()
-        groups.setdefault(spec, []).append(model)
+        groups.setdefault(spec, []).append((model, device))
     assert first is not None
     if len(kinds) > 1:
         raise PredictError(f"{run_dir}: its checkpoints mix model kinds ({', '.join(sorted(kinds))}); one run, one kind")
-    kind = kinds.pop()
-    return _Ensemble(groups, device, half, bool(cfg.tta_flip), kind, first.sequence), first
+    return _Ensemble(groups, half, bool(cfg.tta_flip), kinds.pop(), first.sequence), first
 
 
 # --------------------------------------------------------------------------- the run
+
+
+def fits_budget(elapsed: float, finished: int, in_flight: int, budget: float) -> bool:
+    """May one more video start? Only if, at the mean time per finished video so far, the
+    videos in flight and this one would all finish within ``budget`` seconds (0 = no limit)."""
+    if budget <= 0:
+        return True
+    if elapsed >= budget:
+        return False
+    if finished == 0:
+        return True
+    return elapsed + (in_flight + 1) * (elapsed / finished) <= budget
 
 
 @dataclass
@@ -389,134 +485,192 @@ class _Pending:
     """A video whose units (faces or tracks) are queued for (or partly through) the models."""
 
     name: str
-    n_units: int
     n_faces: int
+    frames: np.ndarray  # per unit: its frame index (-1 for a track)
+    tracks: np.ndarray  # per unit: its face track
+
+    @property
+    def n_units(self) -> int:
+        return len(self.tracks)
     probs: list[np.ndarray] = field(default_factory=list)
     done: int = 0
     failed: str = ""  # the reason when a model batch holding its faces failed
 
 
-class _Runner:
-    """Feeds videos to a worker pool (or inline) and yields their ``VideoFaces``.
+@dataclass
+class _Slot:
+    """One worker process and the videos sent to it (the first one is being worked on)."""
 
-    Keeps at most ``in_flight`` videos submitted. A dead worker breaks the whole pool: the
-    videos that were in flight are retried one at a time in a fresh pool, so the one that
-    kills its worker again is identified and gets the fallback, the others are predicted.
+    index: int
+    device: str
+    process: Any = None
+    conn: Any = None
+    assigned: deque[str] = field(default_factory=deque)
+    started: str | None = None  # the video it announced, until its result comes
+    started_at: float = 0.0
+    served: int = 0  # videos it finished
+
+
+Result = tuple[str, "VideoFaces | None", str]  # (name, faces or None, failure reason)
+
+
+class _Workers:
+    """Our own worker processes: videos in, ``VideoFaces`` out, hung or dead workers replaced.
+
+    Each worker holds at most ``prefetch`` videos and announces the one it starts. A video
+    that takes longer than ``timeout`` seconds (0 = no limit) gets the fallback with reason
+    ``timeout``: its worker is killed and a fresh one takes its place, the other videos
+    queued to it go back to the queue. A worker that dies gives its current video the
+    fallback ("worker died") the same way. ``workers=0`` runs the videos inline (no timeout).
     """
 
-    def __init__(
-        self,
-        paths: dict[str, str],
-        setup: WorkerSetup,
-        workers: int,
-        prefetch: int,
-        process: Callable[..., VideoFaces],
-    ):
+    def __init__(self, paths: dict[str, str], setup: WorkerSetup, workers: int, prefetch: int,
+                 process: Callable[..., VideoFaces], timeout: float = 0.0) -> None:
         self.paths = paths
         self.setup = setup
-        self.workers = workers
         self.process = process
+        self.timeout = float(timeout)
+        self.prefetch = max(int(prefetch), 1)
         self.queue: deque[str] = deque(paths)
-        self.suspects: deque[str] = deque()
-        self.futures: dict[cf.Future[VideoFaces], str] = {}
-        self.pool: cf.ProcessPoolExecutor | None = None
-        self.in_flight = max(prefetch * workers, 1)
-        self.isolated: str | None = None  # a crash suspect running alone in the pool
+        devices = _device_list(setup.device)
+        self.slots = [_Slot(i, devices[i % len(devices)]) for i in range(max(int(workers), 0))]
+        self.inline = not self.slots
+        if self.inline:
+            self.setup = dataclasses.replace(setup, device=devices[0])
+        self.start_failures = 0  # workers in a row that died before their first video
+        self.dead = ""  # set when workers keep dying at start: the remaining videos fall back
 
-    # -- pool management
-    def _pool(self) -> cf.ProcessPoolExecutor:
-        if self.pool is None:
-            ctx = multiprocessing.get_context("spawn")
-            self.pool = cf.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=ctx, initializer=_init_worker, initargs=(self.setup.threads,)
-            )
-        return self.pool
+    # -- processes
+    def _spawn(self, slot: _Slot) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        setup = dataclasses.replace(self.setup, device=slot.device)
+        slot.process = ctx.Process(target=_worker_main, args=(child, setup, self.process), daemon=True,
+                                   name=f"dfdc-predict-{slot.index}")
+        slot.process.start()
+        child.close()
+        slot.conn, slot.assigned, slot.started, slot.served = parent, deque(), None, 0
+
+    def _stop(self, slot: _Slot, kill: bool) -> None:
+        if slot.process is None:
+            return
+        if not kill:
+            try:
+                slot.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            slot.process.join(timeout=5)
+        if slot.process.is_alive():
+            slot.process.kill()
+            slot.process.join(timeout=5)
+        slot.conn.close()
+        slot.process = slot.conn = None
 
     def close(self, cancel: bool = False) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=not cancel, cancel_futures=True)
-            self.pool = None
+        for slot in self.slots:
+            self._stop(slot, kill=cancel)
 
+    # -- bookkeeping
     @property
     def started(self) -> int:
-        return len(self.futures)
+        """Videos handed out and not yet back."""
+        return sum(len(s.assigned) for s in self.slots)
 
     def take_unstarted(self) -> list[str]:
-        names = list(self.suspects) + list(self.queue)
-        self.suspects.clear()
+        names = list(self.queue)
         self.queue.clear()
         return names
 
     def take_started(self) -> list[str]:
-        self.isolated = None
-        names = list(self.futures.values())
-        for fut in self.futures:
-            fut.cancel()
-        self.futures.clear()
+        names = [n for s in self.slots for n in s.assigned]
+        for slot in self.slots:
+            slot.assigned.clear()
+            slot.started = None
         return names
 
-    def _start(self, name: str) -> bool:
-        """Submit one video; False when the pool is broken and its in-flight videos must report first."""
-        try:
-            fut = self._pool().submit(self.process, self.paths[name], self.setup)
-        except BrokenProcessPool:
-            if self.futures:
-                return False  # a worker just died: its videos come back broken and are retried
-            self.close(cancel=True)  # died while idle: nothing was lost, start a fresh pool
-            fut = self._pool().submit(self.process, self.paths[name], self.setup)
-        self.futures[fut] = name
-        return True
-
     def submit(self, may_start: Callable[[int], bool]) -> None:
-        """Start videos while there is room (and the time budget allows)."""
-        if self.workers == 0 or self.isolated is not None:
-            return  # inline, or a crash suspect runs alone until it finishes
-        if self.suspects:
-            if not self.futures and may_start(0):
-                name = self.suspects.popleft()
-                self._start(name)  # no future in flight: a broken pool is replaced
-                self.isolated = name
+        """Hand out videos while workers have room (and the time budget allows)."""
+        if self.dead:
             return
-        while self.queue and len(self.futures) < self.in_flight and may_start(len(self.futures)):
-            name = self.queue.popleft()
-            if not self._start(name):
-                self.queue.appendleft(name)
-                return
+        for slot in self.slots:
+            while self.queue and len(slot.assigned) < self.prefetch and may_start(self.started):
+                if slot.process is None:
+                    self._spawn(slot)
+                name = self.queue.popleft()
+                try:
+                    slot.conn.send((name, self.paths[name]))
+                except (OSError, ValueError):  # died meanwhile: found by the next results()
+                    self.queue.appendleft(name)
+                    break
+                slot.assigned.append(name)
 
-    def results(self, block: bool, may_start: Callable[[int], bool]) -> list[tuple[str, VideoFaces | None, str]]:
-        """Finished videos as (name, faces or None, failure reason); waits for one if ``block``."""
-        if self.workers == 0:
+    def _retire(self, slot: _Slot, reason: str, out: list[Result]) -> None:
+        """Kill the slot's worker; its current video gets ``reason``, its queued ones go back."""
+        victim = slot.started  # None: it died between videos (or at start), no video to blame
+        rest = [n for n in slot.assigned if n != victim]
+        if victim is not None:
+            out.append((victim, None, reason))
+        if slot.served == 0 and victim is None:
+            self.start_failures += 1
+        else:
+            self.start_failures = 0
+        self.queue.extendleft(reversed(rest))
+        self._stop(slot, kill=True)
+        slot.assigned, slot.started = deque(), None
+        if self.start_failures >= WORKER_START_FAILURES:
+            self.dead = f"{REASON_WORKER_DIED}: {self.start_failures} worker processes in a row died before their first video"
+
+    def _drain(self, slot: _Slot, out: list[Result]) -> None:
+        while slot.conn is not None and slot.conn.poll():
+            try:
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "start":
+                slot.started, slot.started_at = message[1], time.monotonic()
+            elif message[0] == "done":
+                _, name, faces, reason = message
+                if slot.assigned and slot.assigned[0] == name:
+                    slot.assigned.popleft()
+                slot.started = None
+                slot.served += 1
+                self.start_failures = 0
+                out.append((name, faces, reason))
+
+    def results(self, block: bool, may_start: Callable[[int], bool], wake_at: float | None = None) -> list[Result]:
+        """Finished videos; waits for one if ``block`` (at most until ``wake_at``, monotonic)."""
+        if self.inline:
             if not self.queue or not may_start(0):
                 return []
             return [self._inline(self.queue.popleft())]
         self.submit(may_start)
-        if not self.futures:
-            return []
-        done, _ = cf.wait(list(self.futures), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
-        out: list[tuple[str, VideoFaces | None, str]] = []
-        broken = False
-        for fut in done:
-            name = self.futures.pop(fut)
-            try:
-                out.append((name, fut.result(), ""))
-            except BrokenProcessPool:
-                broken = True
-                if name == self.isolated:
-                    out.append((name, None, f"{REASON_WORKER_DIED}: the worker process exited while reading it"))
-                else:
-                    self.suspects.append(name)
-            except Exception as exc:  # noqa: BLE001 - any worker exception becomes this video's fallback
-                out.append((name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}"))
-            if name == self.isolated:
-                self.isolated = None
-        if broken:  # every future of the dead pool fails: retry its videos one at a time
-            self.suspects.extend(self.futures.values())
-            self.futures.clear()
-            self.close(cancel=True)
+        out: list[Result] = []
+        if self.dead:
+            out += [(name, None, self.dead) for name in self.take_unstarted()]
+        live = [s for s in self.slots if s.process is not None]
+        if not live:
+            return out
+        if block and not out and self.started > 0:
+            limit = POLL_SECONDS if (self.timeout > 0 or wake_at is not None) else None
+            if wake_at is not None:
+                limit = max(0.0, min(limit or math.inf, wake_at - time.monotonic()))
+            waits = [s.conn for s in live] + [s.process.sentinel for s in live]
+            multiprocessing.connection.wait(waits, timeout=limit)
+        now = time.monotonic()
+        for slot in live:
+            self._drain(slot, out)
+            if slot.process is not None and not slot.process.is_alive():
+                self._drain(slot, out)  # results sent just before it exited still count
+                code = slot.process.exitcode
+                self._retire(slot, f"{REASON_WORKER_DIED}: the worker process exited (code {code}) "
+                                   "while reading it", out)
+            elif self.timeout > 0 and slot.started is not None and now - slot.started_at > self.timeout:
+                self._retire(slot, f"{REASON_TIMEOUT}: no result after {self.timeout:g} s "
+                                   "(decode or detection hung); its worker was replaced", out)
         self.submit(may_start)
         return out
 
-    def _inline(self, name: str) -> tuple[str, VideoFaces | None, str]:
+    def _inline(self, name: str) -> Result:
         try:
             return name, self.process(self.paths[name], self.setup), ""
         except Exception as exc:  # noqa: BLE001 - any per-video exception becomes a fallback
@@ -534,25 +688,29 @@ def predict_videos(
     explicit: Collection[str] = (),
     progress: bool = True,
     process: Callable[..., VideoFaces] = process_video,
+    checkpoints: Sequence[Path] | None = None,
+    faces_csv: Path | None = None,
+    names: Sequence[str] | None = None,
 ) -> PredictReport:
     """Predict P(FAKE) for every video and write ``out_csv`` (``filename,label``).
 
     Rows: one per row of ``sample_submission`` in its order (a listed video missing on
-    disk gets the fallback, reason "missing"), else one per ``*.mp4`` of ``videos_dir``
-    sorted by name. Beside ``out_csv``: ``predictions.csv``
+    disk gets the fallback, reason "missing"), else ``names`` when given, else one per
+    ``*.mp4`` of ``videos_dir`` sorted by name. Beside ``out_csv``: ``predictions.csv``
     (``filename,label,raw,n_faces,reason``; ``raw`` is the aggregated P(FAKE) before
     temperature and clip, ``reason`` empty on success) and the resolved ``config.yaml``.
 
-    ``run_dir`` holds ``fold*/best.pt`` (every fold is used, P(FAKE) averaged per face) and
-    optionally ``calibration.json``, whose aggregation/temperature/clip override
-    ``cfg.predict`` unless ``cfg.predict.calibration`` is "none" or the key is in
-    ``explicit`` (keys the user set on the command line). ``device``: "cpu", "cuda" or
-    None (CUDA when available). ``process`` is the per-video worker function (replaceable
-    in tests; it must be importable by spawned processes).
+    ``run_dir`` holds ``fold*/best.pt`` (every fold is used, P(FAKE) averaged per face,
+    unless ``checkpoints`` names the ones to use) and optionally ``calibration.json``,
+    whose aggregation/temperature/clip override ``cfg.predict`` unless
+    ``cfg.predict.calibration`` is "none" or the key is in ``explicit`` (keys the user set
+    on the command line). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1": models
+    spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``: also
+    write every unit's P(FAKE) there (``filename,frame,track,prob``: each face, or each track
+    of a sequence model with frame -1; calibration searches its aggregation on them). ``process`` is the per-video worker function (replaceable in
+    tests; it must be importable by spawned processes).
     """
     from tqdm import tqdm
-
-    from dfdc.aggregate import TRACK_METHODS, AggregationError, aggregate, apply_temperature, clip
 
     t_start = time.perf_counter()
     pcfg = cfg.predict
@@ -562,15 +720,18 @@ def predict_videos(
         pcfg = apply_calibration(pcfg, calibration, explicit)
         cfg = dataclasses.replace(cfg, predict=pcfg)
     _check_predict_config(pcfg)
-    names = list_videos(videos_dir, sample_submission)
-    dev = _resolve_device(device)
-    ensemble, run_cfg = load_ensemble(run_dir, pcfg, dev)
+    if sample_submission is not None or names is None:
+        names = list_videos(videos_dir, sample_submission)
+    names = list(names)
+    devices = resolve_devices(device)
+    ensemble, run_cfg = load_ensemble(run_dir, pcfg, devices, checkpoints)
     if ensemble.kind == "sequence" and cfg.sequence.aggregation not in TRACK_METHODS:
         raise PredictError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
     # detection exactly as in training (the run's faces settings); crops per model spec
     setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, pcfg.detect_device)
 
     results: dict[str, tuple[float, float, int, str]] = {}  # name -> (label, raw, n_faces, reason)
+    face_rows: list[pd.DataFrame] = []
 
     def fallback(name: str, reason: str, n_faces: int = 0) -> None:
         results[name] = (pcfg.fallback, math.nan, n_faces, reason)
@@ -596,19 +757,12 @@ def predict_videos(
         return time.perf_counter() - t_start
 
     def may_start(in_flight: int) -> bool:
-        """Start one more video only if its projected finish fits the time budget."""
-        if budget <= 0:
-            return True
-        if stopped or elapsed() >= budget:
-            return False
-        if finished == 0:
-            return True
-        per_video = elapsed() / finished
-        return elapsed() + (in_flight + 1) * per_video <= budget
+        return not stopped and fits_budget(elapsed(), finished, in_flight, budget)
 
-    runner = _Runner(paths, setup, pcfg.workers, pcfg.prefetch, process)
+    runner = _Workers(paths, setup, pcfg.workers, pcfg.prefetch, process, pcfg.video_timeout)
+    wake_at = time.monotonic() + budget - elapsed() if budget > 0 else None
     faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
-    queued_faces = 0  # units (faces or tracks) waiting for the models
+    queued_faces = 0  # units (faces, or tracks) waiting for the models
     batch_units = ensemble.batch_units(pcfg.batch_size)
     bar = tqdm(total=len(paths), unit="video", disable=not progress, desc="predict")
 
@@ -623,6 +777,10 @@ def predict_videos(
             results[item.name] = (label, raw, item.n_faces, "")
         except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
             fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
+            return
+        if faces_csv is not None:
+            face_rows.append(pd.DataFrame({"filename": item.name, "frame": item.frames, "track": item.tracks,
+                                           "prob": probs}))
 
     def run_batch() -> None:
         nonlocal queued_faces
@@ -659,7 +817,7 @@ def predict_videos(
     try:
         while True:
             work_queued = queued_faces > 0
-            got = runner.results(block=not work_queued, may_start=may_start)
+            got = runner.results(block=not work_queued, may_start=may_start, wake_at=wake_at)
             if got and "fill" not in seconds:
                 seconds["fill"] = elapsed() - seconds["setup"]  # until the first video came back
             for name, faces, reason in got:
@@ -673,20 +831,20 @@ def predict_videos(
                     fallback(name, reason, 0 if faces is None else faces.n_faces)
                     continue
                 try:
-                    tensors, n_units = ensemble.units(faces)
+                    tensors, frames, tracks = ensemble.units(faces)
                 except (ValueError, IndexError) as exc:  # track ids that cannot be read as sequences
                     fallback(name, f"{REASON_ERROR}: units: {exc}", faces.n_faces)
                     continue
-                item = _Pending(name, n_units, faces.n_faces)
+                item = _Pending(name, faces.n_faces, frames, tracks)
                 faces_q.append((item, tensors, 0))
-                queued_faces += n_units
+                queued_faces += item.n_units
                 total_faces += faces.n_faces
             if queued_faces >= batch_units or (queued_faces > 0 and (not got or runner.started == 0)):
                 run_batch()  # a full batch, or whatever is queued while the workers are busy
                 continue
             if got or queued_faces > 0:
                 continue
-            if runner.started == 0:
+            if runner.started == 0 and (not runner.queue or not may_start(0)):
                 # nothing in flight, nothing queued: done, or the budget stopped new starts
                 break
             if budget > 0 and elapsed() >= budget:
@@ -712,6 +870,9 @@ def predict_videos(
     atomic_write_csv(out_csv, table[["filename", "label"]])
     predictions_csv = out_csv.parent / PREDICTIONS_FILE
     atomic_write_csv(predictions_csv, table)
+    if faces_csv is not None:
+        per_face = pd.concat(face_rows, ignore_index=True) if face_rows else pd.DataFrame(columns=FACE_COLUMNS)
+        atomic_write_csv(Path(faces_csv), per_face[FACE_COLUMNS])
     save_config(cfg, out_csv.parent / CONFIG_FILE)
     seconds["total"] = time.perf_counter() - t_start
     fallbacks = {n: r[3] for n, r in results.items() if r[3]}
@@ -731,4 +892,6 @@ def predict_videos(
         predictions_csv=predictions_csv,
         faces=total_faces,
         processed=finished,
+        devices=ensemble.devices,
+        faces_csv=Path(faces_csv) if faces_csv is not None else None,
     )

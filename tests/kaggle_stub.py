@@ -5,11 +5,16 @@ when ``KAGGLE_API_ENVIRONMENT=LOCALHOST``; with ``HTTP_PROXY=http://127.0.0.1:PO
 ``NO_PROXY`` unset) those requests reach this server, which records every request and
 answers like Kaggle does for a dataset upload and a kernel push:
 
-- ``GetDatasetStatus``: 404 for an unknown dataset, 200 once created (or pre-existing);
+- ``GetDatasetStatus``: 404 for an unknown dataset; once created (or pre-existing), a new
+  version is first "still processing" (``BLOBS_RECEIVED``) for ``processing`` answers, then
+  ``READY`` (or ``final_status``, e.g. ``FAILED``);
 - ``StartBlobUpload``: ``{"token", "createUrl"}``, the URL pointing back here for the PUT;
 - ``CreateDataset`` / ``CreateDatasetVersion``: ``{"status": "ok", "url", "ref"}``;
-- ``SaveKernel``: ``{"ref", "url", "versionNumber"}``, or ``{"error": ...}`` when the stub
-  is told to reject (the client then prints "Kernel push error" and still exits 0).
+- ``SaveKernel``: ``{"ref", "url", "versionNumber"}`` (the version counts up), with
+  ``invalidDatasetSources`` when told (the client prints "The following are not valid dataset
+  sources ..." and still exits 0), or ``{"error": ...}`` when told to reject;
+- ``GetKernelSessionStatus``: ``{"status": kernel_status, "failureMessage"}``;
+- ``CreateCodeSubmission``: ``{"message", "ref"}``, or a 400 with ``reject_submission``.
 """
 
 from __future__ import annotations
@@ -40,9 +45,17 @@ class Request:
 class KaggleStub:
     """``with KaggleStub() as stub:`` serves on ``stub.port`` and records ``stub.requests``."""
 
-    def __init__(self, reject_kernel: str | None = None, existing_datasets: tuple[str, ...] = ()) -> None:
+    def __init__(self, reject_kernel: str | None = None, existing_datasets: tuple[str, ...] = (),
+                 processing: int = 0, final_status: str = "READY", invalid_dataset_sources: tuple[str, ...] = (),
+                 kernel_status: str = "COMPLETE", kernel_failure: str = "", reject_submission: str | None = None) -> None:
         self.reject_kernel = reject_kernel
         self.datasets: set[str] = set(existing_datasets)
+        self.processing, self.final_status = processing, final_status
+        self.pending: dict[str, int] = {}  # dataset -> "still processing" answers left
+        self.invalid_dataset_sources = list(invalid_dataset_sources)
+        self.kernel_status, self.kernel_failure = kernel_status, kernel_failure
+        self.reject_submission = reject_submission
+        self.kernel_versions = 0
         self.requests: list[Request] = []
         self.uploads: dict[str, int] = {}  # upload id -> bytes received
         self._lock = threading.Lock()
@@ -81,9 +94,12 @@ class KaggleStub:
         body = body if isinstance(body, dict) else {}
         if name == "GetDatasetStatus":
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-            if ref in self.datasets:
-                return 200, {"status": "READY"}
-            return 404, {"code": 404, "message": f"dataset {ref} not found"}
+            if ref not in self.datasets:
+                return 404, {"code": 404, "message": f"dataset {ref} not found"}
+            if self.pending.get(ref, 0) > 0:
+                self.pending[ref] -= 1
+                return 200, {"status": "BLOBS_RECEIVED"}
+            return 200, {"status": self.final_status}
         if name == "StartBlobUpload":
             with self._lock:
                 upload = str(len(self.uploads))
@@ -92,15 +108,27 @@ class KaggleStub:
         if name == "CreateDataset":
             ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
             self.datasets.add(ref)
+            self.pending[ref] = self.processing
             return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok", "error": ""}
         if name == "CreateDatasetVersion":
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            self.pending[ref] = self.processing
             return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok", "error": ""}
         if name == "SaveKernel":
             if self.reject_kernel:
                 return 200, {"error": self.reject_kernel}
             slug = body.get("slug", "")
-            return 200, {"ref": slug, "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": 1}
+            self.kernel_versions += 1
+            answer = {"ref": slug, "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": self.kernel_versions}
+            if self.invalid_dataset_sources:
+                answer["invalidDatasetSources"] = self.invalid_dataset_sources
+            return 200, answer
+        if name == "GetKernelSessionStatus":
+            return 200, {"status": self.kernel_status, "failureMessage": self.kernel_failure}
+        if name == "CreateCodeSubmission":
+            if self.reject_submission:
+                return 400, {"code": 400, "message": self.reject_submission}
+            return 200, {"message": "Successfully submitted to Deepfake Detection Challenge", "ref": 4242}
         return 404, {"code": 404, "message": f"the stub does not implement {name}"}
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

@@ -1,4 +1,4 @@
-"""dfdc.calibrate: OOF calibration lowers log loss on overconfident predictions, guards tiny sets."""
+"""dfdc.calibrate: held-out predictions through the predictor, the search, the sharpening guard."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dfdc.aggregate import finalize
-from dfdc.calibrate import CalibrationError, apply_calibration, calibrate, load_calibration
+from dfdc.aggregate import CalibrationError, apply_calibration, finalize, load_calibration
+from dfdc.calibrate import CALIBRATION_FACES, calibrate, fit, nested_split, video_probs
 from dfdc.cli import main
-from dfdc.config import PredictConfig
+from dfdc.config import Config, PredictConfig, load_config
 from dfdc.metrics import log_loss
 
 
-def write_oof(run: Path, videos: int, sharpness: float, faces: int = 8, seed: int = 0) -> pd.DataFrame:
-    """oof_faces.csv of a model that is right ~80% of the time but ``sharpness`` x too sure."""
+def faces_table(videos: int, sharpness: float, faces: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Per-face predictions of a model right ~80% of the time but ``sharpness`` x too sure."""
     rng = np.random.default_rng(seed)
     rows = []
     for v in range(videos):
@@ -25,67 +25,160 @@ def write_oof(run: Path, videos: int, sharpness: float, faces: int = 8, seed: in
         video_signal = (1.0 if label else -1.0) + rng.normal(0.0, 1.2)  # some videos look wrong
         for f in range(faces):
             logit = sharpness * (video_signal + rng.normal(0.0, 0.5))
-            rows.append({"video": f"v{v:04d}.mp4", "label": label, "fold": v % 3, "frame": f, "face": 0,
+            rows.append({"video": f"v{v:04d}.mp4", "label": label, "fold": v % 3, "frame": f, "track": 0,
                          "prob": 1.0 / (1.0 + np.exp(-logit))})
-    df = pd.DataFrame(rows)
-    run.mkdir(parents=True, exist_ok=True)
-    df.to_csv(run / "oof_faces.csv", index=False)
-    return df
+    return pd.DataFrame(rows)
 
 
-def test_calibration_lowers_overconfident_oof_logloss(tmp_path: Path) -> None:
-    run = tmp_path / "runs" / "x"
-    faces = write_oof(run, videos=300, sharpness=6.0)
-    cfg = PredictConfig(clip=0.01)
-    result = calibrate(run, cfg)
-    assert result["videos"] == 300 and result["faces"] == 2400 and not result["guarded"]
-    assert result["oof_logloss_after"] < 0.8 * result["oof_logloss_before"], result
-    assert result["temperature"] > 1.5  # overconfidence is undone by softening
-    saved = json.loads((run / "calibration.json").read_text())
-    for key in ("aggregation", "temperature", "clip", "oof_logloss_before", "oof_logloss_after", "videos"):
-        assert saved[key] == result[key]
-    assert (run / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+def cfg_with(*overrides: str) -> Config:
+    return load_config("b7", ["predict.clip=0.01", "predict.aggregation=mean", *overrides])
+
+
+def test_overconfident_predictions_are_softened() -> None:
+    faces = faces_table(videos=300, sharpness=6.0)
+    cfg = cfg_with()
+    result, _ = fit(faces, cfg)
+    assert result["videos"] == 300 and result["faces"] == 2400
+    assert result["logloss_after"] < 0.8 * result["logloss_before"], result
+    assert result["temperature"] > 1.5
     # the numbers are reproducible from the shared aggregation code
-    calibrated = apply_calibration(cfg, load_calibration(run))
+    calibrated = apply_calibration(cfg.predict, result)
     by_video = faces.groupby("video")
     y = by_video["label"].first().to_numpy()
     p_after = [finalize(g.to_numpy(), calibrated) for _, g in by_video["prob"]]
-    p_before = [finalize(g.to_numpy(), PredictConfig(aggregation="mean", clip=0.01)) for _, g in by_video["prob"]]
-    assert log_loss(y, p_after) == pytest.approx(result["oof_logloss_after"], rel=1e-9)
-    assert log_loss(y, p_before) == pytest.approx(result["oof_logloss_before"], rel=1e-9)
+    p_before = [finalize(g.to_numpy(), cfg.predict) for _, g in by_video["prob"]]
+    assert log_loss(y, p_after) == pytest.approx(result["logloss_after"], rel=1e-9)
+    assert log_loss(y, p_before) == pytest.approx(result["logloss_before"], rel=1e-9)
+    halves = result["halves"]
+    assert halves["fit"]["videos"] + halves["holdout"]["videos"] == 300
+    assert halves["holdout"]["soft"] < halves["holdout"]["before"]  # the softening holds out of sample
 
 
-def test_never_worse_than_before_on_calibrated_predictions(tmp_path: Path) -> None:
-    write_oof(tmp_path, videos=250, sharpness=1.0, seed=3)
-    result = calibrate(tmp_path, PredictConfig())
-    assert result["oof_logloss_after"] <= result["oof_logloss_before"]
-    assert 0.5 <= result["temperature"] <= 2.0
+def test_underconfident_predictions_may_be_sharpened_when_the_held_out_half_agrees() -> None:
+    faces = faces_table(videos=600, sharpness=0.4, seed=1)
+    result, _ = fit(faces, cfg_with())
+    assert result["sharper_allowed"] and result["temperature"] < 1.0, result["guard"]
+    assert result["halves"]["holdout"]["free"] < result["halves"]["holdout"]["soft"]
+    small, _ = fit(faces_table(videos=40, sharpness=0.4, seed=1), cfg_with())  # under calibrate.min_videos
+    assert not small["sharper_allowed"] and small["temperature"] >= 1.0 and small["clip"] >= 0.01
+    assert "fewer than calibrate.min_videos" in small["guard"]
 
 
-def test_small_oof_set_only_softens(tmp_path: Path) -> None:
-    # under-confident predictions would call for T < 1 and a tiny clip: not allowed on 40 videos
-    write_oof(tmp_path, videos=40, sharpness=0.4, seed=1)
-    cfg = PredictConfig(clip=0.01, calib_min_videos=200)
-    guarded = calibrate(tmp_path, cfg)
-    assert guarded["guarded"] and guarded["temperature"] >= 1.0 and guarded["clip"] >= 0.01
-    free = calibrate(tmp_path, PredictConfig(clip=0.01, calib_min_videos=10))
-    assert not free["guarded"] and free["temperature"] < 1.0
-    assert free["oof_logloss_after"] < guarded["oof_logloss_after"]
+def confident_table(mistakes_in: str, n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """An overconfident model: every face at P = 0.9995 on the right side, except a few
+    videos (in the fit or the held-out part of the nested split) just as sure and wrong."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    fit_idx, hold_idx = nested_split(y, 0.5, 0)
+    wrong = set((hold_idx if mistakes_in == "holdout" else fit_idx)[:4]) if mistakes_in != "none" else set()
+    rows = []
+    for v in range(n):
+        sure = 0.9995 if y[v] else 0.0005
+        p = 1.0 - sure if v in wrong else sure
+        rows += [{"video": f"v{v:04d}.mp4", "label": int(y[v]), "fold": 0, "frame": f, "track": 0, "prob": p}
+                 for f in range(4)]
+    return pd.DataFrame(rows)
 
 
-def test_bad_oof_files(tmp_path: Path) -> None:
-    with pytest.raises(CalibrationError, match="oof_faces.csv not found.*dfdc train"):
-        calibrate(tmp_path, PredictConfig())
-    (tmp_path / "oof_faces.csv").write_text("video,label,prob\na.mp4,1,0.5\n")
-    with pytest.raises(CalibrationError, match=r"missing column\(s\) fold, frame, face "):
-        calibrate(tmp_path, PredictConfig())
-    (tmp_path / "oof_faces.csv").write_text("video,label,fold,frame,face,prob\na.mp4,1,0,0,0,1.5\n")
-    with pytest.raises(CalibrationError, match=r"prob must hold numbers in \[0, 1\]"):
-        calibrate(tmp_path, PredictConfig())
-    (tmp_path / "oof_faces.csv").write_text("video,label,fold,frame,face,prob\na.mp4,1,0,0,0,0.5\na.mp4,0,0,1,0,0.5\n")
-    with pytest.raises(CalibrationError, match="two labels"):
-        calibrate(tmp_path, PredictConfig())
-    assert not (tmp_path / "calibration.json").exists()
+def test_sharper_clip_that_only_wins_on_the_fit_half_is_refused() -> None:
+    """The guard: a fit half without confident mistakes asks for a tiny clip; the held-out
+    half holds four, and there the tiny clip loses, so the default clip stays."""
+    cfg = cfg_with("calibrate.min_videos=100", "calibrate.holdout_share=0.5", "calibrate.seed=0")
+    guarded, _ = fit(confident_table("holdout"), cfg)
+    halves = guarded["halves"]
+    assert halves["free_setting"]["clip"] < 0.01  # the fit half alone would sharpen
+    assert halves["fit"]["free"] < halves["fit"]["soft"]
+    assert halves["holdout"]["free"] > halves["holdout"]["soft"]  # ... and pay for it out of sample
+    assert not guarded["sharper_allowed"] and guarded["clip"] >= 0.01 and guarded["temperature"] >= 1.0
+    assert "lost on the held-out part" in guarded["guard"]
+    clean, _ = fit(confident_table("none"), cfg)  # no confident mistake anywhere: sharper is allowed
+    assert clean["sharper_allowed"] and clean["clip"] < 0.01
+
+
+def test_nested_split_is_seeded_and_stratified() -> None:
+    y = np.array([0, 1] * 50)
+    a, b = nested_split(y, 0.5, 3)
+    assert len(a) == len(b) == 50 and not set(a) & set(b) and y[b].sum() == 25
+    assert np.array_equal(nested_split(y, 0.5, 3)[1], b) and not np.array_equal(nested_split(y, 0.5, 4)[1], b)
+    assert nested_split(np.array([0, 0, 0, 1]), 0.5, 0) is None
+
+
+# ------------------------------------------------------------------ through the predictor
+
+
+@pytest.fixture(scope="module")
+def tiny_run(mini_dfdc: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Folds of the mini DFDC and a 2-fold run of random tiny CNNs."""
+    import torch
+
+    from dfdc.config import FoldsConfig
+    from dfdc.folds import folds_from_data
+    from dfdc.models import create_model, save_checkpoint
+
+    root = tmp_path_factory.mktemp("calib")
+    folds_csv = root / "folds.csv"
+    folds_from_data(mini_dfdc, folds_csv, FoldsConfig(n_folds=2, seed=1))
+    cfg = load_config("smoke", ["model.arch=tiny-cnn", "faces.size=48", "train.size=48"])
+    torch.manual_seed(0)
+    run = root / "run"
+    for fold in (0, 1):
+        save_checkpoint(run / f"fold{fold}" / "best.pt", create_model(cfg.model), cfg, {"fold": fold})
+    return {"root": root, "folds": folds_csv, "run": run, "data": mini_dfdc}
+
+
+CAL_SETS = ["predict.frames=2", "predict.workers=0", "calibrate.min_videos=5"]
+
+
+def test_each_fold_predicts_its_own_held_out_videos(tiny_run: dict[str, Path]) -> None:
+    run = tiny_run["run"]
+    cfg = load_config("smoke", CAL_SETS)
+    result = calibrate(run, tiny_run["data"], tiny_run["folds"], cfg, device="cpu", progress=False)
+    folds = pd.read_csv(tiny_run["folds"])
+    faces = pd.read_csv(run / CALIBRATION_FACES)
+    assert list(faces.columns) == ["video", "label", "fold", "frame", "track", "prob"]
+    truth = folds.set_index("video")
+    assert (faces["fold"] == faces["video"].map(truth["fold"])).all()
+    assert (faces["label"] == (faces["video"].map(truth["label"]) == "FAKE").astype(int)).all()
+    for fold in (0, 1):  # the fold's model predicted exactly the fold's videos, 2 frames each
+        predicted = pd.read_csv(run / "calibration" / f"fold{fold}" / "predictions.csv")
+        assert sorted(Path(f).name for f in predicted["filename"]) == sorted(folds.loc[folds["fold"] == fold, "video"])
+    assert set(faces["frame"]) <= set(range(0, 100)) and faces.groupby("video")["frame"].nunique().max() <= 2
+    assert result["videos"] + sum(result["fallbacks"].values()) == len(folds)
+    assert result["frames"] == 2
+    saved = json.loads((run / "calibration.json").read_text())
+    assert saved["aggregation"] == result["aggregation"] and set(saved["halves"]) >= {"fit", "holdout"}
+    assert load_calibration(run)["clip"] == result["clip"]
+    assert (run / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    # the same videos, checkpoint and settings: nothing is predicted again
+    stamp = (run / "calibration" / "fold0" / "faces.csv").stat().st_mtime_ns
+    again = calibrate(run, tiny_run["data"], tiny_run["folds"], cfg, device="cpu", progress=False)
+    assert (run / "calibration" / "fold0" / "faces.csv").stat().st_mtime_ns == stamp
+    assert again["logloss_after"] == result["logloss_after"]
+
+
+def test_sample_of_held_out_videos(tiny_run: dict[str, Path], tmp_path: Path) -> None:
+    from dfdc.calibrate import held_out_videos
+
+    every = held_out_videos(tiny_run["data"], tiny_run["folds"], [0, 1], 0, 0)
+    some = held_out_videos(tiny_run["data"], tiny_run["folds"], [0, 1], 6, 0)
+    assert len(every) == len(pd.read_csv(tiny_run["folds"])) and len(some) == 6
+    assert set(some["video"]) <= set(every["video"]) and set(some["label"]) == {0, 1}
+    assert some.equals(held_out_videos(tiny_run["data"], tiny_run["folds"], [0, 1], 6, 0))
+
+
+def test_cli_calibrate_and_clear_errors(tiny_run: dict[str, Path], tmp_path: Path, capsys) -> None:
+    sets = [x for s in CAL_SETS for x in ("--set", s)]
+    base = ["calibrate", "--profile", "smoke", *sets, "--run", str(tiny_run["run"]), "--device", "cpu", "--no-progress"]
+    assert main(base + ["--data", str(tiny_run["data"]), "--folds", str(tiny_run["folds"])]) == 0
+    out = capsys.readouterr().out
+    assert "held-out videos" in out and "fit     half" in out and "holdout half" in out and "guard:" in out
+    assert main(base + ["--data", str(tmp_path), "--folds", str(tiny_run["folds"])]) == 1
+    assert "metadata" in capsys.readouterr().err
+    assert main(base + ["--data", str(tiny_run["data"]), "--folds", str(tmp_path / "nofolds.csv")]) == 1
+    assert "nofolds.csv" in capsys.readouterr().err
+
+
+def test_calibration_file_errors(tmp_path: Path) -> None:
     (tmp_path / "calibration.json").write_text("{")
     with pytest.raises(CalibrationError, match="unreadable"):
         load_calibration(tmp_path)
@@ -93,23 +186,22 @@ def test_bad_oof_files(tmp_path: Path) -> None:
         apply_calibration(PredictConfig(), {"aggregation": "mean", "temperature": 1.0, "clip": 0.7})
 
 
-def test_cli_calibrate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    write_oof(tmp_path / "run", videos=60, sharpness=6.0, seed=2)
-    assert main(["calibrate", "--run", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
-    assert "60 out-of-fold videos (480 faces); fewer than 200: only softening allowed" in out
-    before = float(out.split("before ")[1].split()[0])
-    after = float(out.split("after ")[1].split()[0])
-    assert after < before
-    assert main(["calibrate", "--run", str(tmp_path / "nothing")]) == 1
-    assert "not found" in capsys.readouterr().err
-
-
 def test_confident_rule_parameters_travel_with_the_calibration() -> None:
-    calibration = {"aggregation": "confident", "temperature": 1.5, "clip": 0.02,
-                   "confident_threshold": 0.7, "confident_min_fraction": 0.2, "confident_real_fraction": 0.8}
+    calibration = {"aggregation": "confident", "temperature": 1.5, "clip": 0.02, "confident_threshold": 0.7,
+                   "confident_min_count": 3, "confident_min_share": 0.2, "confident_real_threshold": 0.1,
+                   "confident_real_share": 0.8}
     cfg = apply_calibration(PredictConfig(confident_threshold=0.9), calibration)
     assert (cfg.aggregation, cfg.temperature, cfg.clip) == ("confident", 1.5, 0.02)
-    assert (cfg.confident_threshold, cfg.confident_min_fraction, cfg.confident_real_fraction) == (0.7, 0.2, 0.8)
+    assert (cfg.confident_threshold, cfg.confident_min_count, cfg.confident_min_share) == (0.7, 3, 0.2)
+    assert (cfg.confident_real_threshold, cfg.confident_real_share) == (0.1, 0.8)
+    assert isinstance(cfg.confident_min_count, int)
     mine = apply_calibration(PredictConfig(clip=0.05), calibration, explicit={"clip"})
     assert mine.clip == 0.05 and mine.temperature == 1.5  # a key the user set wins
+
+
+def test_video_probs_follow_the_predictor_rules() -> None:
+    faces = pd.DataFrame({"video": ["a"] * 32, "label": 1, "fold": 0, "frame": range(32), "track": 0,
+                          "prob": [0.9] * 4 + [0.05] * 28})
+    y, raw, names = video_probs(faces, PredictConfig())
+    assert names == ["a"] and y.tolist() == [1]
+    assert raw["confident"][0] == pytest.approx(0.15625) and raw["mean"][0] == pytest.approx(0.15625)

@@ -44,5 +44,5 @@ def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> Non
         assert float(row["oof_logloss"]) == pytest.approx(oof_scores(oof, 0.01)["logloss"])
         assert 0 <= float(row["heldout_logloss"]) < 5 and float(row["predict_s_per_video"]) > 0
     assert (tmp_path / "runs" / "lstm" / "oof_tracks.csv").is_file()
-    # 16 x 16 x 3 pixels: the scaler's mean_, var_, scale_, then 768 coefficients and the intercept
-    assert int(table.loc[1, "params"]) == 3 * 768 + 768 + 1
+    # 16 x 16 x 3 pixels: the scaler's mean and scale, 768 coefficients, the intercept, the (identity) sigmoid
+    assert int(table.loc[1, "params"]) == 2 * 768 + 768 + 1 + 2

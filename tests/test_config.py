@@ -56,3 +56,17 @@ def test_saved_config_round_trips(tmp_path: Path):
     save_config(cfg, tmp_path / "config.yaml")
     again = read_config(tmp_path / "config.yaml")
     assert again == cfg
+
+
+def test_older_saved_configs_are_upgraded():
+    """Checkpoints carry the configuration they were trained with; renamed keys still load."""
+    from dfdc.config import config_from_dict
+
+    data = Config().to_dict()
+    data["predict"]["confident_min_fraction"] = 0.11  # replaced by the 1st place's count + share
+    data["predict"]["calib_min_videos"] = 50  # moved to the calibrate section
+    del data["calibrate"]
+    cfg = config_from_dict(data)
+    assert cfg.calibrate.min_videos == 50 and cfg.predict.confident_min_count == 11
+    with pytest.raises(ConfigError, match="unknown key 'confident_min_fraction'"):
+        load_config("smoke", ["predict.confident_min_fraction=0.2"])  # a user's override is not silently dropped

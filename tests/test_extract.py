@@ -24,6 +24,7 @@ from dfdc.extract import (
     plan_units,
     unit_shard,
 )
+from dfdc.faces import FaceDetector
 from dfdc.metadata import load_metadata
 
 CFG = FacesConfig(size=64, frames_real=6, frames_fake=2, max_faces=2, detect_batch=8)
@@ -241,3 +242,30 @@ def test_end_to_end_on_mini_dfdc(mini_dfdc: Path, tmp_path: Path) -> None:
     for fake in fakes.itertuples():
         mine = faces[faces.video == fake.video]
         assert [boxes[(fake.original, f, k)] for f, k in zip(mine.frame, mine.face)] == list(mine.box)
+
+
+def test_subtle_swap_inside_the_face_is_kept(tmp_path: Path) -> None:
+    """A fake that changes only the detected face box a little (+8 levels) keeps its crops:
+    label cleaning compares inside the face box, not over the whole margin crop."""
+    torch.set_num_threads(2)
+    part = tmp_path / "data" / "dfdc_train_part_0"
+    part.mkdir(parents=True)
+    real = astronaut_frames(N_FRAMES, W, H, FACE, seed=1)
+    detections = FaceDetector(CFG, device="cpu").detect(real)
+    subtle = []
+    for frame, dets in zip(real, detections):
+        changed = frame.copy()
+        for det in dets:
+            x1, y1, x2, y2 = (int(round(v)) for v in det.box)
+            changed[max(y1, 0):y2, max(x1, 0):x2] = np.clip(changed[max(y1, 0):y2, max(x1, 0):x2].astype(int) + 8,
+                                                            0, 255)
+        subtle.append(changed)
+    make_clip(part / "realaaaaaa.mp4", real)
+    make_clip(part / "fakesubtle.mp4", subtle)
+    (part / "metadata.json").write_text(json.dumps({
+        "realaaaaaa.mp4": {"label": "REAL", "split": "train", "original": None},
+        "fakesubtle.mp4": {"label": "FAKE", "split": "train", "original": "realaaaaaa.mp4"},
+    }))
+    table, _ = load_metadata(tmp_path / "data")
+    report = build_faces(table, tmp_path / "faces", CFG, progress=False, device="cpu")
+    assert report.dropped_identical == 0 and report.fake_crops == CFG.frames_fake

@@ -12,7 +12,9 @@ import torch
 from test_video import astronaut_frames
 
 from dfdc.config import FacesConfig
-from dfdc.faces import Detection, FaceDetector, check_margin, crop_box, crop_face, detection_scale
+from dfdc.faces import (
+    Detection, FaceDetector, check_margin, crop_box, crop_face, detection_scale, face_box_in_crop, face_difference,
+)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -162,3 +164,32 @@ def test_detect_threads_are_scoped(detector: FaceDetector) -> None:
     finally:
         del detector.mtcnn.detect
     assert seen == [detector.cfg.detect_threads] and torch.get_num_threads() == before
+
+
+def test_face_box_in_crop_coordinates() -> None:
+    box = np.array([100.0, 100.0, 200.0, 200.0])  # 100 px square; margin 0.6 -> a 160 px crop at 70, 70
+    assert face_box_in_crop(box, 0.6, 160) == (30, 30, 130, 130)
+    assert face_box_in_crop(box, 0.6, 80) == (15, 15, 65, 65)  # resized crop: coordinates scale
+    assert face_box_in_crop(np.array([100.0, 100.0, 300.0, 200.0]), 0.0, 200) == (0, 50, 200, 150)  # centred
+    frame = coord_frame(400, 400)
+    crop = crop_face(frame, box, 0.6, 160)
+    x1, y1, x2, y2 = face_box_in_crop(box, 0.6, 160)
+    assert crop[y1, x1, 0] == 100 and crop[y1, x1, 1] == 100  # coord_frame: the box's top-left pixel
+
+
+def test_face_difference_looks_inside_the_face_only() -> None:
+    """A subtle swap (+6 inside the box) stays above the threshold inside the box, where the
+    whole margin-0.6 crop (the face ~39 % of it) would average it below and drop it."""
+    rng = np.random.default_rng(0)
+    box = np.array([100.0, 100.0, 200.0, 200.0])
+    original = rng.integers(20, 200, (160, 160, 3), dtype=np.uint8)
+    swapped = original.copy()
+    x1, y1, x2, y2 = face_box_in_crop(box, 0.6, 160)
+    swapped[y1:y2, x1:x2] += 6
+    tolerance = FacesConfig().same_face_tolerance
+    assert face_difference(swapped, original, box, 0.6) == pytest.approx(6.0)
+    assert face_difference(swapped, original, box, 0.6) >= tolerance  # kept
+    assert np.abs(swapped.astype(int) - original.astype(int)).mean() < tolerance  # the whole crop would drop it
+    assert face_difference(original, original.copy(), box, 0.6) == 0.0  # identical: dropped
+    with pytest.raises(ValueError, match="different shapes"):
+        face_difference(original, original[:80], box, 0.6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import torch
 
 from dfdc.cli import main
 from dfdc.config import Config, load_config, read_config, save_config
-from dfdc.kernel import (
+from dfdc.kaggle import (
     Bundle,
     KernelError,
     blocked_network_env,
@@ -26,6 +27,7 @@ from dfdc.kernel import (
     find_credentials,
     push_bundle,
     run_local,
+    submit_kernel,
     verify_bundle,
 )
 from dfdc.models import create_model, save_checkpoint
@@ -42,7 +44,9 @@ def _cfg(wheel_cache: Path) -> Config:
     cfg = load_config("smoke")
     cfg.predict.frames = 2  # keep the local kernel run short
     cfg.predict.workers = 0  # inline decode + detect
+    cfg.kernel.cpu_workers = 0  # the kernel's CPU plan (no GPU here): inline too
     cfg.kernel.wheel_cache = str(wheel_cache)
+    cfg.kernel.dataset_poll = 0.0  # the stub's dataset is ready at once or after a few polls
     return cfg
 
 
@@ -95,7 +99,13 @@ def test_bundle_holds_only_the_allow_list(bundle: Bundle) -> None:
         "facenet_pytorch-2.5.3-py3-none-any.whl",
         "fold0.pt",
         "fold1.pt",
+        "wheels.json",
     ]
+    wheels = {w["dist"]: w for w in json.loads((bundle.dataset_dir / "wheels.json").read_text())["wheels"]}
+    assert set(wheels) == {"dfdc-kit", "facenet-pytorch", "efficientnet-pytorch"}  # exactly what the models need
+    assert "MTCNN" in wheels["facenet-pytorch"]["reason"] and "not in Kaggle's image" in wheels["facenet-pytorch"]["reason"]
+    assert "efficientnet-b0" in wheels["efficientnet-pytorch"]["reason"]
+    assert wheels["facenet-pytorch"]["modules"] == ["facenet_pytorch"] and wheels["dfdc-kit"]["modules"] == ["dfdc"]
     assert _files(bundle.kernel_dir) == ["inference.py", "kernel-metadata.json"]
     assert bundle.folds == [0, 1]
     # No byte of the planted credentials anywhere, not even inside the wheels.
@@ -129,6 +139,12 @@ def test_allow_list_check_rejects_strays(bundle: Bundle, tmp_path: Path, run_dir
         verify_bundle(dataset, kernel, cfg)
     (dataset / "kaggle.json").unlink()
 
+    stray = next(dataset.glob("facenet_pytorch-*.whl"))
+    shutil.copyfile(stray, dataset / "six-1.17.0-py2.py3-none-any.whl")  # a wheel nobody said why it ships
+    with pytest.raises(KernelError, match="six-1.17.0-py2.py3-none-any.whl: not on the allow-list"):
+        verify_bundle(dataset, kernel, cfg)
+    (dataset / "six-1.17.0-py2.py3-none-any.whl").unlink()
+
     shutil.copyfile(run_dir / "fold0" / "last.pt", dataset / "fold2.pt")  # optimizer state
     with pytest.raises(KernelError, match="training state"):
         verify_bundle(dataset, kernel, cfg)
@@ -160,6 +176,7 @@ def test_kernel_metadata(bundle: Bundle) -> None:
     raw = (bundle.kernel_dir / "kernel-metadata.json").read_text()
     meta = json.loads(raw)
     assert '"enable_internet": false' in raw and '"enable_gpu": true' in raw  # JSON booleans
+    assert meta["machine_shape"] == "NvidiaTeslaT4"  # two T4s; enable_gpu alone gets a P100 torch cannot use
     assert meta["id"] == "alice/dfdc-kit-inference"
     assert len(meta["title"]) >= 5 and slugify(meta["title"]) == "dfdc-kit-inference"
     assert meta["code_file"] == "inference.py" and (bundle.kernel_dir / meta["code_file"]).is_file()
@@ -173,8 +190,20 @@ def test_kernel_metadata(bundle: Bundle) -> None:
     assert 6 <= len(dataset_meta["title"]) <= 50 and len(dataset_meta["licenses"]) == 1
     script = (bundle.kernel_dir / "inference.py").read_text()
     assert "{{" not in script and "DATASET_SLUG = 'dfdc-kit-models'" in script
-    assert "TIME_BUDGET = 30600.0" in script  # 8.5 h
+    assert "WHEELS_MANIFEST = 'wheels.json'" in script and "NO_ALBUMENTATIONS_UPDATE" in script
     compile(script, "inference.py", "exec")
+    assert read_config(bundle.dataset_dir / "config.yaml").kernel.time_budget == 8.5 * 3600
+
+
+def test_machine_shape_is_checked(run_dir: Path, tmp_path: Path) -> None:
+    from dfdc.kaggle.bundle import kernel_metadata
+
+    cfg = _cfg(tmp_path)
+    cfg.kernel.machine_shape = "NvidiaTeslaK80"
+    with pytest.raises(KernelError, match="machine_shape='NvidiaTeslaK80'"):
+        build_bundle(run_dir, tmp_path / "build", cfg, "alice")
+    cfg.kernel.machine_shape = ""
+    assert "machine_shape" not in kernel_metadata(cfg, "alice/x-kernel", "alice/x-data")
 
 
 def _clear_kaggle_env(mp: pytest.MonkeyPatch, home: Path) -> None:
@@ -213,7 +242,7 @@ def test_push_without_credentials_sends_nothing(
         for key, value in stub.env().items():
             monkeypatch.setenv(key, value)
         with pytest.raises(KernelError, match="no Kaggle credentials"):
-            push_bundle(bundle, timeout=60)
+            push_bundle(bundle, _cfg(tmp_path))
         code = main(["kernel", "--profile", "smoke", "--models", str(run_dir), "--out", str(tmp_path / "b"), "--push"])
         assert stub.requests == []
     assert code != 0
@@ -231,10 +260,18 @@ def _stub_env(monkeypatch: pytest.MonkeyPatch, stub: KaggleStub, home: Path) -> 
     monkeypatch.delenv("no_proxy", raising=False)
 
 
+def _push_cfg(tmp_path: Path, **kernel: object) -> Config:
+    cfg = _cfg(tmp_path)
+    cfg.kernel.push_timeout = 120
+    for key, value in kernel.items():
+        setattr(cfg.kernel, key, value)
+    return cfg
+
+
 def test_push_with_the_real_client(bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with KaggleStub() as stub:
+    with KaggleStub(processing=2) as stub:  # the new dataset is "still processing" twice, then ready
         _stub_env(monkeypatch, stub, tmp_path)
-        report = push_bundle(bundle, timeout=120)
+        report = push_bundle(bundle, _push_cfg(tmp_path))
     names = stub.names()
     assert names[0] == "GetDatasetStatus" and report.dataset_action == "create"
     uploaded = [b["name"] for b in stub.bodies("StartBlobUpload")]
@@ -246,20 +283,42 @@ def test_push_with_the_real_client(bundle: Bundle, tmp_path: Path, monkeypatch: 
     (create,) = stub.bodies("CreateDataset")
     assert (create["ownerSlug"], create["slug"], create["isPrivate"]) == ("alice", "dfdc-kit-models", True)
     assert len(create["files"]) == len(uploaded)
+    # the kernel is pushed only once the dataset is ready: three status polls after the upload
+    after = names[names.index("CreateDataset") + 1:]
+    assert after == ["GetDatasetStatus"] * 3 + ["SaveKernel"] and report.dataset_status == "ready"
     (save,) = stub.bodies("SaveKernel")
-    assert save["slug"] == "alice/dfdc-kit-inference"
+    assert save["slug"] == "alice/dfdc-kit-inference" and save["machineShape"] == "NvidiaTeslaT4"
     assert save["enableGpu"] is True and save["enableInternet"] is False and save["isPrivate"] is True
     assert save["competitionDataSources"] == ["deepfake-detection-challenge"]
     assert save["datasetDataSources"] == ["alice/dfdc-kit-models"]
     assert save["text"] == (bundle.kernel_dir / "inference.py").read_text()
-    assert names.index("CreateDataset") < names.index("SaveKernel")
     assert report.kernel_url and "alice/dfdc-kit-inference" in report.kernel_url
+    record = json.loads(report.record.read_text())
+    assert (record["kernel"], record["version"], record["competition"]) == (
+        "alice/dfdc-kit-inference", 1, "deepfake-detection-challenge")
+
+
+def test_dataset_still_processing_stops_before_the_kernel(bundle: Bundle, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    with KaggleStub(processing=100) as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        with pytest.raises(KernelError, match="still 'blobs_received' after 0 s.*NOT pushed"):
+            push_bundle(bundle, _push_cfg(tmp_path, dataset_ready_timeout=0.0))
+    assert "SaveKernel" not in stub.names()
+
+
+def test_failed_dataset_stops_before_the_kernel(bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with KaggleStub(processing=1, final_status="FAILED") as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        with pytest.raises(KernelError, match="as 'failed'"):
+            push_bundle(bundle, _push_cfg(tmp_path))
+    assert "SaveKernel" not in stub.names()
 
 
 def test_existing_dataset_gets_a_new_version(bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with KaggleStub(existing_datasets=("alice/dfdc-kit-models",)) as stub:
+    with KaggleStub(existing_datasets=("alice/dfdc-kit-models",), processing=1) as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        report = push_bundle(bundle, timeout=120)
+        report = push_bundle(bundle, _push_cfg(tmp_path))
     assert report.dataset_action == "version"
     assert "CreateDataset" not in stub.names() and len(stub.bodies("CreateDatasetVersion")) == 1
     assert len(stub.bodies("SaveKernel")) == 1
@@ -275,12 +334,74 @@ def test_server_rejection_fails_the_command(
         return bundle  # the module's bundle: the rejection is what is under test
 
     monkeypatch.setattr(cli_kernel, "build_bundle", prebuilt)
-    with KaggleStub(reject_kernel="The following are not valid dataset sources: alice/dfdc-kit-models") as stub:
+    with KaggleStub(reject_kernel="Notebook slug is already taken") as stub:
         _stub_env(monkeypatch, stub, tmp_path)
         code = main(["kernel", "--profile", "smoke", "--models", str(run_dir), "--push", "--timeout", "120"])
     assert len(stub.bodies("SaveKernel")) == 1  # the client did send it, and exits 0 itself
     assert code != 0
     assert "Kernel push error" in capsys.readouterr().err
+
+
+def test_invalid_dataset_sources_fail_the_push(bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kaggle saves the kernel but leaves the dataset out: it would run without its weights."""
+    with KaggleStub(invalid_dataset_sources=("alice/dfdc-kit-models",)) as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        with pytest.raises(KernelError, match="not valid dataset sources"):
+            push_bundle(bundle, _push_cfg(tmp_path))
+    assert len(stub.bodies("SaveKernel")) == 1
+    assert not (bundle.root / "push.json").exists() or json.loads((bundle.root / "push.json").read_text())
+
+
+def _pushed(tmp_path: Path, version: int | None = 3) -> Path:
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "push.json").write_text(json.dumps({"kernel": "alice/dfdc-kit-inference", "version": version,
+                                                 "competition": "deepfake-detection-challenge"}))
+    return build
+
+
+def test_submit_the_pushed_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    build = _pushed(tmp_path)
+    with KaggleStub() as stub:
+        _stub_env(monkeypatch, stub, tmp_path / "home")
+        code = main(["submit", "--profile", "smoke", "--build", str(build), "-m", "first try",
+                     "--set", "kernel.push_timeout=120"])
+    assert code == 0, capsys.readouterr().err
+    assert "Successfully submitted" in capsys.readouterr().out
+    (body,) = stub.bodies("CreateCodeSubmission")
+    assert body == {"competitionName": "deepfake-detection-challenge", "kernelOwner": "alice",
+                    "kernelSlug": "dfdc-kit-inference", "kernelVersion": 3, "fileName": "submission.csv",
+                    "submissionDescription": "first try"}
+
+
+@pytest.mark.parametrize(("status", "failure", "why"), [
+    ("RUNNING", "", "is still running on Kaggle"),
+    ("ERROR", "CUDA error: no kernel image", "failed on Kaggle: CUDA error: no kernel image"),
+])
+def test_submit_refuses_a_version_that_has_not_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         status: str, failure: str, why: str) -> None:
+    build = _pushed(tmp_path)
+    with KaggleStub(kernel_status=status, kernel_failure=failure) as stub:
+        _stub_env(monkeypatch, stub, tmp_path / "home")
+        with pytest.raises(KernelError, match=why):
+            submit_kernel(build, _push_cfg(tmp_path))
+    assert "CreateCodeSubmission" not in stub.names()
+
+
+def test_submit_says_why_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    with pytest.raises(KernelError, match="push.json not found: nothing was pushed.*make kernel"):
+        submit_kernel(tmp_path / "nothing", _push_cfg(tmp_path))
+    build = _pushed(tmp_path, version=None)
+    with pytest.raises(KernelError, match="no kernel version.*--version"):
+        submit_kernel(build, _push_cfg(tmp_path))
+    with KaggleStub(reject_submission="Submission limit reached") as stub:
+        _stub_env(monkeypatch, stub, tmp_path / "home")
+        with pytest.raises(KernelError, match="Submission limit reached"):
+            submit_kernel(build, _push_cfg(tmp_path), version=2)
+        assert [b["kernelVersion"] for b in stub.bodies("CreateCodeSubmission")] == [2]
+    _clear_kaggle_env(monkeypatch, tmp_path / "nobody")
+    assert main(["submit", "--profile", "smoke", "--build", str(build), "--version", "2"]) == 1
+    assert "cannot submit: no Kaggle credentials" in capsys.readouterr().err
 
 
 def test_network_block_refuses_all_but_loopback(tmp_path: Path) -> None:
@@ -309,7 +430,7 @@ def test_network_block_refuses_all_but_loopback(tmp_path: Path) -> None:
     assert out.stdout.count("blocked (Kaggle kernels have no internet)") == 2
 
 
-def test_local_kernel_run_on_the_mini_dfdc(bundle: Bundle, mini_dfdc: Path, tmp_path: Path) -> None:
+def _local_data(mini_dfdc: Path, tmp_path: Path) -> tuple[Path, list[str], pd.DataFrame]:
     data = tmp_path / "data"
     (data / "test_videos").mkdir(parents=True)
     videos = sorted(p.name for p in (mini_dfdc / "test_videos").glob("*.mp4"))[:2]  # two keep it fast
@@ -322,25 +443,73 @@ def test_local_kernel_run_on_the_mini_dfdc(bundle: Bundle, mini_dfdc: Path, tmp_
     rows = [videos[1], "emptyvideo.mp4", videos[0], "truncatedv.mp4"]  # not sorted: order must be kept
     sample = pd.DataFrame({"filename": rows, "label": 0.5})
     sample.to_csv(data / "sample_submission.csv", index=False)
+    return data, videos, sample
 
-    report = run_local(bundle, data, _cfg(tmp_path), work_dir=tmp_path / "local")
 
+@pytest.fixture(scope="module")
+def image_dir(kdir: Path) -> Path:
+    return kdir / "image-venv"  # shared by the local runs of this module
+
+
+def test_image_environment_holds_only_the_image(image_dir: Path) -> None:
+    from dfdc.kaggle.common import IMAGE_LIST, repo_root
+    from dfdc.kaggle.local import image_environment
+    from dfdc.kaggle.wheels import image_list
+
+    python, dists = image_environment(image_dir, image_list(repo_root() / IMAGE_LIST))
+    assert "torch" in dists and "numpy" in dists and "facenet-pytorch" not in dists and "dfdc-kit" not in dists
+    probe = ("import importlib.util as u, torch, cv2, numpy, pandas, yaml\n"
+             "print([m for m in ('facenet_pytorch', 'efficientnet_pytorch', 'dfdc', 'albumentations', 'pytest') "
+             "if u.find_spec(m) is not None])")
+    out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, timeout=300,
+                         env={"PATH": os.environ["PATH"]}, cwd=image_dir)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"  # the kit and the detector only come from the bundle
+
+
+def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfdc: Path, tmp_path: Path,
+                                                        image_dir: Path) -> None:
+    data, videos, sample = _local_data(mini_dfdc, tmp_path)
+    report = run_local(bundle, data, _cfg(tmp_path), work_dir=tmp_path / "local", image_dir=image_dir)
     log = report.log.read_text()
-    assert report.status == "ok", log
-    assert "dfdc from " in log and "dfdc-wheels-" in log  # ran the bundled wheel, not the checkout
+    assert report.status == "ok" and report.returncode == 0, log
+    assert "dfdc 0.1.0 from" in log and "dfdc-wheels-" in log  # ran the bundled wheel, not the checkout
+    assert "facenet_pytorch 2.5.3 from" in log and "MTCNN face detector" in log  # every wheel, with its reason
+    assert "no usable GPU: predicting on the CPU with 2 frames" in log  # the CPU plan, written in the log
     assert "calibration.json" in log  # the run's calibration travelled with the dataset
     got = pd.read_csv(report.submission)
     assert got["filename"].tolist() == sample["filename"].tolist()
-    assert got["label"].between(0.0, 1.0).all()
     labels = dict(zip(got["filename"], got["label"]))
-    assert labels["emptyvideo.mp4"] == 0.5 and labels["truncatedv.mp4"] == 0.5
+    assert labels["emptyvideo.mp4"] == 0.5 and labels["truncatedv.mp4"] == 0.5  # the videos' own faults
     predicted = [labels[v] for v in videos]
     assert all(0.02 <= p <= 0.98 for p in predicted)  # the calibration's clip
     assert report.rows == 4 and report.fallback_rows == 2
 
 
-def test_kernel_falls_back_when_the_dataset_is_missing(bundle: Bundle, mini_dfdc: Path, tmp_path: Path) -> None:
-    """No weights attached: the kernel still writes every video at the fallback."""
+def test_a_wheel_missing_from_the_bundle_fails_loudly(bundle: Bundle, mini_dfdc: Path, tmp_path: Path,
+                                                      image_dir: Path, capsys) -> None:
+    """efficientnet-pytorch deliberately removed from the bundle: the image-like interpreter
+    has no copy of it, so the kernel cannot load its models: STATUS: failed, exit 1, and
+    still a complete fallback submission."""
+    data, _, sample = _local_data(mini_dfdc, tmp_path)
+    lacking = dataclasses.replace(bundle, root=tmp_path / "lacking", dataset_dir=tmp_path / "lacking" / "dataset")
+    shutil.copytree(bundle.dataset_dir, lacking.dataset_dir)
+    manifest = json.loads((lacking.dataset_dir / "wheels.json").read_text())
+    (gone,) = [w for w in manifest["wheels"] if w["dist"] == "efficientnet-pytorch"]
+    (lacking.dataset_dir / gone["file"]).unlink()
+    manifest["wheels"].remove(gone)
+    (lacking.dataset_dir / "wheels.json").write_text(json.dumps(manifest))
+    report = run_local(lacking, data, _cfg(tmp_path), work_dir=tmp_path / "local", image_dir=image_dir)
+    log = report.log.read_text()
+    assert report.status == "failed" and report.returncode == 1, log
+    assert "import error" in report.reasons and "efficientnet_pytorch" in report.reasons
+    assert "STATUS: failed" in log
+    got = pd.read_csv(report.submission)
+    assert got["filename"].tolist() == sample["filename"].tolist() and (got["label"] == 0.5).all()
+
+
+def test_kernel_fails_loudly_when_the_dataset_is_missing(bundle: Bundle, mini_dfdc: Path, tmp_path: Path) -> None:
+    """No weights attached: every video still gets the fallback, and the run says it failed."""
     root = tmp_path / "kaggle"
     comp = root / "input" / "deepfake-detection-challenge"
     comp.mkdir(parents=True)
@@ -349,15 +518,72 @@ def test_kernel_falls_back_when_the_dataset_is_missing(bundle: Bundle, mini_dfdc
     out = subprocess.run(
         [sys.executable, str(bundle.kernel_dir / "inference.py")], env=env, capture_output=True, text=True, timeout=120
     )
-    assert out.returncode == 0, out.stderr
-    assert "DFDC-KERNEL-STATUS: fallback" in out.stdout
+    assert out.returncode == 1, out.stderr
+    assert "STATUS: failed (FileNotFoundError: no fold*.pt weights" in out.stdout
     got = pd.read_csv(root / "working" / "submission.csv")
     want = pd.read_csv(mini_dfdc / "sample_submission.csv")
     assert got["filename"].tolist() == want["filename"].tolist() and (got["label"] == 0.5).all()
 
 
+# ------------------------------------------------------------------ inside the kernel (dfdc.kaggle.runtime)
+
+
+def test_plan_uses_every_healthy_gpu_or_a_budget_fitting_cpu_plan(tmp_path: Path) -> None:
+    from dfdc.kaggle.runtime import plan_run
+
+    cfg = load_config("b7")
+    folds = [tmp_path / f"fold{k}" / "best.pt" for k in range(5)]
+    gpu, chosen, device, notes = plan_run(cfg, ["cuda:0", "cuda:1"], folds, budget=1000.0)
+    assert device == "cuda:0,cuda:1" and chosen == folds
+    assert gpu.predict.detect_device == "cuda:0,cuda:1" and gpu.predict.workers == cfg.kernel.workers
+    assert gpu.predict.frames == 32 and gpu.predict.time_budget == 1000.0 and gpu.predict.video_timeout == 60.0
+    cpu, chosen, device, notes = plan_run(cfg, [], folds, budget=1000.0)
+    assert device == "cpu" and chosen == folds[:1] and cpu.predict.frames == cfg.kernel.cpu_frames
+    assert cpu.predict.detect_device == "cpu" and not cpu.predict.fp16
+    assert "no usable GPU: predicting on the CPU with 8 frames per video (configured 32), 1 of 5 fold models" in notes[0]
+
+
+def test_cuda_probe_reports_why_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A P100 under today's torch: is_available() is True, the first real op fails."""
+    from dfdc.kaggle.runtime import probe_cuda
+
+    class NoKernelImage(RuntimeError):
+        pass
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise NoKernelImage("CUDA error: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (6, 0))
+    monkeypatch.setattr(torch, "randn", broken)
+    lines: list[str] = []
+    ok, bad = probe_cuda(lines.append)
+    assert ok == [] and "no kernel image" in bad["cuda:0"]
+    assert "CUDA probe cuda:0: FAILED, NoKernelImage: CUDA error: no kernel image" in lines[0]
+
+
+def test_verdict_counts_only_failures_that_are_not_the_videos_own() -> None:
+    from dfdc.kaggle.runtime import verdict
+    from dfdc.predict import PredictReport
+
+    cfg = load_config("smoke")
+
+    def report(reasons: list[str], videos: int = 10) -> PredictReport:
+        return PredictReport(videos, videos - len(reasons), {f"v{i}": r for i, r in enumerate(reasons)}, {}, {}, 1,
+                             Path("s.csv"), Path("p.csv"))
+
+    ok, text = verdict(report(["no face: in 32 frames"] * 5 + ["unreadable: x", "missing"]), cfg)
+    assert ok and "0 of 10 videos" in text  # bad videos are not the system's fault
+    ok, text = verdict(report(["timeout: no result after 60 s", "error: model: CUDA error"]), cfg)
+    assert ok and "2 of 10 videos (20%)" in text  # at the limit: still ok
+    ok, text = verdict(report(["error: ModuleNotFoundError: facenet_pytorch"] * 2 + ["worker died: exit -9"]), cfg)
+    assert not ok and "error: 2, worker died: 1" in text
+
+
 def test_shipped_calibration_resolves_local_paths_and_keeps_user_keys(run_dir: Path, tmp_path: Path) -> None:
-    from dfdc.kernel import _shipped_calibration
+    from dfdc.kaggle.bundle import _shipped_calibration
 
     cfg = load_config("smoke", ["predict.clip=0.05"])
     shipped, calibration = _shipped_calibration(run_dir, cfg, {"clip"})

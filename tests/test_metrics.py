@@ -55,16 +55,54 @@ def test_video_metrics_per_class() -> None:
 
 
 def test_mean_and_confident_rules() -> None:
-    cfg = PredictConfig(confident_threshold=0.8, confident_min_fraction=0.11, confident_real_fraction=0.9)
-    probs = np.array([0.95, 0.9, 0.85] + [0.2] * 17)  # 3/20 = 15% confidently fake
+    cfg = PredictConfig()
+    probs = np.array([0.95] * 13 + [0.05] * 19)
     assert aggregate(probs, "mean", cfg) == pytest.approx(probs.mean())
-    assert aggregate(probs, "confident", cfg) == pytest.approx(0.9)
-    few = np.array([0.95] + [0.4] * 19)  # 5% confident fakes, no confident reals: plain mean
+    few = np.array([0.95] + [0.4] * 19)  # 1 confident fake, no confident reals: plain mean
     assert aggregate(few, "confident", cfg) == pytest.approx(few.mean())
     reals = np.array([0.1] * 19 + [0.5])  # 95% confidently real: mean of those
     assert aggregate(reals, "confident", cfg) == pytest.approx(0.1)
-    with pytest.raises(AggregationError, match="unknown aggregation"):
-        aggregate(probs, "max", cfg)
+    assert aggregate(np.array([0.1, 0.7, 0.3]), "max", cfg) == 0.7  # the track rule of sequence models
+    with pytest.raises(AggregationError, match="unknown aggregation 'median'.*max"):
+        aggregate(probs, "median", cfg)
+
+
+def confident_strategy(pred: np.ndarray, t: float = 0.8) -> float:
+    """The 1st place's kernel_utils.confident_strategy, transcribed line by line as the
+    reference for the rule (selimsef/dfdc_deepfake_challenge)."""
+    pred = np.array(pred)
+    sz = len(pred)
+    fakes = np.count_nonzero(pred > t)
+    if fakes > sz // 2.5 and fakes > 11:
+        return float(np.mean(pred[pred > t]))
+    elif np.count_nonzero(pred < 0.2) > 0.9 * sz:
+        return float(np.mean(pred[pred < 0.2]))
+    else:
+        return float(np.mean(pred))
+
+
+def test_confident_rule_is_the_first_place_strategy() -> None:
+    cfg = PredictConfig()
+    four = np.array([0.9] * 4 + [0.05] * 28)  # 4 of 32 confident: not enough, the plain mean
+    assert aggregate(four, "confident", cfg) == pytest.approx(0.15625)
+    assert confident_strategy(four) == pytest.approx(0.15625)
+    thirteen = np.array([0.9, 0.95, 0.85, 0.99] * 3 + [0.81] + [0.05] * 19)  # 13 of 32: mean of the 13
+    assert aggregate(thirteen, "confident", cfg) == pytest.approx(np.mean(thirteen[:13]))
+    # the floor: 32 // 2.5 = 12, so 12 confident faces of 32 are not enough (and 12 > 11 holds)
+    twelve = np.array([0.9] * 12 + [0.05] * 20)
+    assert aggregate(twelve, "confident", cfg) == pytest.approx(twelve.mean())
+    # with 40 faces 40 // 2.5 = 16: 16 are not enough, 17 are; 12 of 28 (28 // 2.5 = 11) are
+    for n, k, confident in ((40, 16, False), (40, 17, True), (28, 12, True), (28, 11, False), (8, 8, False)):
+        p = np.array([0.9] * k + [0.3] * (n - k))
+        want = 0.9 if confident else p.mean()
+        assert aggregate(p, "confident", cfg) == pytest.approx(want), (n, k)
+    rng = np.random.default_rng(0)  # and on random inputs the two agree everywhere
+    for _ in range(500):
+        n = int(rng.integers(1, 80))
+        p = rng.choice([rng.random(n), rng.beta(0.3, 0.3, n), np.where(rng.random(n) < 0.5, 0.95, 0.1)])
+        assert aggregate(p, "confident", cfg) == pytest.approx(confident_strategy(p)), p
+    # the named keys move the rule
+    assert aggregate(four, "confident", PredictConfig(confident_min_count=3, confident_min_share=0.1)) == 0.9
 
 
 def test_empty_or_invalid_input_is_an_error() -> None:
@@ -96,7 +134,7 @@ def test_finalize_is_aggregate_temperature_clip() -> None:
     cfg = PredictConfig(aggregation="mean", temperature=2.0, clip=0.3)
     assert finalize(np.array([0.9, 0.9]), cfg) == pytest.approx(0.7)  # 0.75 clipped to 0.7
     cfg = PredictConfig(aggregation="confident", temperature=1.0, clip=0.01)
-    assert finalize(np.array([1.0] * 4 + [0.0] * 28), cfg) == pytest.approx(0.99)
+    assert finalize(np.array([1.0] * 13 + [0.0] * 19), cfg) == pytest.approx(0.99)
     # a confident error costs at most -ln(0.01) = 4.6 after clipping
     assert log_loss([0], [finalize(np.array([1.0]), cfg)]) == pytest.approx(-math.log(0.01))
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from test_video import astronaut_frames, make_clip
 
 from dfdc.cli import main as cli_main
 from dfdc.config import Config, load_config
 from dfdc.models import create_model, save_checkpoint
-from dfdc.predict import PredictError, VideoFaces, WorkerSetup, predict_videos, process_video
+from dfdc.predict import PredictError, VideoFaces, WorkerSetup, fits_budget, predict_videos, process_video
 
 CLIP = 0.02  # a clip bound other than the default, so the test sees it applied
 OVERRIDES = ["model.arch=tiny-cnn", "faces.size=48", "train.size=48", "predict.frames=4", f"predict.clip={CLIP}"]
@@ -244,3 +246,180 @@ def test_mini_dfdc_test_videos_end_to_end(mini_dfdc: Path, inputs: dict[str, Pat
     assert all(r.startswith("no face") for r in report.fallbacks.values()), report.fallbacks
     assert report.predicted >= len(sub) - 1 and (pred.loc[pred["reason"] == "", "n_faces"].astype(int) >= 1).all()
     assert sub["label"].between(CLIP, 1 - CLIP).all()
+
+
+# ------------------------------------------------------------------ timeouts, budget, clip, TTA, crops
+
+
+def quick_or_hang(path: str, setup: WorkerSetup) -> VideoFaces:
+    """Two blank faces at once, except 'hang*' videos, whose decode never ends (spawn-importable)."""
+    name = Path(path).name
+    if name.startswith("hang"):
+        time.sleep(3600)
+    n = 2
+    tensors = {s: np.full((n, 3, s.input_size, s.input_size), 100, np.uint8) for s in setup.specs}
+    return VideoFaces(name, tensors, n, n, {}, frames=np.arange(n), tracks=np.zeros(n, np.int64))
+
+
+def _linked(videos: Path, source: Path, names: list[str]) -> Path:
+    videos.mkdir()
+    for name in names:
+        os.link(source, videos / name)
+    return videos
+
+
+def test_a_hung_video_times_out_and_its_worker_is_replaced(inputs: dict[str, Path], tmp_path: Path) -> None:
+    names = ["a.mp4", "hang.mp4", "b.mp4", "c.mp4"]
+    videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", names)
+    out = tmp_path / "sub" / "submission.csv"
+    budget, timeout = 120.0, 3.0
+    cfg = tiny_cfg("predict.workers=1", "predict.prefetch=2", f"predict.video_timeout={timeout}",
+                   f"predict.time_budget={budget}")
+    start = time.monotonic()
+    report = predict_videos(videos, inputs["run"], out, cfg, None, "cpu", progress=False, process=quick_or_hang)
+    assert time.monotonic() - start < budget + timeout
+    pred = read(out)[1].set_index("filename")
+    assert pred.index.tolist() == sorted(names)  # every row written
+    assert pred.loc["hang.mp4", "reason"].startswith("timeout")
+    assert (pred.drop("hang.mp4")["reason"] == "").all()  # the videos queued behind it went to a new worker
+    assert report.system_failures() == {"timeout": 1}
+
+
+def test_the_time_budget_holds_while_a_worker_hangs(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """No per-video timeout: the budget alone ends the run; every row is still written."""
+    names = ["a.mp4", "hang.mp4", "b.mp4"]
+    videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", names)
+    out = tmp_path / "sub" / "submission.csv"
+    budget = 20.0
+    cfg = tiny_cfg("predict.workers=1", "predict.prefetch=1", f"predict.time_budget={budget}")
+    start = time.monotonic()
+    report = predict_videos(videos, inputs["run"], out, cfg, None, "cpu", progress=False, process=quick_or_hang)
+    assert time.monotonic() - start < budget + 10  # the kill and the output files take a moment
+    pred = read(out)[1].set_index("filename")
+    assert pred.index.tolist() == sorted(names)
+    assert pred.loc["a.mp4", "reason"] == ""
+    assert pred.loc["hang.mp4", "reason"].startswith("time budget")
+    assert report.system_failures()["time budget"] >= 1
+
+
+def test_budget_projection() -> None:
+    """A video starts only if, at the mean pace so far, it and those in flight fit the budget."""
+    assert fits_budget(elapsed=5.0, finished=0, in_flight=3, budget=0.0)  # no budget
+    assert fits_budget(elapsed=1.0, finished=0, in_flight=0, budget=10.0)  # nothing measured yet
+    assert fits_budget(elapsed=4.0, finished=2, in_flight=0, budget=10.0)  # 2 s/video: 6 <= 10
+    assert not fits_budget(elapsed=4.0, finished=2, in_flight=3, budget=10.0)  # 4 + 4 x 2 > 10
+    assert not fits_budget(elapsed=9.0, finished=3, in_flight=0, budget=10.0)  # 9 + 3 > 10
+    assert not fits_budget(elapsed=10.0, finished=0, in_flight=0, budget=10.0)
+
+
+def slow_video(path: str, setup: WorkerSetup) -> VideoFaces:
+    time.sleep(0.4)
+    return quick_or_hang(path, setup)
+
+
+def test_budget_stops_starting_videos_that_would_not_fit(inputs: dict[str, Path], tmp_path: Path) -> None:
+    videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", [f"v{i}.mp4" for i in range(12)])
+    out = tmp_path / "sub" / "submission.csv"
+    cfg = tiny_cfg("predict.workers=0", "predict.time_budget=2.0")
+    report = predict_videos(videos, inputs["run"], out, cfg, None, "cpu", progress=False, process=slow_video)
+    assert 1 <= report.predicted < 12
+    assert report.seconds["total"] <= 2.0 + 0.3  # the last video started only because it fit
+
+
+def _extreme_run(root: Path, fake: bool) -> Path:
+    """A checkpoint whose logits are +-60 whatever the input: P(FAKE) is exactly 0 or 1."""
+    import torch
+
+    cfg = tiny_cfg()
+    model = create_model(cfg.model)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([-60.0, 60.0] if fake else [60.0, -60.0]))
+    save_checkpoint(root / "fold0" / "best.pt", model, cfg, {"fold": 0})
+    return root
+
+
+@pytest.mark.parametrize("fake", [True, False])
+def test_clip_bounds_extreme_predictions(inputs: dict[str, Path], tmp_path: Path, fake: bool) -> None:
+    run = _extreme_run(tmp_path / "run", fake)
+    videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", ["a.mp4", "b.mp4"])
+    out = tmp_path / "sub" / "submission.csv"
+    report = predict_videos(videos, run, out, tiny_cfg("predict.workers=0"), None, "cpu", progress=False,
+                            process=quick_or_hang)
+    assert report.predicted == 2
+    sub, pred = read(out)
+    assert pred["raw"].astype(float).tolist() == ([1.0, 1.0] if fake else [0.0, 0.0])
+    assert sub["label"].tolist() == ([1 - CLIP] * 2 if fake else [CLIP] * 2)
+
+
+class _Asymmetric(torch.nn.Module):
+    """P(FAKE) grows with the brightness of the left half: a flip changes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[3] // 2
+        score = (x[..., :half].float().mean((1, 2, 3)) - x[..., half:].float().mean((1, 2, 3))) / 50.0
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_tta_flip_averages_the_mirrored_view() -> None:
+    from dfdc.predict import CropSpec, _Ensemble
+
+    spec = CropSpec(0.6, 8, 8)
+    x = np.zeros((2, 3, 8, 8), np.uint8)
+    x[0, :, :, :4] = 200  # bright left half
+    x[1, :, :, 4:] = 100  # bright right half
+    plain = _Ensemble({spec: [(_Asymmetric(), "cpu")]}, half=False, tta_flip=False).fake_probability({spec: x})
+    tta = _Ensemble({spec: [(_Asymmetric(), "cpu")]}, half=False, tta_flip=True).fake_probability({spec: x})
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    assert plain == pytest.approx([sigmoid(4.0), sigmoid(-2.0)])
+    assert tta == pytest.approx([(sigmoid(4.0) + sigmoid(-4.0)) / 2, (sigmoid(-2.0) + sigmoid(2.0)) / 2])
+
+
+_SEEN: list[VideoFaces] = []
+
+
+def recording_process(path: str, setup: WorkerSetup) -> VideoFaces:
+    faces = process_video(path, setup)
+    _SEEN.append(faces)
+    return faces
+
+
+def test_predictor_crops_as_the_checkpoint_was_trained(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """Margin and crop size come from the checkpoint (not the predicting profile), the input
+    side from its InputSpec: the model sees exactly prepare(crop_face(frame, box, m, s), i)."""
+    from dfdc.faces import FaceDetector, crop_face
+    from dfdc.preprocess import prepare
+    from dfdc.video import read_frames
+
+    trained = load_config("smoke", ["model.arch=tiny-cnn", "faces.margin=0.3", "faces.size=40", "train.size=24"])
+    run = tmp_path / "run"
+    save_checkpoint(run / "fold0" / "best.pt", create_model(trained.model, 24), trained, {"fold": 0})
+    videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", ["a.mp4"])
+    cfg = load_config("smoke", ["predict.frames=3", "predict.workers=0"])  # margin 0.6, 128 px here
+    _SEEN.clear()
+    predict_videos(videos, run, tmp_path / "sub.csv", cfg, None, "cpu", progress=False, process=recording_process)
+    (seen,) = _SEEN
+    ((spec, tensors),) = seen.tensors.items()
+    assert (spec.margin, spec.crop_size, spec.input_size) == (0.3, 40, 24)
+    indices, frames = read_frames(videos / "a.mp4", k=3)
+    detections = FaceDetector(trained.faces, device="cpu").detect(frames)
+    want = np.stack([prepare(crop_face(frames[i], d.box, 0.3, 40), 24) for i, ds in enumerate(detections) for d in ds])
+    assert tensors.shape == want.shape and np.array_equal(tensors, want)
+    assert seen.frames.tolist() == [indices[i] for i, ds in enumerate(detections) for _ in ds]
+
+
+def test_a_chosen_checkpoint_and_per_face_probabilities(inputs: dict[str, Path], tmp_path: Path) -> None:
+    one = inputs["run"] / "fold1" / "best.pt"
+    faces_csv = tmp_path / "faces.csv"
+    out = tmp_path / "sub" / "submission.csv"
+    cfg = tiny_cfg("predict.workers=0", "predict.aggregation=mean")
+    report = predict_videos(inputs["videos"], inputs["run"], out, cfg, None, "cpu", progress=False,
+                            checkpoints=[one], faces_csv=faces_csv, names=["good0.mp4", "blank.mp4"])
+    assert report.models == 1 and report.faces_csv == faces_csv
+    faces = pd.read_csv(faces_csv)
+    assert list(faces.columns) == ["filename", "frame", "track", "prob"]
+    assert set(faces["filename"]) == {"good0.mp4"}  # blank.mp4 has no face: no rows
+    pred = read(out)[1].set_index("filename")
+    assert float(pred.loc["good0.mp4", "raw"]) == pytest.approx(faces["prob"].mean())
+    assert len(faces) == pred.loc["good0.mp4", "n_faces"]
+    assert report.system_failures() == {} and report.fallbacks["blank.mp4"].startswith("no face")

@@ -13,6 +13,7 @@ from test_tracks import two_person_frames
 from test_video import astronaut_frames, make_clip
 
 from dfdc.aggregate import aggregate
+from dfdc.baselines import fit_estimator
 from dfdc.config import Config, load_config
 from dfdc.models import create_model, fake_probability, load_checkpoint, save_checkpoint
 from dfdc.predict import CropSpec, VideoFaces, WorkerSetup, load_ensemble, predict_videos, process_video
@@ -53,11 +54,10 @@ def _run(root: Path, arch: str, cfg: Config) -> Path:
         torch.manual_seed(fold)
         model = create_model(cfg.model, cfg.train.size)
         if hasattr(model, "set_estimator"):
-            from sklearn.linear_model import LogisticRegression
-
             rng = np.random.default_rng(fold)
             x = rng.normal(size=(40, model.feature_dim)) * 0.05
-            model.set_estimator(LogisticRegression().fit(x, np.arange(40) % 2))
+            model.set_estimator(fit_estimator(arch, x, np.arange(40) % 2, np.arange(40) // 2, cfg.baseline, fold,
+                                              cfg.model.mlp_hidden))
         save_checkpoint(run / f"fold{fold}" / "best.pt", model, cfg, {"fold": fold})
     return run
 
@@ -80,10 +80,12 @@ def test_each_system_is_predicted_by_the_predictor(arch: str, videos: Path, tmp_
     cfg = _cfg(arch)
     run = _run(tmp_path, arch, cfg)
     out = tmp_path / "sub" / "submission.csv"
-    report = predict_videos(videos, run, out, cfg, device="cpu", progress=False, process=cached_process)
+    report = predict_videos(videos, run, out, cfg, device="cpu", progress=False, process=cached_process,
+                            faces_csv=tmp_path / "units.csv")
     assert report.predicted == 2 and not report.fallbacks
     table = pd.read_csv(out.parent / "predictions.csv").set_index("filename")
-    ensemble, _ = load_ensemble(run, cfg.predict, "cpu")
+    units_out = pd.read_csv(tmp_path / "units.csv")  # the per-unit output calibration reads
+    ensemble, _ = load_ensemble(run, cfg.predict, ["cpu"])
     spec = ensemble.specs[0]
     assert spec == CropSpec(0.6, 48, 40)
     for name in VIDEOS:
@@ -91,10 +93,16 @@ def test_each_system_is_predicted_by_the_predictor(arch: str, videos: Path, tmp_
         want, units = _expected(run, cfg, faces)
         assert table.loc[name, "raw"] == pytest.approx(want, abs=1e-5)
         assert table.loc[name, "n_faces"] == faces.n_faces
+        rows = units_out[units_out["filename"] == name]
+        assert len(rows) == units and aggregate(rows["prob"].to_numpy(), ensemble.rule(cfg), cfg.predict) == \
+            pytest.approx(want, abs=1e-6)
         if ensemble.kind == "sequence":  # two people: two tracks, each read as seq_len frames
             assert units == (2 if name == "twopersons.mp4" else 1)
-            tensors, n = ensemble.units(faces)
-            assert n == units and tensors[spec].shape == (units, 4, 3, 40, 40)
+            tensors, frames, tracks = ensemble.units(faces)
+            assert tensors[spec].shape == (units, 4, 3, 40, 40) and (frames == -1).all()
+            assert sorted(rows["track"]) == sorted(tracks.tolist()) == list(range(units)) and (rows["frame"] == -1).all()
+        else:
+            assert units == faces.n_faces
 
 
 def test_track_rule_is_max_by_default_and_named(videos: Path, tmp_path: Path) -> None:
@@ -103,7 +111,7 @@ def test_track_rule_is_max_by_default_and_named(videos: Path, tmp_path: Path) ->
     out = tmp_path / "mean" / "submission.csv"
     report = predict_videos(videos, run, out, cfg, device="cpu", progress=False, process=cached_process)
     assert report.calibration["aggregation"] == "mean"
-    setup = WorkerSetup(cfg.faces, 8, load_ensemble(run, cfg.predict, "cpu")[0].specs, 1, "cpu")
+    setup = WorkerSetup(cfg.faces, 8, load_ensemble(run, cfg.predict, ["cpu"])[0].specs, 1, "cpu")
     want, _ = _expected(run, cfg, cached_process(str(videos / "twopersons.mp4"), setup))
     raw = pd.read_csv(out.parent / "predictions.csv").set_index("filename").loc["twopersons.mp4", "raw"]
     assert raw == pytest.approx(want, abs=1e-5)

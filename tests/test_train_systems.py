@@ -11,7 +11,8 @@ import pytest
 import torch
 from test_sequences import make_track_faces
 
-from dfdc.calibrate import apply_calibration, calibrate, read_calibration
+from dfdc.aggregate import apply_calibration
+from dfdc.calibrate import fit, run_unit
 from dfdc.config import Config, load_config
 from dfdc.data import load_face_table, read_rgb
 from dfdc.features import CACHE_DIR, EXTRACTOR_FILE
@@ -64,12 +65,15 @@ def test_frozen_lstm_trains_the_head_on_cached_features(faces, tmp_path: Path) -
     x = torch.from_numpy(np.stack([prepare(read_rgb(f), 24) for f in files]))[None]
     with torch.no_grad():
         assert float(fake_probability(model(x))) == pytest.approx(row["prob"], abs=1e-5)
-    # calibration of a track run: the run's track rule, temperature and clip searched
-    cfg = _cfg(tmp_path, "lstm")
-    result = calibrate(run, cfg.predict)
+    # calibration of a track run: the per-unit table holds tracks, the rule stays the run's track rule
+    assert run_unit(run) == "track" and run_unit(tmp_path) == "face"
+    cfg = _cfg(tmp_path, "lstm", "calibrate.min_videos=1")
+    units = tracks.assign(frame=-1)  # as the predictor writes a sequence model's units
+    result, _ = fit(units, cfg, "track")
     assert result["unit"] == "track" and result["aggregation"] == "max" and result["tracks"] == len(tracks)
-    assert result["oof_logloss_after"] <= result["oof_logloss_before"] + 1e-12
-    applied = apply_calibration(cfg.predict, read_calibration(run / "calibration.json"))
+    assert result["baseline"]["aggregation"] == "max"
+    assert result["logloss_after"] <= result["logloss_before"] + 1e-12
+    applied = apply_calibration(cfg.predict, result)
     assert applied.aggregation == cfg.predict.aggregation  # the face rule is left alone
     assert applied.temperature == result["temperature"] and applied.clip == result["clip"]
 

@@ -6,17 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from dfdc.calibrate import explicit_keys
+from dfdc.aggregate import explicit_keys
 from dfdc.config import Config, set_value
-from dfdc.kernel import (
-    KernelError,
-    build_bundle,
-    find_credentials,
-    local_inputs,
-    push_bundle,
-    resolve_username,
-    run_local,
-)
+from dfdc.kaggle import KernelError, build_bundle, find_credentials, local_inputs, push_bundle, resolve_username, run_local
 
 HELP = "build the offline Kaggle kernel + weights dataset of a run; --push uploads it, --local runs it here"
 
@@ -26,10 +18,12 @@ PLACEHOLDER_USER = "your-kaggle-username"  # build-only bundles when no username
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", type=Path, required=True, help="run folder with fold*/best.pt (runs/NAME)")
     parser.add_argument("--out", type=Path, default=None, help="bundle folder (default: kernel.build_dir, kernels/build)")
-    parser.add_argument("--push", action="store_true", help="upload the dataset and push the kernel with the kaggle CLI")
+    parser.add_argument("--push", action="store_true",
+                        help="upload the dataset, wait until Kaggle has processed it, push the kernel")
     parser.add_argument(
         "--local", type=Path, default=None, metavar="DATA_ROOT",
-        help="run the kernel here, offline, on DATA_ROOT/test_videos + sample_submission.csv",
+        help="run the kernel here, offline, in a Kaggle-image-like interpreter, on DATA_ROOT/test_videos + "
+        "sample_submission.csv",
     )
     parser.add_argument("--slug", default=None, help="kernel slug (kernel.slug)")
     parser.add_argument("--dataset-slug", default=None, help="weights dataset slug, 6-50 chars (kernel.dataset_slug)")
@@ -61,20 +55,24 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(
             f"bundle: {bundle.dataset_dir} ({len(bundle.folds)} folds, {bundle.weights_bytes / 1e6:.1f} MB fp16 weights) "
             f"and {bundle.kernel_dir}; dataset {bundle.dataset_id}, kernel {bundle.kernel_id}"
+            + (f", accelerator {cfg.kernel.machine_shape}" if cfg.kernel.machine_shape else "")
         )
+        for wheel in bundle.wheels:
+            print(f"  wheel {wheel['file']}: {wheel['reason']}")
         if args.local is not None:
             local = run_local(bundle, args.local, cfg)
-            print(
-                f"local kernel run: {local.status}; {local.rows} rows, {local.fallback_rows} at the fallback, "
-                f"{local.seconds:.1f} s; {local.submission} (log {local.log})"
-            )
+            print(f"local kernel run: STATUS: {local.status}" + (f" ({local.reasons})" if local.reasons else "")
+                  + f"; exit {local.returncode}; {local.rows} rows, {local.fallback_rows} at the fallback, "
+                  f"{local.seconds:.1f} s; {local.submission} (log {local.log})")
             if local.status != "ok":
-                print(f"error: the kernel fell back to the fallback submission; see {local.log}", file=sys.stderr)
+                print(f"error: the kernel failed (STATUS: failed); see {local.log}", file=sys.stderr)
                 return 1
         if args.push:
-            report = push_bundle(bundle, cfg.kernel.push_timeout)
-            print(f"dataset {bundle.dataset_id}: {report.dataset_action}d")
-            print(f"kernel {bundle.kernel_id} pushed" + (f": {report.kernel_url}" if report.kernel_url else ""))
+            report = push_bundle(bundle, cfg)
+            print(f"dataset {bundle.dataset_id}: {report.dataset_action}d, status {report.dataset_status}")
+            print(f"kernel {bundle.kernel_id} version {report.kernel_version} pushed"
+                  + (f": {report.kernel_url}" if report.kernel_url else "") + f" (recorded in {report.record})")
+            print("when it has run on Kaggle: make submit")
     except KernelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dfdc.config import Config, set_value
-from dfdc.calibrate import explicit_keys
+from dfdc.aggregate import explicit_keys
 from dfdc.predict import PredictError, predict_videos
 
 HELP = "predict P(FAKE) per video with every fold model of a run -> submission.csv"

@@ -6,26 +6,28 @@ in the block marked GENERATED were filled in from the configuration of the build
 What it does, with the internet switched off:
 1. writes a fallback ``submission.csv`` at once (every video at the fallback value), so a
    crash or a timeout later still leaves a valid submission;
-2. installs the wheels of the attached dataset (dfdc-kit always; facenet-pytorch and
-   efficientnet-pytorch only when not importable) with ``pip install --no-index --no-deps``
-   into a temporary folder put first on ``sys.path``;
-3. lays the fp16 fold weights out as a run folder and calls
-   ``dfdc.predict.predict_videos`` on the competition's test videos with the kernel's time
-   budget, writing ``working/submission.csv``;
-4. checks the submission against ``sample_submission.csv``; on any failure it writes the
-   fallback submission again.
+2. installs EVERY wheel the attached dataset lists in ``wheels.json`` (dfdc-kit, the face
+   detector, the models' own libraries; each with the reason it ships) with
+   ``pip install --no-index --no-deps`` into a private folder put first on ``sys.path``
+   (and on ``PYTHONPATH`` for the worker processes) before any of them is imported, so the
+   kernel runs the pinned versions whatever the image holds; and checks each module comes
+   from there;
+3. hands over to ``dfdc.kaggle.runtime.run_kernel``: CUDA probe on every GPU, both T4s
+   used, the CPU with budget-fitting settings when no GPU works, the per-video timeout and
+   the time budget, ``working/submission.csv``;
+4. ends with ``STATUS: ok``, or ``STATUS: failed (reasons)`` and exit code 1 when the
+   bundle cannot run or too many videos fell back for reasons that are not their own
+   (the fallback submission is written first) -- never a silent all-0.5.
 
 The Kaggle root (``/kaggle``) can be moved with an environment variable (ROOT_ENV below),
 so ``python -m dfdc kernel --local DATA`` runs this same file on a local copy of the layout.
 """
 
-import atexit
 import csv
 import importlib
-import importlib.util
+import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,17 +36,15 @@ import traceback
 from pathlib import Path
 
 START = time.monotonic()
+os.environ["NO_ALBUMENTATIONS_UPDATE"] = "1"  # albumentations phones home at import: offline a DNS timeout
 
 # --- GENERATED (do not edit by hand; rebuild with `python -m dfdc kernel`) ---
 DATASET_SLUG = {{DATASET_SLUG}}
 COMPETITION = {{COMPETITION}}
-TIME_BUDGET = {{TIME_BUDGET}}
 FALLBACK = {{FALLBACK}}
 ROOT_ENV = {{ROOT_ENV}}
-FORCE_INSTALL_ENV = {{FORCE_INSTALL_ENV}}
-WHEEL_MODULES = {{WHEEL_MODULES}}
-ALWAYS_INSTALL = {{ALWAYS_INSTALL}}
 STATUS_MARK = {{STATUS_MARK}}
+WHEELS_MANIFEST = {{WHEELS_MANIFEST}}
 # --- end GENERATED ---
 
 ROOT = Path(os.environ.get(ROOT_ENV) or "/kaggle")
@@ -114,53 +114,29 @@ def find_dataset():
 
 
 def install_wheels(dataset):
-    """pip install --no-index --no-deps the bundled wheels into a folder put first on sys.path."""
-    force = os.environ.get(FORCE_INSTALL_ENV, "") not in ("", "0")
-    chosen = []
-    for wheel in sorted(dataset.glob("*.whl")):
-        dist = wheel.name.split("-")[0].lower()
-        module = WHEEL_MODULES.get(dist)
-        if module is None:
-            log(f"skipping unexpected wheel {wheel.name}")
-            continue
-        if dist in ALWAYS_INSTALL or force or importlib.util.find_spec(module) is None:
-            chosen.append(wheel)
-        else:
-            log(f"{module} already importable; not installing {wheel.name}")
-    missing = set(ALWAYS_INSTALL) - {w.name.split("-")[0].lower() for w in chosen}
+    """pip install --no-index --no-deps every listed wheel into a private folder that wins."""
+    listed = json.loads((dataset / WHEELS_MANIFEST).read_text(encoding="utf-8"))["wheels"]
+    missing = [w["file"] for w in listed if not (dataset / w["file"]).is_file()]
     if missing:
-        raise FileNotFoundError(f"the dataset {dataset} lacks the wheel(s) {sorted(missing)}; rebuild the bundle")
+        raise FileNotFoundError(f"the dataset {dataset} lacks the wheel(s) {missing}; rebuild the bundle")
+    for w in listed:
+        log(f"wheel {w['file']}: {w['reason']}")
     target = Path(tempfile.mkdtemp(prefix="dfdc-wheels-"))
-    atexit.register(shutil.rmtree, target, True)
     cmd = [
-        sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-        "--disable-pip-version-check", "--no-warn-script-location", "--quiet",
-        "--target", str(target), *[str(w) for w in chosen],
+        sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check",
+        "--no-warn-script-location", "--quiet", "--target", str(target), *[str(dataset / w["file"]) for w in listed],
     ]
-    log("installing " + ", ".join(w.name for w in chosen))
     subprocess.run(cmd, check=True)
-    sys.path.insert(0, str(target))
+    sys.path.insert(0, str(target))  # before the image's site-packages: the pinned versions win
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(target)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     importlib.invalidate_caches()
-    for wheel in chosen:
-        module = importlib.import_module(WHEEL_MODULES[wheel.name.split("-")[0].lower()])
-        log(f"{module.__name__} from {Path(module.__file__).parent}")
-
-
-def run_folder(dataset):
-    """The flat dataset as a run folder: fold{k}/best.pt, config.yaml, calibration.json."""
-    run = Path(tempfile.mkdtemp(prefix="dfdc-run-"))
-    atexit.register(shutil.rmtree, run, True)
-    for weights in sorted(dataset.glob("fold*.pt")):
-        fold = run / weights.stem
-        fold.mkdir()
-        try:
-            (fold / "best.pt").symlink_to(weights)
-        except OSError:
-            shutil.copyfile(weights, fold / "best.pt")
-    for name in ("config.yaml", "calibration.json"):
-        if (dataset / name).is_file():
-            shutil.copyfile(dataset / name, run / name)
-    return run
+    for w in listed:
+        for name in w["modules"]:
+            module = importlib.import_module(name)
+            where = Path(getattr(module, "__file__", None) or next(iter(module.__path__)))
+            if target.resolve() not in where.resolve().parents:
+                raise ImportError(f"{name} was imported from {where}, not from the bundled wheel {w['file']}")
+            log(f"{name} {w['version']} from {where.parent}")
 
 
 def check_submission():
@@ -179,30 +155,23 @@ def check_submission():
 
 
 def main():
-    log(f"Kaggle root {ROOT}")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no online version check offline
+    log(f"Kaggle root {ROOT}; Python {sys.version.split()[0]}")
     write_fallback()
     try:
         dataset = find_dataset()
         install_wheels(dataset)
-        import torch
+        from dfdc.kaggle.runtime import run_kernel
 
-        from dfdc.config import read_config
-        from dfdc.predict import predict_videos
-
-        cfg = read_config(dataset / "config.yaml")
-        cfg.predict.time_budget = max(TIME_BUDGET - (time.monotonic() - START), 1.0)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        log(f"predicting on {device} with a time budget of {cfg.predict.time_budget:.0f} s")
-        report = predict_videos(VIDEOS, run_folder(dataset), SUBMISSION, cfg, sample_submission=SAMPLE, device=device)
-        log("predictor report:\n" + report.summary())
+        code = run_kernel(dataset, VIDEOS, SAMPLE, SUBMISSION, START, log)
         rows = check_submission()
-        log(f"{STATUS_MARK}ok rows={rows}")
-    except Exception:  # any failure: the fallback submission is what gets scored
+        log(f"submission: {rows} rows")
+        return code
+    except Exception as exc:  # the whole bundle failed: the fallback submission stays, and the run fails loudly
         traceback.print_exc()
         write_fallback()
-        log(f"{STATUS_MARK}fallback")
-    return 0
+        kind = "import error" if isinstance(exc, ImportError) else type(exc).__name__
+        log(f"{STATUS_MARK}failed ({kind}: {exc})")
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,187 @@
+"""Talk to Kaggle through the official ``kaggle`` client: upload the dataset, wait until
+Kaggle has processed it, push the kernel, and submit a pushed kernel version.
+
+The client runs as a subprocess (it authenticates on import) with a timeout (it has none of
+its own), and its output is read: it exits 0 when the server rejects a request. The
+credentials are checked first, so nothing is sent without them.
+
+- ``push_bundle``: ``datasets create`` (or ``datasets version`` when the slug exists), then
+  ``datasets status`` every ``kernel.dataset_poll`` seconds until the version is ``ready``
+  (at most ``kernel.dataset_ready_timeout``; ``failed`` stops at once), then ``kernels push``,
+  which fails on any rejection, invalid dataset or competition source included. What was
+  pushed (kernel id and version) is recorded in ``BUILD_DIR/push.json``.
+- ``submit_kernel``: reads that record, checks ``kernels status`` (Kaggle accepts a code
+  submission of a version that ran to completion), then ``competitions submit -c COMP -k
+  USER/KERNEL -v VERSION -f submission.csv -m MSG``; every refusal says exactly why.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfdc.config import Config, warn
+from dfdc.io import atomic_write_json
+from dfdc.kaggle.bundle import Bundle
+from dfdc.kaggle.common import PUSH_RECORD, KernelError, run_command
+from dfdc.kaggle.credentials import find_credentials
+
+# What a kaggle CLI run prints when the server refused it (its exit code is 0 then).
+REJECTION_RE = re.compile(
+    r"error|not valid|already in use|invalid|forbidden|unauthori[sz]ed|denied|could not", re.IGNORECASE
+)
+# A warning the client prints on every call when kaggle.json is group-readable; it names the
+# file's path, which may hold any word, so it is left out before output is searched.
+KEY_WARNING = re.compile(r"^Warning: Your Kaggle API key is readable.*$", re.MULTILINE)
+DATASET_READY = "ready"
+DATASET_BROKEN = ("failed", "deleted")
+SUBMISSION_FILE = "submission.csv"  # what the kernel writes in /kaggle/working
+
+
+@dataclass
+class PushReport:
+    dataset_action: str  # "create" or "version"
+    dataset_output: str
+    dataset_status: str  # the last `datasets status` answer ("ready")
+    kernel_output: str
+    kernel_url: str | None
+    kernel_version: int | None
+    record: Path  # push.json
+
+
+def kaggle_cli() -> list[str]:
+    """The venv's ``kaggle`` command (never imported in-process: it authenticates on import)."""
+    path = Path(sys.executable).parent / "kaggle"
+    if not path.is_file():
+        raise KernelError(f"the kaggle client is not installed beside {sys.executable}; run `make setup`")
+    return [str(path)]
+
+
+def _kaggle(args: list[str], timeout: float, success: str) -> str:
+    """Run one kaggle CLI command; fail unless it exits 0, says ``success`` and no rejection."""
+    result = run_command(kaggle_cli() + args, timeout=timeout, what="kaggle " + " ".join(args[:2]))
+    output = _output(result)
+    if result.returncode != 0 or success.lower() not in output.lower() or REJECTION_RE.search(
+        output.replace(success, "")
+    ):
+        raise KernelError(f"`kaggle {' '.join(args)}` failed (exit {result.returncode}):\n{output[-2000:]}")
+    return output
+
+
+def _output(result: subprocess.CompletedProcess) -> str:
+    return KEY_WARNING.sub("", result.stdout + result.stderr).strip()
+
+
+def dataset_status(dataset_id: str, timeout: float) -> str:
+    """``kaggle datasets status ID``: "ready", "blobs_received", "failed" ... (lower case)."""
+    result = run_command(kaggle_cli() + ["datasets", "status", dataset_id], timeout=timeout,
+                         what="kaggle datasets status")
+    output = _output(result)
+    last = output.splitlines()[-1].strip().lower() if output else ""
+    if result.returncode != 0 or not re.fullmatch(r"[a-z_]+", last):
+        raise KernelError(f"`kaggle datasets status {dataset_id}` failed (exit {result.returncode}):\n{output[-2000:]}")
+    return last
+
+
+def wait_until_ready(dataset_id: str, cfg: Config, sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> str:
+    """Poll the dataset's status until it is ready; a clear error when it failed or the wait ran out."""
+    deadline = clock() + cfg.kernel.dataset_ready_timeout
+    while True:
+        status = dataset_status(dataset_id, cfg.kernel.push_timeout)
+        if status == DATASET_READY:
+            return status
+        if status in DATASET_BROKEN:
+            raise KernelError(f"Kaggle reports dataset {dataset_id} as {status!r}: the upload was not processed; "
+                              f"see https://www.kaggle.com/datasets/{dataset_id} and push again (make kernel)")
+        if clock() >= deadline:
+            raise KernelError(
+                f"dataset {dataset_id} is still {status!r} after {cfg.kernel.dataset_ready_timeout:g} s "
+                "(kernel.dataset_ready_timeout); Kaggle is still processing the upload. The kernel was NOT pushed "
+                "(it would start without its files). Wait, then run make kernel again, or raise the timeout "
+                "with SET=kernel.dataset_ready_timeout=SECONDS"
+            )
+        sleep(cfg.kernel.dataset_poll)
+
+
+def push_bundle(bundle: Bundle, cfg: Config, sleep: Callable[[float], None] = time.sleep) -> PushReport:
+    """Upload the dataset (create, or a new version if it exists), wait until it is ready,
+    then push the kernel; record the pushed version in ``BUNDLE_ROOT/push.json``."""
+    timeout = cfg.kernel.push_timeout
+    creds = find_credentials()
+    if creds.username and creds.username != bundle.username:
+        warn(f"the bundle is built for {bundle.username!r} but the credentials ({creds.source}) are {creds.username!r}")
+    dataset_cmd = ["datasets", "create", "-p", str(bundle.dataset_dir)]
+    result = run_command(kaggle_cli() + dataset_cmd, timeout=timeout, what="kaggle datasets create")
+    output = _output(result)
+    action = "create"
+    if "already in use" in output:
+        action = "version"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        output = _kaggle(
+            ["datasets", "version", "-p", str(bundle.dataset_dir), "-m", f"dfdc-kit folds {bundle.folds} {stamp}"],
+            timeout, success="is being created",
+        )
+    elif result.returncode != 0 or "is being created" not in output or REJECTION_RE.search(output):
+        raise KernelError(f"`kaggle {' '.join(dataset_cmd)}` failed (exit {result.returncode}):\n{output[-2000:]}")
+    status = wait_until_ready(bundle.dataset_id, cfg, sleep=sleep)
+    kernel_output = _kaggle(["kernels", "push", "-p", str(bundle.kernel_dir)], timeout, success="successfully pushed")
+    url = re.search(r"https?://\S+", kernel_output)
+    version = re.search(r"Kernel version (\d+) successfully pushed", kernel_output)
+    record = bundle.root / PUSH_RECORD
+    atomic_write_json(record, {
+        "kernel": bundle.kernel_id, "version": int(version.group(1)) if version else None,
+        "competition": bundle.competition, "dataset": bundle.dataset_id, "url": url.group(0) if url else None,
+        "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return PushReport(action, output, status, kernel_output, url.group(0) if url else None,
+                      int(version.group(1)) if version else None, record)
+
+
+def kernel_status(kernel_id: str, timeout: float) -> tuple[str, str]:
+    """``kaggle kernels status``: (status in upper case, failure message or "")."""
+    result = run_command(kaggle_cli() + ["kernels", "status", kernel_id], timeout=timeout, what="kaggle kernels status")
+    output = _output(result)
+    found = re.search(r'has status "(?:KernelWorkerStatus\.)?([A-Za-z_]+)"', output)
+    if result.returncode != 0 or not found:
+        raise KernelError(f"`kaggle kernels status {kernel_id}` failed (exit {result.returncode}):\n{output[-2000:]}")
+    failure = re.search(r'Failure message: "(.*)"', output)
+    return found.group(1).upper(), failure.group(1) if failure else ""
+
+
+def submit_kernel(build_dir: Path, cfg: Config, message: str | None = None, version: int | None = None) -> str:
+    """Submit the pushed kernel version to the competition; returns the client's answer.
+
+    Refuses, saying why, when nothing was pushed from ``build_dir``, there are no
+    credentials, the version has not finished running on Kaggle, or Kaggle rejects it.
+    """
+    record_path = Path(build_dir) / PUSH_RECORD
+    if not record_path.is_file():
+        raise KernelError(f"{record_path} not found: nothing was pushed from {build_dir}; run `make kernel` first "
+                          "(it pushes the bundle and records the kernel version to submit)")
+    try:
+        record = json.loads(record_path.read_text())
+        kernel_id, competition = str(record["kernel"]), str(record["competition"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise KernelError(f"{record_path}: unreadable ({exc}); run `make kernel` again") from None
+    version = version if version is not None else record.get("version")
+    if not version:
+        raise KernelError(f"{record_path} holds no kernel version (the push did not report one); "
+                          "pass --version N (see the kernel's page on kaggle.com)")
+    find_credentials()
+    status, failure = kernel_status(kernel_id, cfg.kernel.push_timeout)
+    if status != "COMPLETE":
+        why = {"QUEUED": "is queued on Kaggle", "RUNNING": "is still running on Kaggle",
+               "ERROR": "failed on Kaggle" + (f": {failure}" if failure else "")}.get(status, f"has status {status}")
+        raise KernelError(f"kernel {kernel_id} (version {version}) {why}; Kaggle accepts a code submission of a "
+                          f"version that ran to completion. Check https://www.kaggle.com/code/{kernel_id} and run "
+                          "make submit again when it is complete")
+    text = message or f"dfdc-kit {kernel_id} v{version}"
+    return _kaggle(["competitions", "submit", "-c", competition, "-k", kernel_id, "-v", str(version),
+                    "-f", SUBMISSION_FILE, "-m", text], cfg.kernel.push_timeout, success="")

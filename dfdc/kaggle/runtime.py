@@ -1,0 +1,151 @@
+"""What runs inside the Kaggle kernel once the bundled wheels are installed.
+
+``run_kernel`` (called by ``kernels/template/inference.py``):
+
+1. checks the detector's library imports (a missing wheel fails here, once, not per video);
+2. probes CUDA on every visible device with a real small computation, a half-precision
+   convolution included (today's torch has no kernels for the P100's sm_60: there
+   ``is_available()`` is True and the first real op fails); every failure is logged with
+   its reason;
+3. plans the run (``plan_run``): on the healthy GPUs, the fold models spread over them
+   (model k on GPU k mod n) and the decode + detect workers' MTCNN alternating between
+   them; with no healthy GPU, on the CPU with settings that fit the budget
+   (``kernel.cpu_frames`` frames, the first ``kernel.cpu_models`` fold models,
+   ``kernel.cpu_workers`` workers), written in the log; the time budget
+   (``kernel.time_budget`` less the time already spent) and the per-video timeout
+   (``kernel.video_timeout``) always hold;
+4. predicts with ``dfdc.predict.predict_videos`` and gives the verdict: when more than
+   ``kernel.max_fallback_share`` of the videos fell back for reasons that are not the
+   video's own fault, ``STATUS: failed`` with the reasons and exit code 1 (the submission
+   file is written either way); else ``STATUS: ok``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dfdc.config import Config, read_config
+from dfdc.kaggle.common import STATUS_MARK
+
+Log = Callable[[str], None]
+DETECTOR_MODULE = "facenet_pytorch"
+
+
+def probe_cuda(log: Log) -> tuple[list[str], dict[str, str]]:
+    """(devices that computed correctly, device -> why it failed)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return [], {"cuda": "torch.cuda.is_available() is False (no GPU attached, or a CPU-only torch)"}
+    ok: list[str] = []
+    bad: dict[str, str] = {}
+    for index in range(torch.cuda.device_count()):
+        device = f"cuda:{index}"
+        try:
+            name = torch.cuda.get_device_name(index)
+            major, minor = torch.cuda.get_device_capability(index)
+            x = torch.randn(2, 3, 32, 32, device=device).half()
+            w = torch.randn(8, 3, 3, 3, device=device).half()
+            y = torch.nn.functional.conv2d(x, w, padding=1)
+            z = y.float().mean() + (torch.ones(4, 4, device=device) @ torch.ones(4, 4, device=device)).sum()
+            value = float(z.item())  # synchronises: an asynchronous CUDA error surfaces here
+            if not math.isfinite(value):
+                raise RuntimeError(f"non-finite result {value}")
+            ok.append(device)
+            log(f"CUDA probe {device}: ok ({name}, sm_{major}{minor}, torch {torch.__version__} "
+                f"built for {torch.cuda.get_arch_list()})")
+        except Exception as exc:  # noqa: BLE001 - any failure means "do not use this device"; logged
+            bad[device] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            log(f"CUDA probe {device}: FAILED, {bad[device]}")
+    return ok, bad
+
+
+def plan_run(cfg: Config, devices: list[str], checkpoints: list[Path], budget: float) -> tuple[Config, list[Path], str, list[str]]:
+    """(the predict configuration, the checkpoints to use, the model device(s), log notes)."""
+    k = cfg.kernel
+    predict = dataclasses.replace(cfg.predict, time_budget=max(budget, 1.0), video_timeout=k.video_timeout)
+    notes = []
+    if devices:
+        predict = dataclasses.replace(predict, workers=k.workers, detect_device=",".join(devices))
+        notes.append(f"{len(checkpoints)} fold models on {', '.join(devices)} (model k on device k mod "
+                     f"{len(devices)}); {k.workers} decode + detect workers, MTCNN on {', '.join(devices)}")
+        device = ",".join(devices)
+    else:
+        frames = min(predict.frames, k.cpu_frames)
+        notes.append(f"no usable GPU: predicting on the CPU with {frames} frames per video (configured "
+                     f"{predict.frames}), {min(k.cpu_models, len(checkpoints))} of {len(checkpoints)} fold models, "
+                     f"{k.cpu_workers} worker(s), to fit the time budget")
+        checkpoints = checkpoints[: max(1, k.cpu_models)]
+        predict = dataclasses.replace(predict, frames=frames, workers=k.cpu_workers, detect_device="cpu", fp16=False)
+        device = "cpu"
+    notes.append(f"time budget {predict.time_budget:.0f} s, per-video timeout {predict.video_timeout:g} s, "
+                 f"{predict.frames} frames per video")
+    return dataclasses.replace(cfg, predict=predict), checkpoints, device, notes
+
+
+def run_folder(dataset: Path) -> Path:
+    """The flat dataset as a run folder: fold{k}/best.pt, config.yaml, calibration.json."""
+    run = Path(tempfile.mkdtemp(prefix="dfdc-run-"))
+    for weights in sorted(dataset.glob("fold*.pt")):
+        fold = run / weights.stem
+        fold.mkdir()
+        try:
+            (fold / "best.pt").symlink_to(weights)
+        except OSError:
+            shutil.copyfile(weights, fold / "best.pt")
+    for name in ("config.yaml", "calibration.json"):
+        if (dataset / name).is_file():
+            shutil.copyfile(dataset / name, run / name)
+    return run
+
+
+def verdict(report, cfg: Config) -> tuple[bool, str]:
+    """(ok, the reasons): failed when more than ``kernel.max_fallback_share`` of the videos
+    fell back for reasons that are not the video's own fault."""
+    failures = report.system_failures()
+    share = report.system_failure_share()
+    why = ", ".join(f"{kind}: {n}" for kind, n in sorted(failures.items())) or "none"
+    text = (f"{sum(failures.values())} of {report.videos} videos ({share:.0%}) fell back for reasons not their own "
+            f"({why}); kernel.max_fallback_share={cfg.kernel.max_fallback_share:g}")
+    return share <= cfg.kernel.max_fallback_share, text
+
+
+def run_kernel(dataset: Path, videos: Path, sample: Path, submission: Path, started: float, log: Log,
+               probe: Callable[[Log], tuple[list[str], dict[str, str]]] = probe_cuda) -> int:
+    """Predict the competition's videos into ``submission``; returns the exit code (0 ok, 1 failed)."""
+    from dfdc.predict import predict_videos
+
+    cfg = read_config(dataset / "config.yaml")
+    try:
+        importlib.import_module(DETECTOR_MODULE)
+    except ImportError as exc:
+        log(f"{STATUS_MARK}failed (import error: {exc}; the bundle lacks the detector's wheel)")
+        return 1
+    devices, problems = probe(log)
+    run = run_folder(dataset)
+    try:
+        checkpoints = sorted(run.glob("fold*/best.pt"))
+        budget = cfg.kernel.time_budget - (time.monotonic() - started)
+        run_cfg, checkpoints, device, notes = plan_run(cfg, devices, checkpoints, budget)
+        if problems and devices:
+            notes.append(f"left out: {problems}")
+        for note in notes:
+            log(note)
+        report = predict_videos(videos, run, submission, run_cfg, sample_submission=sample, device=device,
+                                checkpoints=checkpoints, progress=False)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)
+    log("predictor report:\n" + report.summary())
+    ok, text = verdict(report, cfg)
+    if not ok:
+        log(f"{STATUS_MARK}failed ({text})")
+        return 1
+    log(f"{STATUS_MARK}ok ({text})")
+    return 0
