@@ -229,8 +229,7 @@ class BaselineConfig:
     """Classical baselines (``model.arch`` logreg / svm / mlp) on per-crop features (``dfdc.baselines``)."""
 
     features: str = "embedding"  # "embedding": pooled features of the frozen ``model.backbone``;
-    # "pixels": the crop downscaled to pixel_size x pixel_size, RGB, as a vector
-    pixel_size: int = 16  # side of the downscaled crop for features=pixels (16 x 16 x 3 = 768 values)
+    # "pixels": the crop area-downscaled to 16 x 16 RGB (the `pixels` frame model), as a vector
     C: float = 1.0  # inverse regularisation strength of logreg and svm (scikit-learn's default)
     mlp_alpha: float = 1e-4  # the mlp's L2 penalty (scikit-learn's default)
     max_iter: int = 1000  # solver iterations of logreg / svm / mlp

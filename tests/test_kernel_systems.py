@@ -27,7 +27,9 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("arch,extra", [("lstm", ["model.backbone=efficientnet-b0"]),
                                         ("logreg", ["baseline.features=pixels", "model.backbone=pixels"])])
 def test_local_kernel_runs_a_sequence_model_and_a_baseline(arch: str, extra: list[str], mini_dfdc: Path,
-                                                           tmp_path: Path, image_dir: Path) -> None:
+                                                           tmp_path: Path, image_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative folders, as `make kernel-local` passes them (the kernel runs in another cwd)."""
     cfg = load_config("smoke", [f"model.arch={arch}", "model.rnn_hidden=128", "model.head_hidden=32",
                                 "train.size=48", "predict.frames=6", "predict.workers=0", "kernel.cpu_workers=0",
                                 "sequence.seq_len=4", f"kernel.wheel_cache={tmp_path / 'wheel-cache'}", *extra])
@@ -41,7 +43,8 @@ def test_local_kernel_runs_a_sequence_model_and_a_baseline(arch: str, extra: lis
     save_config(cfg, run / "config.yaml")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PIP_CACHE_DIR", os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip"))
-        bundle = build_bundle(run, tmp_path / "build", cfg, "alice")
+        mp.chdir(tmp_path)
+        bundle = build_bundle(Path("runs") / arch, Path("build"), cfg, "alice")
     data = tmp_path / "data"
     (data / "test_videos").mkdir(parents=True)
     videos = sorted(p.name for p in (mini_dfdc / "test_videos").glob("*.mp4"))[:2]
@@ -49,7 +52,8 @@ def test_local_kernel_runs_a_sequence_model_and_a_baseline(arch: str, extra: lis
         shutil.copyfile(mini_dfdc / "test_videos" / name, data / "test_videos" / name)
     pd.DataFrame({"filename": videos, "label": 0.5}).to_csv(data / "sample_submission.csv", index=False)
 
-    report = run_local(bundle, data, cfg, work_dir=tmp_path / "local", image_dir=image_dir)
+    monkeypatch.chdir(tmp_path)
+    report = run_local(bundle, Path("data"), cfg, work_dir=Path("local"), image_dir=Path(os.path.relpath(image_dir)))
 
     log = report.log.read_text()
     assert report.status == "ok" and report.fallback_rows == 0, log

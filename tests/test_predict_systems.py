@@ -98,6 +98,9 @@ def test_each_system_is_predicted_by_the_predictor(arch: str, videos: Path, tmp_
             pytest.approx(want, abs=1e-6)
         if ensemble.kind == "sequence":  # two people: two tracks, each read as seq_len frames
             assert units == (2 if name == "twopersons.mp4" else 1)
+            assert table.loc[name, "raw"] == pytest.approx(rows["prob"].max(), abs=1e-8)  # max over tracks
+            if units == 2:  # the random model's tracks differ (by ~1e-4), more than this test's tolerance
+                assert np.ptp(rows["prob"]) > 1e-6
             tensors, frames, tracks = ensemble.units(faces)
             assert tensors[spec].shape == (units, 4, 3, 40, 40) and (frames == -1).all()
             assert sorted(rows["track"]) == sorted(tracks.tolist()) == list(range(units)) and (rows["frame"] == -1).all()

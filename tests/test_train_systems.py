@@ -73,6 +73,9 @@ def test_frozen_lstm_trains_the_head_on_cached_features(faces, tmp_path: Path) -
     assert result["unit"] == "track" and result["aggregation"] == "max" and result["tracks"] == len(tracks)
     assert result["baseline"]["aggregation"] == "max"
     assert result["logloss_after"] <= result["logloss_before"] + 1e-12
+    from dfdc.cli.calibrate import format_result
+
+    assert f"{len(tracks)} tracks" in format_result({**result, "frames": 8}, cfg)
     applied = apply_calibration(cfg.predict, result)
     assert applied.aggregation == cfg.predict.aggregation  # the face rule is left alone
     assert applied.temperature == result["temperature"] and applied.clip == result["clip"]

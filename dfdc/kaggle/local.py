@@ -241,7 +241,7 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     (inputs / bundle.dataset_slug).symlink_to(bundle.dataset_dir.resolve(), target_is_directory=True)
     (work / "working").mkdir()
     (work / "home").mkdir()
-    python, _ = image_environment(Path(image_dir) if image_dir else bundle.root / "image-venv",
+    python, _ = image_environment(Path(image_dir or bundle.root / "image-venv").absolute(),  # the run has another cwd
                                   image_list(repo_root() / IMAGE_LIST))
     base = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
     env = blocked_network_env(work / "netblock", base={**base, "HOME": str(work / "home")})
