@@ -28,6 +28,7 @@ RUN ?= $(PROFILE)
 FOLDS ?= all
 GPUS ?= 1
 WORKERS ?= 2
+SHARD ?= 0/1
 SET ?=
 SYSTEMS ?= all
 COMPARE_PROFILE ?= compare
@@ -45,7 +46,7 @@ else
 TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m dfdc
 endif
 
-.PHONY: help setup test demo synth data meta faces folds train predict score calibrate \
+.PHONY: help setup test demo synth data meta faces faces-merge folds train predict score calibrate \
         kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
         bench-label-cleaning clean
 
@@ -80,7 +81,10 @@ meta: data
 	$(DFDC) meta --data $(DATA)
 
 faces: data
-	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) $(SET_FLAGS)
+	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --workers $(WORKERS) --shard $(SHARD) $(SET_FLAGS)
+
+faces-merge: data
+	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --merge $(SET_FLAGS)
 
 # `make folds` always (re)builds the split; `make train` builds it only when folds/folds.csv is
 # missing, so a run never trains on a split that changed under it (a run also records the

@@ -9,11 +9,16 @@ videos:
     ``faces.detect_threads`` threads as in (b), so the gap is the method, not thread tuning;
 (b) this builder: ``dfdc.extract.build_faces`` with the b7 recipe's faces settings
     (40 frames per REAL, 8 per FAKE, detection on REAL only at short side 270, crops
-    written as PNG, manifests, faces.csv), one worker, in a fresh output folder;
+    written in the default format, manifests, faces index), one worker, in a fresh output folder;
 (c) decoding alone, the floor of (b): ``dfdc.video.read_frames`` of exactly the frames (b)
     read (40 evenly spaced frames of the REAL video, each FAKE's frames from its manifest):
     ``grab()`` of every frame up to the last kept one and ``retrieve()`` + RGB conversion of
-    the kept ones; no detection, cropping or writing.
+    the kept ones; no detection, cropping or writing;
+(d) crop formats: every crop of (b) cut again from its decoded frame (the lossless pixels)
+    and written as png, jpg and webp at ``faces.image_quality``: bytes per crop, encode +
+    write and read + decode time per crop, PSNR of the decoded file against the lossless
+    pixels, and the disk the full DFDC's crops would take (``DFDC_CROPS``; target <= 60 GB
+    for the default format).
 
 Each method runs in its own fresh (spawned) process with the same torch/OpenCV thread
 count, so its peak memory (``ru_maxrss``) is that of one worker; "work" memory is the peak
@@ -51,6 +56,11 @@ SHAPE_KEYS = ("videos", "test_videos", "parts", "width", "height", "seconds", "f
 SEED_DETECT_EVERY = 10  # the seed study's starting point: MTCNN on every 10th frame
 TARGET_A_OVER_B = 10.0  # (b) should be at least 10x faster than (a)
 TARGET_B_OVER_C = 1.5  # ... and within 1.5x of decoding alone
+# Crops of the full DFDC with the recipe (DFDC.md): ~19k REAL videos x 40 frames + ~100k FAKE x 8,
+# one face per frame (two-person videos add, dropped identical fakes remove some)
+DFDC_CROPS = 19_000 * 40 + 100_000 * 8
+TARGET_DFDC_GB = 60.0  # the default crop format's projected size for the full DFDC must fit this
+FORMATS = ("png", "jpg", "webp")
 
 
 def _maxrss_mb() -> float:
@@ -147,6 +157,48 @@ def run_c(jobs: list[tuple[str, int | None, list[int] | None]], threads: int) ->
             "rss_peak_mb": _maxrss_mb()}  # fmt: skip
 
 
+def run_d(out_b: Path, cfg: FacesConfig) -> dict:
+    """Crop formats on (b)'s crops, cut again from their decoded frames (lossless pixels)."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    from dfdc.extract import encode_crop
+    from dfdc.faces import crop_face
+    from dfdc.video import read_frames
+
+    faces = pd.read_csv(out_b / "faces.csv", dtype={"video": str})
+    meta = pd.read_json(OUT / "meta.json", orient="records").set_index("video")
+    crops = []
+    for video, rows in faces.groupby("video"):
+        indices, frames = read_frames(Path(meta.loc[video, "path"]), indices=sorted(set(rows["frame"])))
+        by_index = dict(zip(indices, frames))
+        for r in rows.itertuples():
+            box = np.array([float(v) for v in r.box.split()], dtype=np.float32)
+            crops.append(crop_face(by_index[r.frame], box, cfg.margin, cfg.size))
+    result = {"crops": len(crops), "quality": cfg.image_quality, "default": cfg.image_format}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in FORMATS:
+            paths = [Path(tmp) / f"{i}.{fmt}" for i in range(len(crops))]
+            start = time.perf_counter()
+            for crop, path in zip(crops, paths):
+                path.write_bytes(encode_crop(crop, fmt, cfg.image_quality))
+            write = (time.perf_counter() - start) / len(crops)
+            start = time.perf_counter()
+            decoded = [cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for p in paths]
+            read = (time.perf_counter() - start) / len(crops)
+            psnr = []
+            for a, b in zip(crops, decoded):
+                mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+                psnr.append(float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse))
+            size = float(np.mean([p.stat().st_size for p in paths]))
+            result[fmt] = {"bytes_per_crop": size, "write_ms": write * 1000, "read_ms": read * 1000,
+                           "psnr_mean_db": float(np.mean(psnr)), "psnr_min_db": float(np.min(psnr)),
+                           "dfdc_gb": size * DFDC_CROPS / 1e9}
+    return result
+
+
 def in_child(fn, *args) -> dict:
     """Run ``fn`` in a fresh spawned process (its own peak memory)."""
     ctx = multiprocessing.get_context("spawn")
@@ -220,7 +272,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{b['warmup_seconds'] / b['warmup_videos']:.2f} s/video)")
     print(f"(c) decode only (read_frames of the same kept frames): {per_video(c):7.2f} s/video; "
           f"{c['frames_kept']} frames kept; {mem(c)}")
-    result = {"videos": n, "synth": vars(BENCH_SYNTH), "threads": args.threads, "a": a, "b": b, "c": c}
+    d = run_d(out_b, cfg)
+    print(f"(d) crop formats, {d['crops']} crops of (b) at {cfg.size} px cut again from their decoded frames "
+          f"(quality {d['quality']} for jpg/webp); full DFDC = {DFDC_CROPS:,} crops (19k REAL x 40 + 100k FAKE x 8):")
+    for fmt in FORMATS:
+        m = d[fmt]
+        mark = ""
+        if fmt == d["default"]:
+            mark = f"  <- default: {'OK' if m['dfdc_gb'] <= TARGET_DFDC_GB else 'MISSED'} (target <= {TARGET_DFDC_GB:g} GB)"
+        print(f"    {fmt:4s} {m['bytes_per_crop'] / 1000:6.1f} KB/crop, encode+write {m['write_ms']:5.2f} ms, "
+              f"read+decode {m['read_ms']:5.2f} ms, PSNR {m['psnr_mean_db']:5.1f} dB (min {m['psnr_min_db']:.1f}) "
+              f"-> {m['dfdc_gb']:6.1f} GB for DFDC{mark}")
+    result = {"videos": n, "synth": vars(BENCH_SYNTH), "threads": args.threads, "a": a, "b": b, "c": c, "d": d}
     if a is not None:
         ratio = per_video(a) / per_video(b)
         result["a_over_b"] = ratio

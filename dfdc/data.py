@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ LABELS = {"REAL": 0, "FAKE": 1}
 FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob")
 FOLDS_COLUMNS = ("video", "label", "fold")
 ROW_ORDER = ["video", "frame", "face"]  # the canonical order of the training table (unique per crop)
-FACES_FINGERPRINT = ("video", "label", "frame", "face", "path")  # what training reads of the index
+FACES_FINGERPRINT = ("video", "label", "frame", "face", "track", "path")  # what training reads of the index
 FOLDS_FINGERPRINT = FOLDS_COLUMNS
 SEED_MODULUS = 2**32  # numpy / albumentations seeds are 32-bit
 CROP_CHECK_SAMPLE = 1000  # crop files stat'ed at start-up (a seeded sample; all of them only on a miss)
@@ -119,7 +120,7 @@ def load_training_data(faces_dir: Path, folds_csv: Path) -> TrainingData:
     table["y"] = table["label"].map(LABELS).astype(int)
     if "track" not in table.columns:  # built before face tracks: the in-frame rank is the best guess
         table["track"] = table["face"]
-    table["file"] = [str(faces_dir / p) for p in table["path"]]
+    table["file"] = str(faces_dir) + os.sep + table["path"]  # vectorised: 1.7 M rows on DFDC
     table = _check_crop_files(table, index_path)
     if table.empty:
         raise DataError(f"no usable crops under {faces_dir}; rebuild with `python -m dfdc faces`")

@@ -15,6 +15,10 @@ DFDC metadata table -> face crops + ``faces.csv``. The recipe:
   and face (mean absolute difference inside the face box, ``dfdc.faces.face_difference``,
   < ``same_face_tolerance``) is not a manipulated face
   (audio-only fakes, two-person videos with one face swapped): it is dropped and counted.
+  Both crops are the decoded video pixels before encoding -- for an original finished by an
+  earlier run its frames are decoded again, never read back from a (lossy) crop file -- so
+  ``image_format`` cannot change the decision.
+- Crop files: ``image_format`` jpg (default, quality ``image_quality``), webp or png.
 
 Work unit = one REAL original with its fakes (one worker holds the boxes and the
 original's crops), or one FAKE on its own. Units are spread over worker processes and over
@@ -26,14 +30,19 @@ Output folder::
     crops/<part>/<video stem>/<frame>_<face>.<image_format>   the crops
     boxes/<part>/<video stem>.json     detections of each detected video (full-res boxes)
     manifests/<part>/<video stem>.json one per finished video: its crop rows, dropped count
-    faces.csv                          every finished video's rows (assembled at the end)
+    faces.csv, done.csv                the faces index, appended as videos finish (dfdc.faceindex);
+                                       sharded: faces_<i>of<N>.csv, done_<i>of<N>.csv, and
+                                       ``merge_faces`` builds faces.csv from all shards
     failures.csv                       this run's failed videos and why (failures_<i>of<N>.csv per shard)
     config.yaml                        the resolved configuration
 
 Resuming: a video is finished when its manifest exists (written atomically after its
-crops and boxes); a rerun skips finished videos, wipes the crop folder of unfinished ones
-(half a video's crops never survive), removes stale temp files, and rebuilds faces.csv.
-Failed videos have no manifest, so a rerun retries them (e.g. after a re-download).
+crops and boxes); the index commits it after that. A rerun reads the shard's done file,
+indexes finished videos the index missed (a kill between manifest and index), skips
+finished videos, wipes the crop folder of unfinished ones (half a video's crops never
+survive) and removes this shard's stale temp files. Failed videos have no manifest, so a
+rerun retries them (e.g. after a re-download). Shards sharing one output folder never
+touch each other's files.
 """
 
 from __future__ import annotations
@@ -55,20 +64,21 @@ import numpy as np
 import pandas as pd
 
 from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
+from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, remove_temps, shard_files
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
-from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json
+from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, read_table
 from dfdc.threads import limit_threads
 from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
 
-MANIFEST_COLUMNS = ["video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob"]
+MANIFEST_COLUMNS = ROW_COLUMNS  # a crop row, in manifests and the faces index
 META_COLUMNS = ("video", "path", "part", "label", "original")
 FAILURE_COLUMNS = ["video", "part", "label", "reason"]
 IMAGE_FORMATS = ("png", "jpg", "webp")
 # FacesConfig fields that change what is written: a rerun into the same folder must match.
 RESUME_KEYS = (
     "margin", "size", "frames_real", "frames_fake", "max_faces", "detect_short_side",
-    "min_face_size", "thresholds", "min_prob", "same_face_tolerance", "image_format",
+    "min_face_size", "thresholds", "min_prob", "same_face_tolerance", "image_format", "image_quality",
     "track_iou", "track_center", "track_max_gap",
 )  # fmt: skip
 
@@ -114,6 +124,7 @@ class Outcome:
     crops: int = 0
     dropped: int = 0
     detected: bool = False  # detection ran on this video (a REAL, or a FAKE without boxes)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # its crop rows (status "done")
 
 
 @dataclass
@@ -125,13 +136,15 @@ class ExtractReport:
     skipped: int = 0  # finished by an earlier run
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (video, reason)
-    real_crops: int = 0  # in faces.csv
-    fake_crops: int = 0  # in faces.csv
+    real_crops: int = 0  # in this shard's faces index
+    fake_crops: int = 0  # in this shard's faces index
     dropped_identical: int = 0  # FAKE crops equal to their original's, over all finished videos
     fakes_detected_on_self: int = 0  # this run: FAKE videos without usable original boxes
     seconds: float = 0.0
-    manifest: str = ""  # path of faces.csv
+    manifest: str = ""  # path of this shard's faces index (faces.csv unsharded)
     failures_csv: str = ""
+    indexed_from_manifests: int = 0  # finished videos the index had missed (a kill between the two)
+    index_rebuilt: str = ""  # why the index was rebuilt from the manifests ("" = it was not)
 
     def format(self) -> str:
         lines = [
@@ -140,6 +153,7 @@ class ExtractReport:
             f"crops in {self.manifest}: REAL {self.real_crops}, FAKE {self.fake_crops}; "
             f"dropped identical FAKE crops: {self.dropped_identical}",
             f"FAKE videos detected on themselves (no usable original): {self.fakes_detected_on_self}",
+            *([f"faces index rebuilt from the manifests: {self.index_rebuilt}"] if self.index_rebuilt else []),
             f"seconds: {self.seconds:.1f}" + (f" ({self.seconds / self.done:.2f} s per video done)" if self.done else ""),
         ]
         if self.failures:
@@ -236,16 +250,21 @@ def _detector() -> FaceDetector:
     return _STATE["detector"]
 
 
-def _encode(image_rgb: np.ndarray, fmt: str) -> bytes:
-    ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+def encode_params(fmt: str, quality: int) -> list[int]:
+    """OpenCV ``imencode`` parameters of a crop format (PNG: OpenCV's default compression)."""
+    if fmt == "jpg":
+        return [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+    if fmt == "webp":
+        return [cv2.IMWRITE_WEBP_QUALITY, int(quality)]
+    return []
+
+
+def encode_crop(image_rgb: np.ndarray, fmt: str, quality: int) -> bytes:
+    """An RGB crop as the bytes of a ``fmt`` file (``faces.image_format``, ``image_quality``)."""
+    ok, buf = cv2.imencode(f".{fmt}", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), encode_params(fmt, quality))
     if not ok:
         raise RuntimeError(f"cannot encode a crop as {fmt}")
     return buf.tobytes()
-
-
-def _load_crop(path: Path) -> np.ndarray | None:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str, Any]:
@@ -257,18 +276,26 @@ def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str,
 
 
 class _Boxes:
-    """A detected video's detections per frame, and its crops (for label cleaning)."""
+    """A detected video's detections per frame, and its crops as decoded pixels, before any
+    encoding (for label cleaning)."""
 
     def __init__(self, job: Job, shape: tuple[int, int], dets: dict[int, list[Detection]], crops: dict) -> None:
         self.job, self.shape, self.dets, self.crops = job, shape, dets, crops
 
+    def decode(self, frames: list[int]) -> None:
+        """Crops of ``frames`` from the video itself (an original finished by an earlier run:
+        its crop files may be lossy, so they are never read back for label cleaning)."""
+        todo = sorted({f for f in frames if self.dets.get(f) and (f, 0) not in self.crops})
+        if not todo:
+            return
+        cfg = _STATE["cfg"]
+        indices, images = read_frames(Path(self.job.path), indices=todo)
+        for frame_index, image in zip(indices, images):
+            for face, det in enumerate(self.dets[frame_index]):
+                self.crops[(frame_index, face)] = crop_face(image, det.box, cfg.margin, cfg.size)
+
     def crop(self, frame: int, face: int) -> np.ndarray | None:
-        key = (frame, face)
-        if key not in self.crops:  # finished by an earlier run: read the saved crop
-            cfg, out = _STATE["cfg"], _STATE["out"]
-            path = crops_dir(out, self.job.part, self.job.video) / f"{frame}_{face}.{cfg.image_format}"
-            self.crops[key] = _load_crop(path)
-        return self.crops[key]
+        return self.crops.get((frame, face))
 
 
 def _save_crops(
@@ -292,7 +319,7 @@ def _save_crops(
             # a plain write: a video's crops count only once its manifest (written atomically,
             # after them) exists, and ``_guard`` wipes an unfinished video's folder first, so a
             # kill -9 cannot leave a half-written crop in the dataset; no fsync per crop.
-            (folder / name).write_bytes(_encode(crop, cfg.image_format))
+            (folder / name).write_bytes(encode_crop(crop, cfg.image_format, cfg.image_quality))
             rows.append(_row(job, frame_index, face, (folder / name).relative_to(out).as_posix(), det))
             if job.label == "REAL":
                 crops[(frame_index, face)] = crop
@@ -340,7 +367,7 @@ def _detect_video(job: Job, k: int) -> tuple[Outcome, _Boxes | None]:
     _write_boxes(job, shape, indices, dets)
     _finish(job, rows, 0, indices)
     boxes = _Boxes(job, shape, dict(zip(indices, dets)), crops)
-    return Outcome(job.video, job.part, job.label, "done", crops=len(rows), detected=True), boxes
+    return Outcome(job.video, job.part, job.label, "done", crops=len(rows), detected=True, rows=rows), boxes
 
 
 def _fake_with_boxes(job: Job, ref: _Boxes) -> Outcome | None:
@@ -351,9 +378,10 @@ def _fake_with_boxes(job: Job, ref: _Boxes) -> Outcome | None:
     indices, frames = read_frames(Path(job.path), indices=chosen)
     if frames[0].shape[:2] != ref.shape:
         return None  # not pixel-aligned with its original: detect on the fake itself
+    ref.decode(indices)
     rows, _, dropped = _save_crops(job, frames, indices, [ref.dets[i] for i in indices], ref)
     _finish(job, rows, dropped, indices)
-    return Outcome(job.video, job.part, job.label, "done", crops=len(rows), dropped=dropped)
+    return Outcome(job.video, job.part, job.label, "done", crops=len(rows), dropped=dropped, rows=rows)
 
 
 def _guard(job: Job, work) -> tuple[Outcome, Any]:
@@ -418,33 +446,35 @@ def _check_resume(out_dir: Path, cfg: FacesConfig) -> None:
         )
 
 
-def _clean_temps(out_dir: Path) -> int:
-    removed = 0
-    for folder in (out_dir, out_dir / "manifests", out_dir / "boxes"):
-        if folder.is_dir():
-            pattern = f"*{TEMP_MARK}*"
-            for tmp in folder.glob(pattern) if folder == out_dir else folder.rglob(pattern):
-                if tmp.is_file():
-                    tmp.unlink(missing_ok=True)
-                    removed += 1
-    return removed
+def _clean_temps(out_dir: Path, units: list[Unit], shard: tuple[int, int]) -> int:
+    """Remove the temp files a killed run of THIS shard left (manifests, boxes, its own
+    top-level files); another shard writing into the same folder keeps its own."""
+    names = {f"{j.stem}.json" for u in units for j in u.jobs}
+    parts = {j.part for u in units for j in u.jobs}
+    folders = [out_dir / kind / part for kind in ("manifests", "boxes") for part in sorted(parts)]
+    own = {failures_name(shard), "config.yaml", *shard_files(shard)}
+    return remove_temps(folders, names, TEMP_MARK) + remove_temps([out_dir], own, TEMP_MARK)
 
 
-def assemble_manifest(meta: pd.DataFrame, out_dir: Path) -> tuple[pd.DataFrame, int]:
-    """Every finished video's rows (in table order) and the total dropped-identical count."""
-    rows: list[dict[str, Any]] = []
-    dropped = 0
-    for r in meta.itertuples(index=False):
-        path = manifest_path(out_dir, str(r.part), str(r.video))
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as exc:
-            raise RuntimeError(f"{path}: unreadable manifest ({exc}); delete it and rerun to redo {r.video}") from None
-        rows.extend(data["rows"])
-        dropped += int(data.get("dropped_identical", 0))
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), dropped
+def _index_missed(index: ShardIndex, units: list[Unit], out_dir: Path) -> int:
+    """Commit finished videos (manifest written) the index does not hold yet; returns how many.
+    Costs one stat per video not in the index (all of them only on a first run)."""
+    added = 0
+    for u in units:
+        for j in u.jobs:
+            if j.video in index.done:
+                continue
+            path = manifest_path(out_dir, j.part, j.video)
+            try:
+                data = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)  # a damaged manifest: redo the video
+                continue
+            index.append(j.video, j.part, j.label, data["rows"], int(data.get("dropped_identical", 0)))
+            added += 1
+    return added
 
 
 def build_faces(
@@ -490,12 +520,14 @@ def build_faces(
     out_dir.mkdir(parents=True, exist_ok=True)
     full = Config(faces=cfg) if config is None else dataclasses.replace(config, faces=cfg)
     save_config(full, out_dir / "config.yaml")
-    _clean_temps(out_dir)
-
+    _clean_temps(out_dir, units, shard)
+    index = ShardIndex(out_dir, shard).open()
+    missed = _index_missed(index, units, out_dir)
     for u in units:
         for j in u.jobs:
-            j.done = manifest_path(out_dir, j.part, j.video).is_file()
-    report = ExtractReport(videos=sum(len(u.jobs) for u in units))
+            j.done = j.video in index.done
+    report = ExtractReport(videos=sum(len(u.jobs) for u in units), indexed_from_manifests=missed,
+                           index_rebuilt=index.rebuilt)
     todo = [u for u in units if not all(j.done for j in u.jobs)]
     report.skipped = sum(len(u.jobs) for u in units if all(j.done for j in u.jobs))
 
@@ -512,6 +544,8 @@ def build_faces(
             if o.status == "done":
                 report.done += 1
                 found += o.crops
+                if o.video not in index.done:  # (an original redone for its lost boxes is indexed already)
+                    index.append(o.video, o.part, o.label, o.rows, o.dropped)
             elif o.status == "skipped":
                 report.skipped += 1
             else:
@@ -549,13 +583,44 @@ def build_faces(
             bar.close()
         _STATE.clear()
 
-    table, report.dropped_identical = assemble_manifest(meta, out_dir)
-    faces_csv = out_dir / "faces.csv"
-    atomic_write_csv(faces_csv, table)
     failures_csv = out_dir / failures_name(shard)
     atomic_write_csv(failures_csv, pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS))
-    report.real_crops = int((table["label"] == "REAL").sum())
-    report.fake_crops = int((table["label"] == "FAKE").sum())
-    report.manifest, report.failures_csv = str(faces_csv), str(failures_csv)
+    totals = index.totals()
+    report.real_crops, report.fake_crops, report.dropped_identical = totals["REAL"], totals["FAKE"], totals["dropped"]
+    report.manifest, report.failures_csv = str(index.rows_path), str(failures_csv)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def merge_faces(meta: pd.DataFrame, out_dir: Path, shards: int = 0) -> MergeReport:
+    """Build ``out_dir/faces.csv`` from the indexes of a sharded extraction (``--shard i/N``).
+
+    ``shards``: N (0 = the N of the shard files present, which must be one). Checks that
+    every shard's index is there, that each planned video of ``meta`` is indexed by its
+    shard or listed in the shard's failures file, and that no video or crop appears twice;
+    refuses (``ValueError``) otherwise, writing nothing.
+    """
+    from dfdc.faceindex import FaceIndexError, shard_counts
+
+    out_dir = Path(out_dir)
+    if shards <= 0:
+        counts = shard_counts(out_dir)
+        if len(counts) != 1:
+            found = ", ".join(f"{n} shards" for n in counts) or "no done_<i>of<N>.csv file"
+            raise ValueError(f"{out_dir}: cannot tell the shard count N ({found}); pass --shards N "
+                             "(and delete the files of other attempts)")
+        shards = counts[0]
+    planned: list[set[str]] = [set() for _ in range(shards)]
+    for u in plan_units(meta):
+        planned[unit_shard(u.key, shards)].update(j.video for j in u.jobs)
+    failed: list[set[str]] = []
+    for i in range(shards):
+        path = out_dir / failures_name((i, shards))
+        table = read_table(path, FAILURE_COLUMNS, error=ValueError, what="failures file",
+                           fix=f"rerun `dfdc faces --shard {i}/{shards}`", dtype={"video": str}) \
+            if path.is_file() else pd.DataFrame(columns=FAILURE_COLUMNS)
+        failed.append(set(table["video"].astype(str)))
+    try:
+        return merge(out_dir, planned, failed)
+    except FaceIndexError as exc:
+        raise ValueError(str(exc)) from None

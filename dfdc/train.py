@@ -74,6 +74,7 @@ from dfdc.data import (
 from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.metrics import log_loss
 from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
+from dfdc.models.checkpoint import FOLD_DIR
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 
@@ -574,7 +575,8 @@ class FoldTrainer:
         ctx.agree(lambda: make(False), "building the model (pretrained weights)")
         self.model = holder[0].to(ctx.device, memory_format=self.memory_format)
         self._prepare_model(self.model)
-        _seed_everything(rank_seed(t.seed + self.fold, ctx.rank))  # dropout differs between ranks
+        if ctx.rank:  # dropout differs between ranks; rank 0 goes on as a single process does
+            _seed_everything(rank_seed(t.seed + self.fold, ctx.rank))
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.optimizer = _optimizer(self.model, self.cfg, self.lr, ctx.device)
@@ -787,9 +789,10 @@ class FoldTrainer:
             start = time.perf_counter()
             stats = self.train_epoch()
             if ctx.main and ran == 0:
+                rate = f", then {stats.steady_images_per_s:.1f} images/s" if stats.steps > 1 else ""
                 print(f"fold {self.fold}: first step {stats.first_step_seconds:.1f} s (loader start-up"
-                      f"{', cuDNN autotune' if self.fixed_shapes else ''}{', compile' if t.compile else ''}), then "
-                      f"{stats.steady_images_per_s:.1f} images/s", file=sys.stderr)
+                      f"{', cuDNN autotune' if self.fixed_shapes else ''}{', compile' if t.compile else ''}){rate}",
+                      file=sys.stderr)
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
             videos = _aggregate_videos(faces, self.cfg, self.val_rule)
@@ -929,9 +932,9 @@ def _merge_oof(run_dir: Path, cfg: Config, fingerprints: dict[str, Any]) -> tupl
     name, columns = _trainer(cfg).OOF_UNITS
     videos, units = [], []
     for folder in sorted(run_dir.glob("fold*")):
-        if (folder / "oof.csv").is_file() and (folder / name).is_file():
-            _check_inputs(folder, int(folder.name[4:]) if folder.name[4:].isdigit() else -1, fingerprints,
-                          "merge the OOF predictions of")
+        match = FOLD_DIR.fullmatch(folder.name)
+        if match and (folder / "oof.csv").is_file() and (folder / name).is_file():
+            _check_inputs(folder, int(match.group(1)), fingerprints, "merge the OOF predictions of")
             videos.append(pd.read_csv(folder / "oof.csv", dtype={"video": str}))
             units.append(pd.read_csv(folder / name, dtype={"video": str}))
     if not videos:

@@ -20,6 +20,7 @@ from dfdc.extract import (
     MANIFEST_COLUMNS,
     build_faces,
     manifest_path,
+    merge_faces,
     parse_shard,
     plan_units,
     unit_shard,
@@ -113,7 +114,7 @@ def test_crops_on_disk_and_rows(built) -> None:
     for row in faces.itertuples():
         image = cv2.imread(str(out / row.path))
         assert image is not None and image.shape == (CFG.size, CFG.size, 3), row.path
-        assert row.path == f"crops/dfdc_train_part_0/{Path(row.video).stem}/{row.frame}_{row.face}.png"
+        assert row.path == f"crops/dfdc_train_part_0/{Path(row.video).stem}/{row.frame}_{row.face}.{CFG.image_format}"
         x1, y1, x2, y2 = map(float, row.box.split())
         assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H and row.prob >= CFG.min_prob
     assert set(faces.loc[faces.label == "REAL", "original"]) == {""}
@@ -144,51 +145,165 @@ def test_identical_fake_is_dropped_and_finished(built) -> None:
     out, _ = built
     data = json.loads(manifest_path(out, "dfdc_train_part_0", "fakesameaa.mp4").read_text())
     assert data["rows"] == [] and data["dropped_identical"] == 2
-    assert not any((out / "crops/dfdc_train_part_0/fakesameaa").glob("*.png"))
+    assert not any((out / "crops/dfdc_train_part_0/fakesameaa").glob("*"))
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(["video", "frame", "face"]).reset_index(drop=True)
 
 
 def test_resume_after_interruption(built, meta: pd.DataFrame, tmp_path: Path) -> None:
     src, _ = built
     out = tmp_path / "faces"
     shutil.copytree(src, out)
-    first = pd.read_csv(out / "faces.csv")
-    # simulate a kill -9: faces.csv never assembled, two videos without manifest, a half-written
-    # crop folder, stale temp files
-    (out / "faces.csv").unlink()
-    for video in ("fakeswapaa.mp4", "fakesameaa.mp4"):
-        manifest_path(out, "dfdc_train_part_0", video).unlink()
-    stray = out / "crops/dfdc_train_part_0/fakeswapaa/999_0.png"
+    first = _sorted(pd.read_csv(out / "faces.csv"))
+    done = (out / "done.csv").read_text().splitlines()
+    # simulate kill -9 at each point of a video's commit:
+    # - fakeswapaa: crops half written, no manifest, not indexed
+    # - fakesameaa: manifest written, killed before the index heard of it
+    # - fakeorphan: rows appended, killed before its done line (then a torn half line)
+    order = [line.split(",")[0] for line in done[1:]]
+    last = order[-1]
+    keep = [line for line in done if line.split(",")[0] not in ("fakeswapaa.mp4", "fakesameaa.mp4")]
+    rows = pd.read_csv(out / "faces.csv", keep_default_na=False)
+    committed = rows[~rows["video"].isin(["fakeswapaa.mp4", "fakesameaa.mp4", last])]
+    uncommitted = rows[rows["video"] == last]
+    committed.to_csv(out / "faces.csv", index=False)
+    with open(out / "faces.csv", "a") as handle:
+        handle.write(uncommitted.to_csv(header=False, index=False))
+    # the done file: every committed video's line with the true end offsets, then a torn line
+    from dfdc.faceindex import ShardIndex
+
+    (out / "done.csv").unlink()
+    (out / "faces.csv").rename(out / "rows.tmp")
+    index = ShardIndex(out).open()
+    for video, group in committed.groupby("video", sort=False):
+        index.append(video, str(group["part"].iloc[0]), str(group["label"].iloc[0]), group.to_dict("records"), 0)
+    with open(out / "faces.csv", "a") as handle:
+        handle.write(uncommitted.to_csv(header=False, index=False))
+    with open(out / "done.csv", "a") as handle:
+        handle.write(f"{last},dfdc_train_pa")
+    (out / "rows.tmp").unlink()
+    manifest_path(out, "dfdc_train_part_0", "fakeswapaa.mp4").unlink()
+    stray = out / f"crops/dfdc_train_part_0/fakeswapaa/999_0.{CFG.image_format}"
     stray.write_bytes(b"half")
-    temps = [out / ".faces.csv.tmp-abc123", out / "manifests/dfdc_train_part_0/.fakeswapaa.json.tmp-xyz"]
+    temps = [out / ".failures.csv.tmp-abc123", out / "manifests/dfdc_train_part_0/.fakeswapaa.json.tmp-xyz"]
     for t in temps:
         t.write_text("partial")
+    other = out / "manifests/dfdc_train_part_0/.othershard.json.tmp-xyz"  # another shard's, in flight
+    other.write_text("partial")
     report = build_faces(meta, out, CFG, progress=False, device="cpu")
-    again = pd.read_csv(out / "faces.csv")
-    pd.testing.assert_frame_equal(again, first)
-    assert report.done == 2 and report.skipped == 3 and report.failed == 3  # failures are retried
-    assert report.dropped_identical == 2  # label cleaning against the saved original crops
+    pd.testing.assert_frame_equal(_sorted(pd.read_csv(out / "faces.csv")), first)
+    assert report.done == 1 and report.failed == 3  # fakeswapaa redone; failures are retried
+    assert report.indexed_from_manifests == 2  # fakesameaa and the uncommitted last video, from their manifests
+    assert report.skipped == 4 and report.dropped_identical == 2  # fakesameaa's 2, from its manifest
     assert report.fakes_detected_on_self == 0  # boxes came from boxes/realaaaaaa.json
     assert not stray.exists() and not any(t.exists() for t in temps)
-    # a third run has nothing left to do and changes nothing
+    assert other.exists()  # not this shard's: left alone
+    # a third run has nothing left to do, changes nothing, and reads no manifest
+    for path in (out / "manifests").rglob("*.json"):
+        path.unlink()
     report = build_faces(meta, out, CFG, progress=False, device="cpu")
-    assert report.done == 0 and report.skipped == 5
-    pd.testing.assert_frame_equal(pd.read_csv(out / "faces.csv"), first)
+    assert report.done == 0 and report.skipped == 5 and report.indexed_from_manifests == 0
+    pd.testing.assert_frame_equal(_sorted(pd.read_csv(out / "faces.csv")), first)
     # other crop settings into the same folder: refused, nothing mixed
     with pytest.raises(ValueError, match="margin"):
         build_faces(meta, out, dataclasses.replace(CFG, margin=0.5), progress=False)
 
 
-def test_workers_and_shards_match_single_process(built, meta: pd.DataFrame, tmp_path: Path) -> None:
+def test_index_of_an_older_kit_is_rebuilt_from_the_manifests(built, meta: pd.DataFrame, tmp_path: Path) -> None:
     src, _ = built
-    expected = pd.read_csv(src / "faces.csv").sort_values(["video", "frame", "face"]).reset_index(drop=True)
+    out = tmp_path / "faces"
+    shutil.copytree(src, out)
+    first = _sorted(pd.read_csv(out / "faces.csv"))
+    (out / "done.csv").unlink()  # faces.csv assembled by an older kit (or a merge), no done file
+    report = build_faces(meta, out, CFG, progress=False, device="cpu")
+    assert "has no done.csv" in report.index_rebuilt and "rebuilt from the manifests" in report.format()
+    assert report.done == 0 and report.indexed_from_manifests == 5 and report.skipped == 5
+    pd.testing.assert_frame_equal(_sorted(pd.read_csv(out / "faces.csv")), first)
+
+
+def test_label_cleaning_uses_video_pixels_not_saved_crops(meta: pd.DataFrame, tmp_path: Path) -> None:
+    """An original finished by an earlier run: its fakes are compared with its frames decoded
+    again, not with its (lossy) crop files -- here overwritten with noise to prove it."""
+    out = tmp_path / "faces"
+    build_faces(meta[meta.video == "realaaaaaa.mp4"], out, CFG, progress=False, device="cpu")
+    rng = np.random.default_rng(0)
+    for crop in (out / "crops/dfdc_train_part_0/realaaaaaa").iterdir():
+        cv2.imwrite(str(crop), rng.integers(0, 256, (CFG.size, CFG.size, 3), dtype=np.uint8))
+    report = build_faces(meta, out, CFG, progress=False, device="cpu")
+    assert report.dropped_identical == 2  # fakesameaa's two crops equal the original's pixels
+    faces = pd.read_csv(out / "faces.csv")
+    assert (faces["video"] == "fakeswapaa.mp4").sum() == 2 and not (faces["video"] == "fakesameaa.mp4").any()
+
+
+def test_crop_formats_keep_the_rows_and_shrink_the_files(built, meta: pd.DataFrame, tmp_path: Path) -> None:
+    src, _ = built
+    rows = {}
+    sizes = {}
+    for fmt in ("png", "webp"):
+        out = tmp_path / fmt
+        report = build_faces(meta, out, dataclasses.replace(CFG, image_format=fmt), progress=False, device="cpu")
+        assert report.dropped_identical == 2  # the label cleaning does not depend on the format
+        rows[fmt] = _sorted(pd.read_csv(out / "faces.csv"))
+        sizes[fmt] = sum(p.stat().st_size for p in (out / "crops").rglob(f"*.{fmt}"))
+    jpg = _sorted(pd.read_csv(src / "faces.csv"))
+    sizes["jpg"] = sum(p.stat().st_size for p in (src / "crops").rglob("*.jpg"))
+    for fmt in ("png", "webp"):
+        pd.testing.assert_frame_equal(rows[fmt].drop(columns="path"), jpg.drop(columns="path"))
+    assert sizes["jpg"] < sizes["png"] / 2 and sizes["webp"] < sizes["png"] / 2, sizes
+    with pytest.raises(ValueError, match="image_format 'gif'"):
+        build_faces(meta, tmp_path / "gif", dataclasses.replace(CFG, image_format="gif"), progress=False)
+
+
+def test_workers_and_shards_match_single_process(built, meta: pd.DataFrame, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    src, _ = built
+    expected = _sorted(pd.read_csv(src / "faces.csv"))
     out = tmp_path / "faces"
     assert sum(unit_shard(u.key, 2) == 1 for u in plan_units(meta)) >= 2  # so shard 1 really uses 2 processes
     r0 = build_faces(meta, out, CFG, shard=(0, 2), workers=1, progress=False, device="cpu")
+    assert main(["faces", "--data", str(meta.path.iloc[0]).rsplit("/dfdc_train_part_0", 1)[0], "--out", str(out),
+                 "--merge"]) == 1  # shard 1 has not run
+    assert "shard 1/2 has no index" in capsys.readouterr().err and not (out / "faces.csv").exists()
     r1 = build_faces(meta, out, CFG, shard=(1, 2), workers=2, progress=False, device="cpu")
     assert r0.videos + r1.videos == 8 and r0.videos > 0 and r1.videos > 0
-    assert (out / "failures_0of2.csv").exists() and (out / "failures_1of2.csv").exists()
-    got = pd.read_csv(out / "faces.csv").sort_values(["video", "frame", "face"]).reset_index(drop=True)
+    for name in ("failures_0of2.csv", "failures_1of2.csv", "faces_0of2.csv", "faces_1of2.csv"):
+        assert (out / name).exists(), name
+    merged = merge_faces(meta, out)
+    assert merged.shards == 2 and merged.videos == 5 and merged.failed == 3
+    got = pd.read_csv(out / "faces.csv")
+    pd.testing.assert_frame_equal(got, _sorted(got))  # the merged index is in canonical order
     pd.testing.assert_frame_equal(got[["video", "frame", "face", "box"]], expected[["video", "frame", "face", "box"]])
+    # `make train` runs an unsharded `dfdc faces` next: it finds every video in the merged index
+    again = build_faces(meta, out, CFG, progress=False, device="cpu")
+    assert again.done == 0 and again.skipped == 5 and again.indexed_from_manifests == 0 and not again.index_rebuilt
+    pd.testing.assert_frame_equal(pd.read_csv(out / "faces.csv"), got)
+
+
+def test_merge_refuses_missing_and_duplicated(built, meta: pd.DataFrame, tmp_path: Path) -> None:
+    src, _ = built
+    out = tmp_path / "faces"
+    for i in (0, 1):
+        build_faces(meta, out, CFG, shard=(i, 2), progress=False, device="cpu")
+    merge_faces(meta, out)
+    ok = (out / "faces.csv").read_bytes()
+    victim = next(v for v in ("fakeswapaa.mp4", "fakeorphan.mp4", "fakeofbadx.mp4"))
+    shard = next(i for i in (0, 1) if victim in (out / f"done_{i}of2.csv").read_text())
+    lines = (out / f"done_{shard}of2.csv").read_text().splitlines(keepends=True)
+    (out / f"done_{shard}of2.csv").write_text("".join(x for x in lines if not x.startswith(victim)))
+    with pytest.raises(ValueError, match=f"shard {shard}/2 is missing 1 of its .* videos .*{victim}"):
+        merge_faces(meta, out)
+    assert (out / "faces.csv").read_bytes() == ok  # nothing written
+    (out / f"done_{shard}of2.csv").write_text("".join(lines))
+    other = 1 - shard
+    with open(out / f"done_{other}of2.csv", "a") as handle:  # the same video claimed by the other shard too
+        handle.write(next(x for x in lines if x.startswith(victim)))
+    with pytest.raises(ValueError, match=f"indexes 1 videos shard {other}/2 was not to do"):
+        merge_faces(meta, out)
+    with pytest.raises(ValueError, match="cannot tell the shard count"):
+        build_faces(meta, out, CFG, shard=(0, 3), progress=False, device="cpu")
+        merge_faces(meta, out)
 
 
 def test_units_and_shards(meta: pd.DataFrame) -> None:

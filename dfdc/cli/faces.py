@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dfdc.config import Config, set_value
-from dfdc.extract import build_faces, parse_shard
+from dfdc.extract import build_faces, merge_faces, parse_shard
 from dfdc.metadata import MetadataError, load_metadata
 
 HELP = "detect faces (REAL videos only, boxes reused for fakes) and write class-balanced crops + faces.csv"
@@ -17,7 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder holding dfdc_train_part_*/ and/or train_sample_videos/")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default DATA/faces); a rerun resumes")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default faces.workers)")
-    parser.add_argument("--shard", default="0/1", help="i/N: this machine's share of the work units (default 0/1)")
+    parser.add_argument("--shard", default="0/1", help="i/N: this machine's share of the work units (default 0/1); "
+                        "writes faces_<i>of<N>.csv, joined by --merge")
+    parser.add_argument("--merge", action="store_true",
+                        help="after all --shard i/N runs: build OUT/faces.csv from the shard indexes, checking that "
+                             "no video is missing or duplicated")
+    parser.add_argument("--shards", type=int, default=0, help="with --merge: N (default: the N of the shard files found)")
     parser.add_argument("--margin", type=float, default=None, help="crop margin: side * (1 + margin) (recipe 0.5-0.7)")
     parser.add_argument("--size", type=int, default=None, help="crop side in pixels")
     parser.add_argument("--frames-real", type=int, default=None, help="frames per REAL video")
@@ -39,6 +44,13 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if len(problems):
         print(problems.format(), file=sys.stderr)
     out = args.out if args.out is not None else Path(args.data) / "faces"
+    if args.merge:
+        try:
+            print(merge_faces(table, out, args.shards).format())
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         report = build_faces(
             table, out, cfg.faces, shard=shard, workers=cfg.faces.workers,
