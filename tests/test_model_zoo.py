@@ -73,9 +73,9 @@ def test_model_trains_saves_reloads_and_predicts(arch: str, tmp_path: Path) -> N
         assert model.features(x).shape == (4, model.feature_dim)
     run = tmp_path / "run"
     save_checkpoint(run / "fold0" / "best.pt", model, cfg, {"fold": 0})
-    ensemble, _ = load_ensemble(run, cfg.predict, "cpu")  # the predictor's loading (load_checkpoint)
+    ensemble, _ = load_ensemble(run, cfg.predict, ["cpu"])  # the predictor's loading (load_checkpoint)
     (spec,) = ensemble.specs
-    (loaded,) = ensemble.groups[spec]
+    ((loaded, _),) = ensemble.groups[spec]  # (model, device)
     assert loaded.input_spec == model.input_spec  # side and normalisation travelled in the checkpoint
     assert spec.input_size == size and spec.crop_size == 48
     with torch.no_grad():
