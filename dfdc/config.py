@@ -327,7 +327,7 @@ class KernelConfig:
     workers: int = 3  # decode + detect worker processes on a GPU machine (T4 x2 has 4 CPUs: 3 workers,
     # the main process feeds the GPUs); MTCNN runs on the GPUs, workers alternating between them
     cpu_frames: int = 8  # when no GPU passes the start-up probe: frames per video on the CPU ...
-    cpu_models: int = 1  # ... fold models used ... (estimate: B7 at 240 px ~0.2-0.25 s per face on a
+    cpu_models: int = 1  # ... fold models used (lowest validation log loss first) ... (estimate: B7 at 240 px ~0.2-0.25 s per face on a
     # few CPU threads, so 8 frames x 1 model ~2-4 s per video, inside the ~7.6 s that 8.5 h leave
     # for 4,000 videos; the time budget still holds if it is slower)
     cpu_workers: int = 1  # ... and decode + detect workers (the model needs the other CPUs)

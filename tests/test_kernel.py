@@ -346,7 +346,7 @@ def test_invalid_dataset_sources_fail_the_push(bundle: Bundle, tmp_path: Path, m
     """Kaggle saves the kernel but leaves the dataset out: it would run without its weights."""
     with KaggleStub(invalid_dataset_sources=("alice/dfdc-kit-models",)) as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        with pytest.raises(KernelError, match="not valid dataset sources"):
+        with pytest.raises(KernelError, match="saved it without its dataset sources .*alice/dfdc-kit-models"):
             push_bundle(bundle, _push_cfg(tmp_path))
     assert len(stub.bodies("SaveKernel")) == 1
     assert not (bundle.root / "push.json").exists() or json.loads((bundle.root / "push.json").read_text())
@@ -457,6 +457,12 @@ def test_image_environment_holds_only_the_image(image_dir: Path) -> None:
     from dfdc.kaggle.wheels import image_list
 
     python, dists = image_environment(image_dir, image_list(repo_root() / IMAGE_LIST))
+    cwd = os.getcwd()
+    try:  # a relative folder still gives an interpreter usable from the kernel's working folder
+        os.chdir(image_dir.parent)
+        assert image_environment(Path(image_dir.name), image_list(repo_root() / IMAGE_LIST))[0] == python
+    finally:
+        os.chdir(cwd)
     assert "torch" in dists and "numpy" in dists and "facenet-pytorch" not in dists and "dfdc-kit" not in dists
     probe = ("import importlib.util as u, torch, cv2, numpy, pandas, yaml\n"
              "print([m for m in ('facenet_pytorch', 'efficientnet_pytorch', 'dfdc', 'albumentations', 'pytest') "
@@ -533,12 +539,15 @@ def test_plan_uses_every_healthy_gpu_or_a_budget_fitting_cpu_plan(tmp_path: Path
 
     cfg = load_config("b7")
     folds = [tmp_path / f"fold{k}" / "best.pt" for k in range(5)]
+    for k, path in enumerate(folds):  # fold 3 validated best: the CPU plan's one model
+        path.parent.mkdir()
+        torch.save({"val_logloss": 0.1 if k == 3 else 0.5 + k / 10}, path)
     gpu, chosen, device, notes = plan_run(cfg, ["cuda:0", "cuda:1"], folds, budget=1000.0)
     assert device == "cuda:0,cuda:1" and chosen == folds
     assert gpu.predict.detect_device == "cuda:0,cuda:1" and gpu.predict.workers == cfg.kernel.workers
     assert gpu.predict.frames == 32 and gpu.predict.time_budget == 1000.0 and gpu.predict.video_timeout == 60.0
     cpu, chosen, device, notes = plan_run(cfg, [], folds, budget=1000.0)
-    assert device == "cpu" and chosen == folds[:1] and cpu.predict.frames == cfg.kernel.cpu_frames
+    assert device == "cpu" and chosen == [folds[3]] and cpu.predict.frames == cfg.kernel.cpu_frames
     assert cpu.predict.detect_device == "cpu" and not cpu.predict.fp16
     assert "no usable GPU: predicting on the CPU with 8 frames per video (configured 32), 1 of 5 fold models" in notes[0]
 

@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import log_loss as sk_log_loss
 from test_data import make_tiny_faces
 
 from dfdc.config import Config, load_config, read_config
@@ -59,7 +62,9 @@ def test_outputs_and_skip_on_rerun(tiny: tuple[Path, Path], tmp_path: Path) -> N
         assert meta["val_logloss"] == pytest.approx(fold.best_logloss)
         best_row = metrics[(metrics["fold"] == fold.fold) & (metrics["epoch"] == fold.best_epoch)]
         assert best_row["val_logloss"].item() == pytest.approx(fold.best_logloss)
-    assert report.oof_logloss is not None and 0 < report.oof_logloss < 5
+    # the run's OOF log loss is Kaggle's log loss of oof.csv's predictions clipped at train.val_clip
+    clipped = oof["pred"].clip(cfg.train.val_clip, 1 - cfg.train.val_clip)
+    assert report.oof_logloss == pytest.approx(sk_log_loss(oof["label"], clipped, labels=[0, 1]), rel=1e-9)
     stamp = (run / "fold0" / "best.pt").stat().st_mtime_ns
     again = train(faces, folds, cfg)
     assert all(f.skipped for f in again.folds)
@@ -160,6 +165,45 @@ def test_unknown_validation_aggregation_fails_before_training(tiny: tuple[Path, 
     with pytest.raises(ConfigError, match="val_aggregation='median'"):
         train(faces, folds, _cfg(tmp_path, "train.val_aggregation=median"))
     assert not list((tmp_path / "runs" / "t").glob("fold*/last.pt"))  # no epoch was spent
+
+
+def test_trained_model_ranks_fake_videos_above_real(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """P(FAKE) is the FAKE column of the softmax, in training's validation and in the
+    predictor: after brief training FAKE videos (blurred, brighter crops) score above REAL."""
+    from dfdc.models import load_checkpoint
+    from dfdc.predict import CropSpec, _Ensemble
+
+    faces, folds = tiny
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0"))
+    run = tmp_path / "runs" / "t"
+    oof = pd.read_csv(run / "oof.csv")
+    assert report.folds[0].best_logloss < 0.69  # it learned something
+    fake, real = oof.loc[oof["label"] == 1, "pred"], oof.loc[oof["label"] == 0, "pred"]
+    assert fake.min() > real.max(), oof  # every FAKE video above every REAL one
+    model, meta = load_checkpoint(run / "fold0" / "best.pt")
+    table = pd.read_csv(faces / "faces.csv")
+    held_out = set(pd.read_csv(folds).query("fold == 0")["video"])
+    crops = table[table["video"].isin(held_out)]
+    images = np.stack([cv2.cvtColor(cv2.imread(str(faces / p)), cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
+                       for p in crops["path"]])
+    spec = CropSpec(0.6, 32, int(meta["input"]["size"]))
+    probs = _Ensemble({spec: [(model, "cpu")]}, half=False, tta_flip=False).fake_probability({spec: images})
+    is_fake = (crops["label"] == "FAKE").to_numpy()
+    assert probs[is_fake].mean() > 0.5 > probs[~is_fake].mean()
+
+
+def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dfdc.train as train_module
+
+    losses = iter([0.60, 0.50, 0.55, 0.56, 0.40, 0.30])  # best at epoch 1, then two worse epochs
+    monkeypatch.setattr(train_module, "_video_logloss", lambda videos, clip: (next(losses), 0.5))
+    cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=1")
+    report = train(tiny[0], tiny[1], cfg)
+    (fold,) = report.folds
+    assert fold.epochs_run == 4 and fold.best_epoch == 1 and fold.best_logloss == 0.50 and fold.finished
+    metrics = pd.read_csv(tmp_path / "runs" / "t" / "metrics.csv")
+    assert metrics["epoch"].tolist() == [0, 1, 2, 3]
 
 
 def test_lr_scaling_rules() -> None:

@@ -23,6 +23,7 @@ FLAGS = {
     "time_budget": "time_budget",
     "workers": "workers",
     "batch_size": "batch_size",
+    "video_timeout": "video_timeout",
 }
 
 
@@ -46,7 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds for the whole run (0 = no limit)")
     parser.add_argument("--workers", type=int, default=None, help="decode+detect processes (0 = inline)")
     parser.add_argument("--batch-size", type=int, default=None, help="face crops per model forward")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--video-timeout", type=float, default=None,
+                        help="seconds a video's decode + detection may take before its fallback (0 = no limit)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, or a list such as cuda:0,cuda:1 that the fold models are spread over "
+                        "(default: every visible GPU, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -130,6 +130,7 @@ def image_environment(folder: Path, image: list[str]) -> tuple[Path, list[str]]:
     """A venv at ``folder`` seeing only ``image`` and its dependencies (linked from this
     environment); returns (its python, the distributions it holds). Rebuilt when the list
     or a version changes."""
+    folder = Path(os.path.abspath(folder))  # the kernel runs in another working directory
     dists = closure(image)
     missing = [n for n in image if n not in dists]
     if missing:
@@ -241,7 +242,7 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     (inputs / bundle.dataset_slug).symlink_to(bundle.dataset_dir.resolve(), target_is_directory=True)
     (work / "working").mkdir()
     (work / "home").mkdir()
-    python, _ = image_environment(Path(image_dir or bundle.root / "image-venv").absolute(),  # the run has another cwd
+    python, _ = image_environment(Path(image_dir) if image_dir else bundle.root / "image-venv",
                                   image_list(repo_root() / IMAGE_LIST))
     base = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
     env = blocked_network_env(work / "netblock", base={**base, "HOME": str(work / "home")})

@@ -39,6 +39,8 @@ REJECTION_RE = re.compile(
 # A warning the client prints on every call when kaggle.json is group-readable; it names the
 # file's path, which may hold any word, so it is left out before output is searched.
 KEY_WARNING = re.compile(r"^Warning: Your Kaggle API key is readable.*$", re.MULTILINE)
+# kernels push: Kaggle saved the kernel but dropped sources (invalidDatasetSources & co.)
+INVALID_SOURCES = re.compile(r"The following are not valid (\w+) sources and could not be added to the kernel: (.*)")
 DATASET_READY = "ready"
 DATASET_BROKEN = ("failed", "deleted")
 SUBMISSION_FILE = "submission.csv"  # what the kernel writes in /kaggle/working
@@ -63,10 +65,16 @@ def kaggle_cli() -> list[str]:
     return [str(path)]
 
 
-def _kaggle(args: list[str], timeout: float, success: str) -> str:
-    """Run one kaggle CLI command; fail unless it exits 0, says ``success`` and no rejection."""
+def _kaggle(args: list[str], timeout: float, success: str, refuse: re.Pattern | None = None) -> str:
+    """Run one kaggle CLI command; fail unless it exits 0, says ``success`` and no rejection
+    (nor ``refuse``, a pattern with a message of its own)."""
     result = run_command(kaggle_cli() + args, timeout=timeout, what="kaggle " + " ".join(args[:2]))
     output = _output(result)
+    found = refuse.search(output) if refuse is not None else None
+    if found:
+        raise KernelError(f"`kaggle {' '.join(args)}`: Kaggle saved it without its {found.group(1)} sources "
+                          f"{found.group(2)} (not valid for this account, or not ready); the kernel would run "
+                          f"without them. Check they exist and are yours, then push again:\n{output[-2000:]}")
     if result.returncode != 0 or success.lower() not in output.lower() or REJECTION_RE.search(
         output.replace(success, "")
     ):
@@ -131,7 +139,8 @@ def push_bundle(bundle: Bundle, cfg: Config, sleep: Callable[[float], None] = ti
     elif result.returncode != 0 or "is being created" not in output or REJECTION_RE.search(output):
         raise KernelError(f"`kaggle {' '.join(dataset_cmd)}` failed (exit {result.returncode}):\n{output[-2000:]}")
     status = wait_until_ready(bundle.dataset_id, cfg, sleep=sleep)
-    kernel_output = _kaggle(["kernels", "push", "-p", str(bundle.kernel_dir)], timeout, success="successfully pushed")
+    kernel_output = _kaggle(["kernels", "push", "-p", str(bundle.kernel_dir)], timeout, success="successfully pushed",
+                            refuse=INVALID_SOURCES)
     url = re.search(r"https?://\S+", kernel_output)
     version = re.search(r"Kernel version (\d+) successfully pushed", kernel_output)
     record = bundle.root / PUSH_RECORD

@@ -10,7 +10,8 @@
 3. plans the run (``plan_run``): on the healthy GPUs, the fold models spread over them
    (model k on GPU k mod n) and the decode + detect workers' MTCNN alternating between
    them; with no healthy GPU, on the CPU with settings that fit the budget
-   (``kernel.cpu_frames`` frames, the first ``kernel.cpu_models`` fold models,
+   (``kernel.cpu_frames`` frames, the ``kernel.cpu_models`` fold models with the lowest
+   validation log loss,
    ``kernel.cpu_workers`` workers), written in the log; the time budget
    (``kernel.time_budget`` less the time already spent) and the per-video timeout
    (``kernel.video_timeout``) always hold;
@@ -82,12 +83,23 @@ def plan_run(cfg: Config, devices: list[str], checkpoints: list[Path], budget: f
         notes.append(f"no usable GPU: predicting on the CPU with {frames} frames per video (configured "
                      f"{predict.frames}), {min(k.cpu_models, len(checkpoints))} of {len(checkpoints)} fold models, "
                      f"{k.cpu_workers} worker(s), to fit the time budget")
-        checkpoints = checkpoints[: max(1, k.cpu_models)]
+        checkpoints = sorted(checkpoints, key=_validation_logloss)[: max(1, k.cpu_models)]
+        notes.append(f"CPU plan models (lowest validation log loss first): {[p.parent.name for p in checkpoints]}")
         predict = dataclasses.replace(predict, frames=frames, workers=k.cpu_workers, detect_device="cpu", fp16=False)
         device = "cpu"
     notes.append(f"time budget {predict.time_budget:.0f} s, per-video timeout {predict.video_timeout:g} s, "
                  f"{predict.frames} frames per video")
     return dataclasses.replace(cfg, predict=predict), checkpoints, device, notes
+
+
+def _validation_logloss(checkpoint: Path) -> float:
+    """The fold's best validation log loss saved in its checkpoint (inf when unknown)."""
+    import torch
+
+    try:
+        return float(torch.load(checkpoint, map_location="cpu", weights_only=True).get("val_logloss", math.inf))
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint sorts last; loading it reports the error
+        return math.inf
 
 
 def run_folder(dataset: Path) -> Path:
