@@ -173,7 +173,9 @@ def train_frame(job: SystemJob) -> Trained:
     model, _ = load_checkpoint(fold_checkpoints(run_dir)[0][1])
     metrics = pd.read_csv(run_dir / "metrics.csv")
     seconds = float(metrics.loc[metrics["fold"].isin(trained), "seconds"].sum())  # every epoch, all invocations
-    return Trained(oof[oof["fold"].isin(trained)], sum(p.numel() for p in model.parameters()), seconds)
+    count = getattr(model, "parameter_count", None)  # a baseline: its estimator's numbers count too
+    params = count() if count else sum(p.numel() for p in model.parameters())
+    return Trained(oof[oof["fold"].isin(trained)], params, seconds)
 
 
 def predict_frame(job: SystemJob, heldout: HeldOut) -> Predicted:
@@ -219,6 +221,22 @@ frame_system("efficientnet-b7", "the study this kit follows (~50th place)",
              reported="0.48702 private LB log loss (B7 at ~240 px, ImageNet weights)")
 frame_system("tf-efficientnet-b7-ns", "1st place (Selim Seferbekov)",
              reported="0.42798 private LB log loss (7 x B7-NS at 380 px, an ensemble)")
+
+# Sequence models and classical baselines (studies 000 and 002): `dfdc train` and the predictor
+# take them by model.arch (face tracks for lstm/gru; scikit-learn on per-crop features for the
+# baselines), so they are systems like the frame classifiers. They read frozen features of
+# model.backbone / baseline.features (the compare profile: the crops' downscaled pixels, as a
+# frozen random CNN gives constant features offline); a frozen head takes milliseconds a step,
+# so the sequence models get more of them than the profile's frame budget.
+HEAD_STEPS = ("train.epochs=10", "train.steps_per_epoch=10")
+for _cell in ("lstm", "gru"):
+    register_system(System(_cell, train_frame, predict_frame, (f"model.arch={_cell}", *HEAD_STEPS), "sequence",
+                           "000, 002", description=f"frozen features per frame of a face track -> {_cell.upper()} "
+                           "-> 1024 -> 2; max over a video's tracks"))
+for _name, _what in (("logreg", "logistic regression"), ("svm", "linear SVM + Platt scaling"),
+                     ("mlp", "one-hidden-layer MLP")):
+    register_system(System(_name, train_frame, predict_frame, (f"model.arch={_name}",), "baseline", "000, 002",
+                           description=f"scikit-learn {_what} on per-crop features, mean over a video's faces"))
 
 
 # ----------------------------------------------------------------------------- scoring

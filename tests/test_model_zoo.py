@@ -13,7 +13,7 @@ from test_data import make_tiny_faces
 
 from dfdc.config import Config, ConfigError, ModelConfig, load_config
 from dfdc.models import (
-    PretrainedWeightsError, create_model, default_input, fake_probability, list_models, save_checkpoint,
+    PretrainedWeightsError, create_model, default_input, fake_probability, frame_models, list_models, save_checkpoint,
 )
 from dfdc.predict import load_ensemble
 from dfdc.preprocess import InputSpec
@@ -35,7 +35,7 @@ STUDY_MODELS = (*TIMM_SPECS, "efficientnet-b5", "custom-cnn", "reseption-v1", "r
 # efficientnet-b1..b4 and b6 are efficientnet-pytorch's b0/b5/b7 builder with other width/depth
 # coefficients: they build and train here; the checkpoint and predictor path is b0's, b5's and b7's.
 SAME_BUILDER = ("efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4", "efficientnet-b6")
-FULL_PATH = [name for name in list_models() if name not in SAME_BUILDER]
+FULL_PATH = [name for name in frame_models() if name not in SAME_BUILDER]
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,7 @@ def test_efficientnet_variants_train(arch: str) -> None:
     assert model.input_spec.size == 32 and default_input(arch).size > 224  # its native side by default
 
 
-@pytest.mark.parametrize("arch", FULL_PATH)
+@pytest.mark.parametrize("arch", FULL_PATH)  # sequence models and baselines: test_sequence_models, test_baselines
 def test_model_trains_saves_reloads_and_predicts(arch: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     cfg = _cfg(arch)
@@ -101,7 +101,7 @@ def test_model_trains_saves_reloads_and_predicts(arch: str, tmp_path: Path) -> N
     save_checkpoint(run / "fold0" / "best.pt", model, cfg, {"fold": 0})
     ensemble, _ = load_ensemble(run, cfg.predict, ["cpu"])  # the predictor's loading (load_checkpoint)
     (spec,) = ensemble.specs
-    ((loaded, _),) = ensemble.groups[spec]
+    ((loaded, _),) = ensemble.groups[spec]  # (model, device)
     assert loaded.input_spec == model.input_spec  # side and normalisation travelled in the checkpoint
     assert spec.input_size == size and spec.crop_size == 48
     with torch.no_grad():

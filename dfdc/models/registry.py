@@ -26,6 +26,7 @@ eval mode whenever the model is put in training mode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import re
@@ -69,8 +70,12 @@ class ModelEntry:
     builder: Builder
     input: InputSpec | Callable[[], InputSpec]
     requires: tuple[str, ...] = ()
+    backbone: bool = False  # reads frames through the frame model ``cfg.backbone`` (sequence models,
+    # baselines): its input spec and requirements are the backbone's
 
-    def default_input(self) -> InputSpec:
+    def default_input(self, cfg: ModelConfig | None = None) -> InputSpec:
+        if self.backbone:
+            return _entry(_backbone_of(cfg).backbone).default_input()
         return self.input() if callable(self.input) else self.input
 
 
@@ -78,13 +83,16 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT,
-             requires: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
-    """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``."""
+             requires: tuple[str, ...] = (), backbone: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``.
+
+    ``backbone=True``: the model reads frames through the registered frame model named by
+    ``cfg.backbone``, whose default input and requirements it takes (``input`` is ignored)."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires))
+        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires), backbone)
         return builder
 
     return wrap
@@ -94,6 +102,12 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def frame_models() -> list[str]:
+    """The registered frame classifiers (one crop -> logits through their own backbone): every
+    model but those reading frames through ``model.backbone`` (sequence models, baselines)."""
+    return sorted(name for name, entry in _REGISTRY.items() if not entry.backbone)
+
+
 def _entry(arch: str) -> ModelEntry:
     if arch not in _REGISTRY:
         raise ValueError(f"unknown model arch {arch!r}; registered: {', '.join(list_models())} "
@@ -101,14 +115,35 @@ def _entry(arch: str) -> ModelEntry:
     return _REGISTRY[arch]
 
 
-def model_requirements(arch: str) -> tuple[str, ...]:
-    """Third-party distributions (requirements.txt names) ``arch`` imports at inference."""
-    return _entry(arch).requires
+def _as_config(model: str | ModelConfig) -> ModelConfig:
+    return ModelConfig(arch=model) if isinstance(model, str) else model
 
 
-def default_input(arch: str, size: int = 0) -> InputSpec:
-    """The input spec ``create_model`` gives ``arch``: its default, side ``size`` when set."""
-    return _entry(arch).default_input().with_size(size)
+def _backbone_of(cfg: ModelConfig | None) -> ModelConfig:
+    """The frame model a backbone-reading model wraps (``cfg.backbone``), checked."""
+    cfg = cfg or ModelConfig()
+    entry = _entry(cfg.backbone)
+    if entry.backbone:
+        raise ValueError(f"model.backbone={cfg.backbone!r} reads a backbone itself; name a frame model "
+                         f"(e.g. efficientnet-b0, tiny-cnn)")
+    return dataclasses.replace(cfg, arch=cfg.backbone)
+
+
+def model_requirements(model: str | ModelConfig) -> tuple[str, ...]:
+    """Third-party distributions (requirements.txt names) the model imports at inference
+    (a model over a backbone: its own and its backbone's; pass the ModelConfig for those)."""
+    cfg = _as_config(model)
+    entry = _entry(cfg.arch)
+    if not entry.backbone:
+        return entry.requires
+    return tuple(dict.fromkeys(entry.requires + model_requirements(_backbone_of(cfg))))
+
+
+def default_input(model: str | ModelConfig, size: int = 0) -> InputSpec:
+    """The input spec ``create_model`` gives the model (an arch name, or its ModelConfig for a
+    model over a backbone): its default, side ``size`` when set."""
+    cfg = _as_config(model)
+    return _entry(cfg.arch).default_input(cfg).with_size(size)
 
 
 def create_model(cfg: ModelConfig, input_size: int = 0) -> nn.Module:
@@ -118,12 +153,19 @@ def create_model(cfg: ModelConfig, input_size: int = 0) -> nn.Module:
     fraction = trainable_fraction(cfg.trainable)  # a bad setting fails before a big model is built
     model = entry.builder(cfg)
     if hasattr(model, "set_input_spec"):
-        model.set_input_spec(entry.default_input().with_size(input_size))
+        model.set_input_spec(entry.default_input(cfg).with_size(input_size))
     if hasattr(model, "set_trainable"):
         model.set_trainable(fraction)
     elif fraction < 1.0:
         raise ConfigError(f"model.trainable={cfg.trainable!r}: {cfg.arch} has no transfer settings; use all")
     return model
+
+
+def create_backbone(cfg: ModelConfig) -> nn.Module:
+    """The frame model ``cfg.backbone`` (with ``cfg.pretrained`` weights) inside a model that
+    reads frames through it; its input spec is set by ``create_model`` of the outer model."""
+    backbone = _backbone_of(cfg)
+    return _entry(backbone.arch).builder(backbone)
 
 
 def trainable_fraction(setting: str) -> float:
@@ -303,3 +345,38 @@ def no_pretrained(cfg: ModelConfig) -> None:
     if cfg.pretrained.strip().lower() not in ("none", ""):
         raise PretrainedWeightsError(
             f"{cfg.arch} has no pretrained weights; set model.pretrained: none (--pretrained none)")
+
+
+class BackboneModel(nn.Module):
+    """A model that reads frames through a frame model, ``self.backbone`` (registered with
+    ``backbone=True``): its input spec and feature size are the backbone's. ``freeze_backbone``
+    stops the backbone's gradients and keeps it in eval mode (frozen BatchNorm statistics)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.frozen = False
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.backbone.feature_dim)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.backbone.input_spec
+
+    def set_input_spec(self, spec: InputSpec) -> None:
+        self.backbone.set_input_spec(spec)
+
+    def freeze_backbone(self) -> None:
+        self.frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> BackboneModel:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
