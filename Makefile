@@ -6,6 +6,7 @@
 #   make kernel                     Kaggle bundle: weights dataset + offline kernel, pushed
 #   make submit                     submit the pushed kernel version to the competition
 #   make score                      local log loss of a submission
+#   make compare                    every system of the reference studies on the same folds
 #   make embed analyze              face embeddings; PCA -> t-SNE -> HDBSCAN maps and clusters
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
@@ -33,6 +34,8 @@ GPUS ?= 1
 WORKERS ?= 2
 SHARD ?= 0/1
 SET ?=
+SYSTEMS ?= all
+COMPARE_PROFILE ?= compare
 FACES := $(DATA)/faces
 FOLDS_CSV := folds/folds.csv
 EMBEDDINGS := $(DATA)/embeddings
@@ -53,11 +56,11 @@ TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m df
 endif
 
 .PHONY: help setup test demo synth data meta faces faces-merge embed analyze folds train predict score \
-        calibrate kernel kernel-build kernel-local submit bench bench-faces bench-train bench-predict \
+        calibrate kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
         bench-label-cleaning bench-embed bench-analyze clean
 
 help:
-	@sed -n '1,14p' Makefile
+	@sed -n '1,15p' Makefile
 
 setup: $(STAMP)
 
@@ -134,6 +137,12 @@ kernel-local: data
 
 submit: $(STAMP)
 	$(DFDC) submit --profile $(PROFILE) $(SET_FLAGS)
+
+# Every listed system trained and scored on the same folds -> submissions/compare/compare.csv + .png
+# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained).
+compare: faces folds
+	$(DFDC) compare --data $(DATA) --faces $(FACES) --folds $(FOLDS_CSV) --profile $(COMPARE_PROFILE) \
+	    --systems $(SYSTEMS) $(SET_FLAGS)
 
 bench: bench-faces bench-train bench-predict bench-embed bench-analyze
 

@@ -5,7 +5,7 @@ folder; each model embeds them into a fresh folder with ``dfdc.embed.embed_faces
 init, BatchNorm statistics re-estimated first, as for any random-init model). Prints crops/s
 per model on the device (CUDA when available, else CPU).
 
-    python bench/bench_embed.py                                  # 512 crops, b0 / tiny-cnn / pixels
+    python bench/bench_embed.py                                  # 512 crops, b0 / tiny-cnn / grey-pixels
     python bench/bench_embed.py --models efficientnet-b7 --size 240 --n 256
 """
 
@@ -46,7 +46,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=512, help="crops (default 512)")
     parser.add_argument("--crop", type=int, default=128, help="crop side on disk (default 128, the smoke profile's)")
-    parser.add_argument("--models", default="efficientnet-b0,tiny-cnn,pixels", help="comma list of registered models")
+    parser.add_argument("--models", default="efficientnet-b0,tiny-cnn,grey-pixels", help="comma list of registered models")
     parser.add_argument("--size", type=int, default=0, help="input side (default each model's own)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="loader workers (default 1)")

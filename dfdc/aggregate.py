@@ -10,6 +10,8 @@ Aggregation methods (``PredictConfig.aggregation``), over the P(FAKE) of every f
 of one video (all frames, all faces, all models):
 
 - ``mean``: the plain mean.
+- ``max``: the largest (over a video's face tracks, the sequence models' default: one
+  swapped face makes the video FAKE).
 - ``confident``: the 1st-place DFDC solution's ``confident_strategy`` (selimsef/
   dfdc_deepfake_challenge, ``kernel_utils.py``), exactly. With ``n`` faces, ``t =
   confident_threshold`` (0.8) and ``fakes`` = the number of faces with P(FAKE) > t:
@@ -38,10 +40,12 @@ import numpy as np
 
 from dfdc.config import PredictConfig
 
-METHODS = ("mean", "confident")
+METHODS = ("mean", "confident")  # rules over a video's face P(FAKE) (frame models; calibration searches them)
+TRACK_METHODS = ("max", "mean")  # rules over a video's track P(FAKE) (sequence models, sequence.aggregation)
 EPS = 1e-15  # Kaggle clips predictions at [1e-15, 1 - 1e-15]; also keeps logits finite
 CALIBRATION = "calibration.json"  # in a run folder, written by dfdc calibrate
 CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
+TRACK_UNIT = "track"  # calibration.json "unit" of a sequence model's calibration (else faces)
 # the "confident" rule's parameters the calibration was fitted with: applied with it
 CONFIDENT_KEYS = (
     "confident_threshold", "confident_min_count", "confident_min_share", "confident_real_threshold",
@@ -67,8 +71,11 @@ def aggregate(probs: np.ndarray, method: str, cfg: PredictConfig) -> float:
     p = _check(probs)
     if method == "mean":
         return float(p.mean())
+    if method == "max":
+        return float(p.max())
     if method != "confident":
-        raise AggregationError(f"unknown aggregation {method!r}; use one of {', '.join(METHODS)}")
+        rules = ", ".join(dict.fromkeys(METHODS + TRACK_METHODS))
+        raise AggregationError(f"unknown aggregation {method!r}; use one of {rules}")
     n = p.size
     fake = p > cfg.confident_threshold
     fakes = int(fake.sum())
@@ -125,9 +132,14 @@ def read_calibration(path: Path) -> dict[str, Any]:
         method, temperature, bound = data["aggregation"], float(data["temperature"]), float(data["clip"])
     except (TypeError, ValueError):
         raise CalibrationError(f"{path}: temperature and clip must be numbers; {fix}") from None
-    if method not in METHODS or not temperature > 0 or not 0 <= bound < 0.5:
+    if method not in unit_rules(data) or not temperature > 0 or not 0 <= bound < 0.5:
         raise CalibrationError(f"{path}: values out of range: {method!r}, T={temperature}, clip={bound}; {fix}")
     return data
+
+
+def unit_rules(calibration: dict[str, Any]) -> tuple[str, ...]:
+    """The rules a calibration may name: over faces, or over tracks (``"unit": "track"``)."""
+    return TRACK_METHODS if calibration.get("unit") == TRACK_UNIT else METHODS
 
 
 def load_calibration(run_dir: Path) -> dict[str, Any] | None:
@@ -152,7 +164,9 @@ def apply_calibration(
 ) -> PredictConfig:
     """A copy of ``cfg`` with the calibrated aggregation, temperature and clip (and the
     confident-rule parameters they were fitted with), except the ``explicit`` keys (set by
-    the user on the command line, which win)."""
+    the user on the command line, which win). A calibration of track units (a sequence
+    model's, ``"unit": "track"``) leaves ``aggregation``, a rule over faces, alone: its rule
+    is ``sequence.aggregation``."""
     values: dict[str, Any] = {
         "aggregation": str(calibration["aggregation"]),
         "temperature": float(calibration["temperature"]),
@@ -162,6 +176,9 @@ def apply_calibration(
         if key in calibration:
             kind = type(getattr(cfg, key))
             values[key] = kind(calibration[key])
-    if values["aggregation"] not in METHODS or not values["temperature"] > 0 or not 0 <= values["clip"] < 0.5:
+    if values["aggregation"] not in unit_rules(calibration) or not values["temperature"] > 0 \
+            or not 0 <= values["clip"] < 0.5:
         raise CalibrationError(f"calibration values out of range: {values}")
+    if calibration.get("unit") == TRACK_UNIT:
+        del values["aggregation"]
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

@@ -30,6 +30,12 @@
    than ``calibrate.min_videos`` videos only softening is allowed at all. Both parts'
    figures are reported.
 
+Sequence models (``model.arch`` lstm / gru): the predictor's units are face tracks, so the
+per-unit file holds one row per track read (``frame`` -1) and the video rule is
+``sequence.aggregation`` (``max`` by default), kept as it is: only temperature and clip are
+searched, and ``calibration.json`` says ``"unit": "track"`` (the predictor then leaves
+``predict.aggregation``, a rule over faces, alone).
+
 Writes ``calibration.json`` and ``calibration.png`` (reliability before/after) in the run
 folder, atomically. The predictor reads them (``dfdc.aggregate.load_calibration`` +
 ``apply_calibration``).
@@ -47,7 +53,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dfdc.aggregate import CALIBRATION, CONFIDENT_KEYS, METHODS, CalibrationError, aggregate, apply_temperature, clip
+from dfdc.aggregate import (
+    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, aggregate, apply_temperature, clip,
+)
 from dfdc.config import Config, PredictConfig
 from dfdc.io import atomic_write_csv, atomic_write_json, read_table
 from dfdc.metrics import log_loss, plot_reliability
@@ -159,12 +167,22 @@ def _grid(spec: tuple[float, float, int], anchor: float, name: str) -> np.ndarra
     return values[np.argsort(np.abs(np.log(values / anchor)), kind="stable")]
 
 
-def video_probs(faces: pd.DataFrame, cfg: PredictConfig) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+def video_probs(faces: pd.DataFrame, cfg: PredictConfig,
+                methods: tuple[str, ...] = METHODS) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
     """(labels, method -> aggregated P(FAKE), video names), videos sorted by name."""
     groups = faces.groupby("video", sort=True)
     y = groups["label"].first().to_numpy(dtype=int)
-    raw = {m: np.array([aggregate(g.to_numpy(), m, cfg) for _, g in groups["prob"]]) for m in METHODS}
+    raw = {m: np.array([aggregate(g.to_numpy(), m, cfg) for _, g in groups["prob"]]) for m in methods}
     return y, raw, list(groups.groups)
+
+
+def run_unit(run_dir: Path) -> str:
+    """What the run's models read: "face", or "track" for a sequence model (its config.yaml)."""
+    from dfdc.config import read_config
+    from dfdc.models.sequence import is_sequence_model
+
+    saved = Path(run_dir) / "config.yaml"
+    return TRACK_UNIT if saved.is_file() and is_sequence_model(read_config(saved).model.arch) else "face"
 
 
 def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, clips: np.ndarray) -> dict[str, Any]:
@@ -205,20 +223,21 @@ def nested_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(fit_idx), np.sort(hold_idx)
 
 
-def fit(faces: pd.DataFrame, cfg: Config) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The search with its guard (steps 2 and 3) on per-face predictions (``FACES_COLUMNS``).
+def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The search with its guard (steps 2 and 3) on per-unit predictions (``FACES_COLUMNS``:
+    faces, or the tracks of a sequence model with ``unit`` "track").
 
     Returns the calibration dictionary and the before/after video probabilities (for plots).
     """
     pcfg, ccfg = cfg.predict, cfg.calibrate
-    y, raw, _ = video_probs(faces, pcfg)
-    order = [pcfg.aggregation] + [m for m in METHODS if m != pcfg.aggregation]  # baseline's rule first
-    raw = {m: raw[m] for m in order}
+    rule = cfg.sequence.aggregation if unit == TRACK_UNIT else pcfg.aggregation  # the predictor's, uncalibrated
+    methods = (rule,) if unit == TRACK_UNIT else tuple([rule] + [m for m in METHODS if m != rule])  # baseline first
+    y, raw, _ = video_probs(faces, pcfg, methods)
     temperatures = _grid(ccfg.temperatures, 1.0, "temperatures")
     clips = _grid(ccfg.clips, pcfg.clip, "clips")
     clips = clips[clips < 0.5]  # clip(p, c) needs c < 0.5
     soft_t, soft_c = temperatures[temperatures >= 1.0], clips[clips >= pcfg.clip]
-    baseline = {"aggregation": pcfg.aggregation, "temperature": 1.0, "clip": pcfg.clip}
+    baseline = {"aggregation": rule, "temperature": 1.0, "clip": pcfg.clip}
 
     def sharper(setting: dict[str, Any]) -> bool:
         return setting["temperature"] < 1.0 or setting["clip"] < pcfg.clip
@@ -243,7 +262,7 @@ def fit(faces: pd.DataFrame, cfg: Config) -> tuple[dict[str, Any], dict[str, np.
         sharper_allowed = (not small and sharper(free)
                            and halves["holdout"]["free"] < halves["holdout"]["soft"])
     best = search(raw, y, temperatures, clips) if sharper_allowed else search(raw, y, soft_t, soft_c)
-    before_p = clip(raw[pcfg.aggregation], pcfg.clip)
+    before_p = clip(raw[rule], pcfg.clip)
     after_p = clip(apply_temperature(raw[best["aggregation"]], best["temperature"]), best["clip"])
     if small:
         guard = f"fewer than calibrate.min_videos={ccfg.min_videos} videos: only softening tried"
@@ -260,7 +279,8 @@ def fit(faces: pd.DataFrame, cfg: Config) -> tuple[dict[str, Any], dict[str, np.
         "logloss_before": log_loss(y, before_p),
         "logloss_after": best["loss"],
         "videos": int(len(y)),
-        "faces": int(len(faces)),
+        "unit": unit,
+        f"{unit}s": int(len(faces)),
         "sharper_allowed": bool(sharper_allowed),
         "guard": guard,
         "halves": halves,
@@ -283,13 +303,13 @@ def calibrate(
     """
     run_dir = Path(run_dir)
     faces, counts = predict_held_out(run_dir, data_root, folds_csv, cfg, device=device, progress=progress)
-    result, curves = fit(faces, cfg)
+    result, curves = fit(faces, cfg, run_unit(run_dir))
     result["fallbacks"] = {k: v for k, v in counts.items() if k != "videos"}
     result["frames"] = cfg.predict.frames
     y = curves["y"]
     plot_reliability(
         y,
-        {f"before ({cfg.predict.aggregation}, clip {cfg.predict.clip:g})": curves["before"],
+        {f"before ({result['baseline']['aggregation']}, clip {cfg.predict.clip:g})": curves["before"],
          f"after ({result['aggregation']}, T {result['temperature']:.3g}, clip {result['clip']:.3g})": curves["after"]},
         run_dir / CALIBRATION_PLOT,
         title=f"held-out training videos, each fold's model alone: {len(y)} videos",

@@ -186,7 +186,25 @@ class ModelConfig:
     dropout: float = 0.5
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
-    # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts
+    # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts.
+    # Applied to every BatchNorm of every backbone (timm's and the custom CNNs' too)
+    trainable: str = "all"  # study 000's transfer settings: "all" layers, "top50" / "top25" (the top 50 % /
+    # 25 % of the backbone's layers, any topN works) or "head" (the classifier only); the rest is frozen
+    # (dfdc.models.registry.FrameModel.set_trainable defines "layer")
+    custom_depth: int = 3  # custom-cnn: conv layers, 2-5 (study 000's custom CNNs)
+    custom_widths: str = "ascending"  # custom-cnn width rule (study 000): "ascending" (base, 2x base, 4x ...),
+    # "descending" (the same widths reversed) or "constant" (base everywhere)
+    custom_base_width: int = 32  # custom-cnn: channels of its narrowest conv layer (our choice; 000 gives none)
+    custom_head_width: int = 128  # custom-cnn: hidden units of its small classifier head (our choice)
+    reseption_blocks: int = 2  # reseption-v1/v2: residual inception blocks per stage, 3 stages (our choice;
+    # study 001 does not give the count)
+    # -- models over a frame backbone (sequence models lstm/gru, the baselines logreg/svm/mlp) --
+    backbone: str = "efficientnet-b7"  # the registered frame model whose pooled features they read (its
+    # input size and normalisation, its weights from ``pretrained``); the seed study's backbone
+    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4)
+    rnn_hidden: int = 512  # units per recurrent layer (study 000 tried 128-2048)
+    head_hidden: int = 1024  # the sequence classifier: Linear(rnn_hidden, this) -> ReLU -> Linear(this, 2) (study 000)
+    mlp_hidden: int = 256  # the mlp baseline's one hidden layer (our choice; studies 000/002 give no width)
 
 
 @dataclass
@@ -247,6 +265,34 @@ class TrainConfig:
     channels_last: bool = True  # NHWC tensors: the layout oneDNN (CPU) and tensor cores (AMP) prefer
     cpu_threads: int = 0  # torch threads per CPU process; 0 = cores / processes - loader_workers, at
     # least 1 (more threads than free cores makes OpenMP spin: 5-10x slower steps, measured here)
+
+
+@dataclass
+class SequenceConfig:
+    """Sequence models (``model.arch`` lstm / gru): a face track -> P(FAKE) (``dfdc.sequences``)."""
+
+    seq_len: int = 8  # frames per track, the same for REAL and FAKE so length cannot leak the label; the
+    # recipe keeps 8 crops per FAKE video (faces.frames_fake), so 8 needs no padding; study 000 used 40
+    # frames (build faces with faces.frames_fake=40 for that)
+    min_len: int = 0  # tracks with fewer crops are skipped in training and validation (and at prediction
+    # while a longer track exists); shorter than seq_len are padded by repeating evenly spaced crops.
+    # 0 = seq_len: no padding in training, so repeated frames cannot become a class cue
+    mode: str = "frozen"  # "frozen": backbone features computed once per crop and cached, only the
+    # recurrent head trains (seconds on a CPU); "finetune": the backbone trains inside the model
+    aggregation: str = "max"  # tracks -> video: "max" (one swapped face makes the video FAKE) or "mean"
+
+
+@dataclass
+class BaselineConfig:
+    """Classical baselines (``model.arch`` logreg / svm / mlp) on per-crop features (``dfdc.baselines``)."""
+
+    features: str = "embedding"  # "embedding": pooled features of the frozen ``model.backbone``;
+    # "pixels": the crop area-downscaled to 16 x 16 RGB (the `pixels` frame model), as a vector
+    C: float = 1.0  # inverse regularisation strength of logreg and svm (scikit-learn's default)
+    mlp_alpha: float = 1e-4  # the mlp's L2 penalty (scikit-learn's default)
+    max_iter: int = 1000  # solver iterations of logreg / svm / mlp
+    calibration_folds: int = 3  # svm: Platt scaling fitted on this many group folds (fakes with
+    # their originals) of the training part, as LinearSVC gives no probabilities
 
 
 @dataclass
@@ -351,6 +397,8 @@ class Config:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)

@@ -46,16 +46,19 @@ import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import (
-    CALIBRATION, AggregationError, CalibrationError, aggregate, apply_calibration, apply_temperature, clip,
-    read_calibration,
+    CALIBRATION, TRACK_METHODS, AggregationError, CalibrationError, aggregate, apply_calibration, apply_temperature,
+    clip, read_calibration,
 )
-from dfdc.config import Config, FacesConfig, PredictConfig, config_from_dict, read_config, save_config, warn
+from dfdc.config import (
+    Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
+)
 from dfdc.io import atomic_write_csv, read_table
 from dfdc.threads import limit_threads
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
-FACE_COLUMNS = ["filename", "frame", "track", "prob"]  # per-face output (``faces_csv``)
+FACE_COLUMNS = ["filename", "frame", "track", "prob"]  # per-unit output (``faces_csv``): a face, or a
+# sequence model's track (frame -1)
 
 # Fallback reasons written to predictions.csv (a prefix; details follow after ": ").
 REASON_MISSING = "missing"
@@ -359,11 +362,40 @@ def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFace
 
 @dataclass
 class _Ensemble:
-    """Fold models grouped by the crop they expect, each on its device; P(FAKE) averaged."""
+    """Fold models grouped by the crop they expect, each on its device; P(FAKE) averaged.
+
+    The unit a model reads is a face (``kind`` "frame") or a face track (``kind``
+    "sequence": ``sequence.seq_len`` faces of one track, chosen by ``dfdc.sequences``);
+    ``units`` turns a video's faces into its units, and a video's P(FAKE) is the aggregation
+    of its units' P(FAKE) (``rule``): ``predict.aggregation`` over faces,
+    ``sequence.aggregation`` over tracks."""
 
     groups: dict[CropSpec, list[tuple[Any, str]]]  # spec -> [(model, device)]
     half: bool
     tta_flip: bool
+    kind: str = "frame"
+    sequence: SequenceConfig | None = None  # the run's sequence settings (kind "sequence")
+
+    def units(self, faces: VideoFaces) -> tuple[dict[CropSpec, np.ndarray], np.ndarray, np.ndarray]:
+        """A video's model inputs per spec, and each unit's frame and track: its faces, or its
+        track sequences (n_tracks x seq_len x 3 x S x S; frame -1: a track spans frames)."""
+        frames = faces.frames if len(faces.frames) == faces.n_faces else np.full(faces.n_faces, -1)
+        tracks = faces.tracks if len(faces.tracks) == faces.n_faces else np.full(faces.n_faces, -1)
+        if self.kind != "sequence":
+            return faces.tensors, frames, tracks
+        from dfdc.sequences import video_sequences
+
+        assert self.sequence is not None
+        index = np.stack(video_sequences(tracks, frames, self.sequence))  # faces without ids: one track
+        return {spec: t[index] for spec, t in faces.tensors.items()}, np.full(len(index), -1), tracks[index[:, 0]]
+
+    def batch_units(self, batch_size: int) -> int:
+        """Units per model batch for ``predict.batch_size`` faces."""
+        return max(1, batch_size // (self.sequence.seq_len if self.kind == "sequence" and self.sequence else 1))
+
+    def rule(self, cfg: Config) -> str:
+        """The aggregation of a video's unit probabilities."""
+        return cfg.sequence.aggregation if self.kind == "sequence" else cfg.predict.aggregation
 
     @property
     def specs(self) -> tuple[CropSpec, ...]:
@@ -393,7 +425,7 @@ class _Ensemble:
                 for model, device in models:
                     if device not in inputs:
                         x = x_cpu.to(device, non_blocking=True)
-                        inputs[device] = [x, torch.flip(x, dims=[3])] if self.tta_flip else [x]
+                        inputs[device] = [x, torch.flip(x, dims=[-1])] if self.tta_flip else [x]  # W
                     for view in inputs[device]:
                         probs.append(fake_probability(model(view)))
         return torch.stack([p.cpu() for p in probs]).mean(0).numpy().astype(np.float64)
@@ -408,6 +440,7 @@ def load_ensemble(
 
     groups: dict[CropSpec, list[tuple[Any, str]]] = {}
     first: Config | None = None
+    kinds: set[str] = set()
     devices = list(devices) or ["cpu"]
     half = bool(cfg.fp16) and all(d.startswith("cuda") for d in devices)
     paths = list(checkpoints) if checkpoints is not None else find_checkpoints(run_dir)
@@ -421,12 +454,15 @@ def load_ensemble(
             raise PredictError(f"{path}: cannot load the checkpoint ({exc}); retrain or re-copy it") from None
         run_cfg = _meta_config(meta, run_dir)
         first = first or run_cfg
+        kinds.add(str(meta.get("kind", "frame")))
         spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
         model.eval()
         model = model.half() if half else model.float()
         groups.setdefault(spec, []).append((model, device))
     assert first is not None
-    return _Ensemble(groups, half, bool(cfg.tta_flip)), first
+    if len(kinds) > 1:
+        raise PredictError(f"{run_dir}: its checkpoints mix model kinds ({', '.join(sorted(kinds))}); one run, one kind")
+    return _Ensemble(groups, half, bool(cfg.tta_flip), kinds.pop(), first.sequence), first
 
 
 # --------------------------------------------------------------------------- the run
@@ -446,12 +482,16 @@ def fits_budget(elapsed: float, finished: int, in_flight: int, budget: float) ->
 
 @dataclass
 class _Pending:
-    """A video whose faces are queued for (or partly through) the models."""
+    """A video whose units (faces or tracks) are queued for (or partly through) the models."""
 
     name: str
     n_faces: int
-    frames: np.ndarray  # per face: its frame index
-    tracks: np.ndarray  # per face: its face track
+    frames: np.ndarray  # per unit: its frame index (-1 for a track)
+    tracks: np.ndarray  # per unit: its face track
+
+    @property
+    def n_units(self) -> int:
+        return len(self.tracks)
     probs: list[np.ndarray] = field(default_factory=list)
     done: int = 0
     failed: str = ""  # the reason when a model batch holding its faces failed
@@ -666,8 +706,8 @@ def predict_videos(
     ``cfg.predict.calibration`` is "none" or the key is in ``explicit`` (keys the user set
     on the command line). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1": models
     spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``: also
-    write every face's P(FAKE) there (``filename,frame,track,prob``; calibration searches its
-    aggregation on them). ``process`` is the per-video worker function (replaceable in
+    write every unit's P(FAKE) there (``filename,frame,track,prob``: each face, or each track
+    of a sequence model with frame -1; calibration searches its aggregation on them). ``process`` is the per-video worker function (replaceable in
     tests; it must be importable by spawned processes).
     """
     from tqdm import tqdm
@@ -685,6 +725,8 @@ def predict_videos(
     names = list(names)
     devices = resolve_devices(device)
     ensemble, run_cfg = load_ensemble(run_dir, pcfg, devices, checkpoints)
+    if ensemble.kind == "sequence" and cfg.sequence.aggregation not in TRACK_METHODS:
+        raise PredictError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
     # detection exactly as in training (the run's faces settings); crops per model spec
     setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, pcfg.detect_device)
 
@@ -719,8 +761,9 @@ def predict_videos(
 
     runner = _Workers(paths, setup, pcfg.workers, pcfg.prefetch, process, pcfg.video_timeout)
     wake_at = time.monotonic() + budget - elapsed() if budget > 0 else None
-    faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, tensors, offset)
-    queued_faces = 0
+    faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
+    queued_faces = 0  # units (faces, or tracks) waiting for the models
+    batch_units = ensemble.batch_units(pcfg.batch_size)
     bar = tqdm(total=len(paths), unit="video", disable=not progress, desc="predict")
 
     def finish(item: _Pending) -> None:
@@ -729,7 +772,7 @@ def predict_videos(
             return
         probs = np.concatenate(item.probs)
         try:
-            raw = float(aggregate(probs, pcfg.aggregation, pcfg))
+            raw = float(aggregate(probs, ensemble.rule(cfg), pcfg))
             label = float(clip(apply_temperature(raw, pcfg.temperature), pcfg.clip))
             results[item.name] = (label, raw, item.n_faces, "")
         except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
@@ -742,13 +785,13 @@ def predict_videos(
     def run_batch() -> None:
         nonlocal queued_faces
         take: list[tuple[_Pending, dict[CropSpec, np.ndarray], int, int]] = []
-        room = pcfg.batch_size
+        room = batch_units
         while faces_q and room > 0:
             item, tensors, offset = faces_q[0]
-            n = min(room, item.n_faces - offset)
+            n = min(room, item.n_units - offset)
             take.append((item, tensors, offset, n))
             room -= n
-            if offset + n >= item.n_faces:
+            if offset + n >= item.n_units:
                 faces_q.popleft()
             else:
                 faces_q[0] = (item, tensors, offset + n)
@@ -767,7 +810,7 @@ def predict_videos(
             item.done += n
             start += n
             queued_faces -= n
-            if item.done >= item.n_faces:
+            if item.done >= item.n_units:
                 finish(item)
 
     seconds["setup"] = elapsed()  # models loaded, inputs checked; worker start-up counts in the loop
@@ -787,13 +830,16 @@ def predict_videos(
                 if faces is None or reason:
                     fallback(name, reason, 0 if faces is None else faces.n_faces)
                     continue
-                frames = faces.frames if len(faces.frames) == faces.n_faces else np.full(faces.n_faces, -1)
-                tracks = faces.tracks if len(faces.tracks) == faces.n_faces else np.full(faces.n_faces, -1)
+                try:
+                    tensors, frames, tracks = ensemble.units(faces)
+                except (ValueError, IndexError) as exc:  # track ids that cannot be read as sequences
+                    fallback(name, f"{REASON_ERROR}: units: {exc}", faces.n_faces)
+                    continue
                 item = _Pending(name, faces.n_faces, frames, tracks)
-                faces_q.append((item, faces.tensors, 0))
-                queued_faces += faces.n_faces
+                faces_q.append((item, tensors, 0))
+                queued_faces += item.n_units
                 total_faces += faces.n_faces
-            if queued_faces >= pcfg.batch_size or (queued_faces > 0 and (not got or runner.started == 0)):
+            if queued_faces >= batch_units or (queued_faces > 0 and (not got or runner.started == 0)):
                 run_batch()  # a full batch, or whatever is queued while the workers are busy
                 continue
             if got or queued_faces > 0:
@@ -836,7 +882,7 @@ def predict_videos(
         fallbacks=fallbacks,
         seconds=seconds,
         calibration={
-            "aggregation": pcfg.aggregation,
+            "aggregation": ensemble.rule(cfg),
             "temperature": pcfg.temperature,
             "clip": pcfg.clip,
             "source": source,

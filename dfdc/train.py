@@ -75,11 +75,13 @@ from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_wri
 from dfdc.metrics import log_loss
 from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
 from dfdc.models.checkpoint import FOLD_DIR
+from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 
 METRICS_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_logloss", "val_auc", "lr", "seconds"]
 OOF_COLUMNS = ["video", "label", "fold", "pred", "n_faces"]
 OOF_FACES_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
+OOF_TRACKS_COLUMNS = ["video", "label", "fold", "track", "prob"]  # sequence models: one row per track read
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
 MARKER = ".rank0-marker.json"  # rank 0's proof that the run folder is one folder for all ranks
@@ -342,12 +344,13 @@ def _video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
     return log_loss(label, pred), auc
 
 
-def _aggregate_videos(faces: pd.DataFrame, cfg: Config) -> pd.DataFrame:
-    """Per-video prediction from per-face ``prob`` with ``train.val_aggregation``."""
+def _aggregate_videos(faces: pd.DataFrame, cfg: Config, rule: str | None = None) -> pd.DataFrame:
+    """Per-video prediction from per-unit ``prob`` with ``rule`` (default ``train.val_aggregation``);
+    ``n_faces`` counts the units (faces, or tracks)."""
     rows = []
     for (video, label, fold), group in faces.groupby(["video", "label", "fold"], sort=True):
         probs = group["prob"].to_numpy(dtype=float)
-        pred = float(aggregate(probs, cfg.train.val_aggregation, cfg.predict))
+        pred = float(aggregate(probs, rule or cfg.train.val_aggregation, cfg.predict))
         rows.append((video, int(label), int(fold), pred, len(probs)))
     return pd.DataFrame(rows, columns=OOF_COLUMNS)
 
@@ -448,8 +451,15 @@ class FoldTrainer:
     """Training of one fold: datasets and loaders, model, optimizer, the step, the epoch,
     validation, checkpoints. ``build`` makes the model (fresh or resumed), ``run`` trains to
     the end (or ``stop_after_epochs``). ``train_step`` (one batch) and ``train_epoch`` are the
-    units a benchmark times; another data or model kind replaces ``_datasets`` and keeps them.
+    units a benchmark times; another data or model kind replaces ``_units`` and keeps them.
+
+    The unit of data is a face crop here (``units`` = the crops table, ``UNIT_COLUMNS`` name
+    one in the per-unit OOF file ``OOF_UNITS``, ``val_rule`` aggregates them to a video);
+    ``TrackFoldTrainer`` trains over face tracks.
     """
+
+    UNIT_COLUMNS = ["video", "y", "fold", "frame", "face"]  # what names a unit in the OOF file
+    OOF_UNITS = ("oof_faces.csv", OOF_FACES_COLUMNS)  # the per-unit OOF file and its columns
 
     def __init__(self, cfg: Config, data: TrainingData, fold: int, run_dir: Path, ctx: _Dist) -> None:
         self.cfg, self.data, self.table, self.fold, self.ctx = cfg, data, data.table, fold, ctx
@@ -463,7 +473,8 @@ class FoldTrainer:
         if t.steps_per_epoch < 0 or t.val_max_videos < 0:
             raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
         self.lr, self.lr_note = scaled_lr(cfg, ctx.world)
-        self.input = default_input(cfg.model.arch, t.size)  # side: train.size, else the model's own
+        self.input = default_input(cfg.model, t.size)  # side: train.size, else the model's own
+        self.val_rule = t.val_aggregation  # units -> video
         self.use_amp = ctx.device.type == "cuda" and t.amp in AMP_DTYPES
         self.amp = t.amp
         if self.use_amp and t.amp == "bf16" and not torch.cuda.is_bf16_supported():
@@ -477,9 +488,11 @@ class FoldTrainer:
         self._datasets()
 
     # -- data ----------------------------------------------------------------------------
-    def _datasets(self) -> None:
-        """The fold's datasets, sampler and loaders (face crops; the one place that knows them)."""
+    def _units(self) -> None:
+        """The fold's units (``units``: one row per unit), its training and validation rows,
+        datasets and balanced sampler: face crops (the one place that knows them)."""
         t, ctx = self.cfg.train, self.ctx
+        self.units = self.table
         self.train_idx, self.full_val_idx = split_fold(self.table, self.fold)
         self.val_idx = sample_videos(self.table, self.full_val_idx, t.val_max_videos, t.seed + self.fold)
         self.train_ds = FaceDataset(self.table, train_transform(self.input.size, t.augment), seed=t.seed + self.fold,
@@ -488,6 +501,14 @@ class FoldTrainer:
         samples = t.steps_per_epoch * t.batch_size * ctx.world
         self.sampler = BalancedEpochSampler(self.table["y"].to_numpy(), self.train_idx, seed=t.seed + self.fold,
                                             num_replicas=ctx.world, rank=ctx.rank, samples=samples)
+
+    def _prepare_model(self, model: nn.Module) -> None:
+        """A hook between building the model and its optimizer (parts to freeze or load)."""
+
+    def _datasets(self) -> None:
+        """The fold's units (``_units``) and their loaders."""
+        t, ctx = self.cfg.train, self.ctx
+        self._units()
         self.workers = self._loader_workers()
         drop_last = len(self.sampler) > t.batch_size  # one batch shape; no batch of one through BatchNorm
         self.train_loader = _loader(self.train_ds, t.batch_size, self.workers, self.cfg, ctx.device, self.sampler,
@@ -553,6 +574,7 @@ class FoldTrainer:
         ctx.agree(lambda: make(True), "building the model (pretrained weights)")
         ctx.agree(lambda: make(False), "building the model (pretrained weights)")
         self.model = holder[0].to(ctx.device, memory_format=self.memory_format)
+        self._prepare_model(self.model)
         if ctx.rank:  # dropout differs between ranks; rank 0 goes on as a single process does
             _seed_everything(rank_seed(t.seed + self.fold, ctx.rank))
         if ctx.device.type == "cuda":
@@ -575,8 +597,8 @@ class FoldTrainer:
         elif ctx.main:
             print(f"fold {self.fold}: {self.lr_note}; {self.steps_per_epoch} steps per epoch "
                   f"({'train.steps_per_epoch' if t.steps_per_epoch else 'the whole balanced draw'}), validation on "
-                  f"{self.table.loc[self.val_idx, 'video'].nunique()} of the fold's "
-                  f"{self.table.loc[self.full_val_idx, 'video'].nunique()} videos", file=sys.stderr)
+                  f"{self.units.loc[self.val_idx, 'video'].nunique()} of the fold's "
+                  f"{self.units.loc[self.full_val_idx, 'video'].nunique()} videos", file=sys.stderr)
         self.net: nn.Module = self.model
         if ctx.world > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -635,7 +657,9 @@ class FoldTrainer:
         return contextlib.nullcontext()
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.ctx.device, non_blocking=True, memory_format=self.memory_format)
+        """A batch on the device; image batches (N x 3 x H x W) in ``train.channels_last`` layout."""
+        layout = self.memory_format if x.dim() == 4 else torch.contiguous_format
+        return x.to(self.ctx.device, non_blocking=True, memory_format=layout)
 
     def _sync(self) -> None:
         if self.ctx.device.type == "cuda":
@@ -716,7 +740,7 @@ class FoldTrainer:
 
     @torch.no_grad()
     def predict(self, loader: DataLoader) -> pd.DataFrame:
-        """Per-face P(FAKE) and cross-entropy of ``loader``'s rows, gathered from all ranks."""
+        """Per-unit P(FAKE) and cross-entropy of ``loader``'s rows, gathered from all ranks."""
         self.model.eval()
         rows: list[tuple[int, float, float]] = []
         for x, y, idx in loader:
@@ -730,11 +754,11 @@ class FoldTrainer:
             rows += zip(idx.tolist(), probs.cpu().tolist(), losses.cpu().tolist())
         rows = [r for part in self.ctx.gather(rows) for r in part]
         index, probs, losses = zip(*sorted(rows)) if rows else ((), (), ())
-        faces = self.table.loc[list(index), ["video", "y", "fold", "frame", "face"]].rename(columns={"y": "label"})
+        faces = self.units.loc[list(index), self.UNIT_COLUMNS].rename(columns={"y": "label"})
         return faces.assign(prob=list(probs), loss=list(losses)).reset_index(drop=True)
 
     def validate(self) -> pd.DataFrame:
-        """Per-face predictions of this epoch's validation set (all, or the seeded sample)."""
+        """Per-unit predictions of this epoch's validation set (all, or the seeded sample)."""
         return self.predict(self.val_loader)
 
     def _full_oof(self) -> None:
@@ -745,11 +769,15 @@ class FoldTrainer:
         self.model.load_state_dict(best["state_dict"])
         if self.ctx.main:
             print(f"fold {self.fold}: OOF of the best epoch ({self.best_epoch}) on all "
-                  f"{self.table.loc[self.full_val_idx, 'video'].nunique()} videos of the fold", file=sys.stderr)
+                  f"{self.units.loc[self.full_val_idx, 'video'].nunique()} videos of the fold", file=sys.stderr)
         faces = self.predict(self._val_loader(self.full_val_idx))
         if self.ctx.main:
-            atomic_write_csv(self.dir / "oof.csv", _aggregate_videos(faces, self.cfg))
-            atomic_write_csv(self.dir / "oof_faces.csv", faces[OOF_FACES_COLUMNS])
+            self._write_oof(faces, _aggregate_videos(faces, self.cfg, self.val_rule))
+
+    def _write_oof(self, units: pd.DataFrame, videos: pd.DataFrame) -> None:
+        atomic_write_csv(self.dir / "oof.csv", videos)
+        name, columns = self.OOF_UNITS
+        atomic_write_csv(self.dir / name, units[columns])
 
     def run(self, resume: bool) -> FoldResult:
         t, ctx = self.cfg.train, self.ctx
@@ -767,7 +795,7 @@ class FoldTrainer:
                       file=sys.stderr)
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
-            videos = _aggregate_videos(faces, self.cfg)
+            videos = _aggregate_videos(faces, self.cfg, self.val_rule)
             val_logloss, val_auc = _video_logloss(videos, t.val_clip)
             improved = val_logloss < self.best
             if improved:
@@ -785,8 +813,7 @@ class FoldTrainer:
             if ctx.main and improved:
                 save_checkpoint(self.dir / "best.pt", self.model, self.cfg,
                                 {"fold": self.fold, "epoch": self.epoch - 1, "val_logloss": val_logloss})
-                atomic_write_csv(self.dir / "oof.csv", videos)
-                atomic_write_csv(self.dir / "oof_faces.csv", faces[OOF_FACES_COLUMNS])
+                self._write_oof(faces, videos)
             self.save_last(finished)
             if ctx.main:
                 _update_metrics(self.run_dir, self.fold, self.history)
@@ -804,6 +831,83 @@ class FoldTrainer:
         return FoldResult(self.fold, self.best, self.best_epoch, self.epoch, finished=finished)
 
 
+class TrackFoldTrainer(FoldTrainer):
+    """One fold of a sequence model (lstm / gru): the unit is a face track read as
+    ``sequence.seq_len`` frames (``dfdc.sequences``: equal length for REAL and FAKE, a
+    balanced draw over tracks, validation read as the predictor reads a video), aggregated to
+    a video with ``sequence.aggregation``. ``sequence.mode`` frozen: the backbone's features of
+    every crop are computed once (``dfdc.features``, cached in ``<run>/features/``), the
+    backbone is frozen with exactly those weights and only the recurrent head trains on the
+    cached features; finetune: the backbone trains inside the model on augmented crops."""
+
+    UNIT_COLUMNS = ["video", "y", "fold", "track"]
+    OOF_UNITS = ("oof_tracks.csv", OOF_TRACKS_COLUMNS)
+
+    def _units(self) -> None:
+        from dfdc.aggregate import TRACK_METHODS
+        from dfdc.sequences import (
+            TrackDataset, TrackFeatureDataset, check_sequence_config, track_units, training_units, validation_units,
+        )
+
+        t, s, ctx = self.cfg.train, self.cfg.sequence, self.ctx
+        check_sequence_config(s)
+        if s.aggregation not in TRACK_METHODS:
+            raise ConfigError(f"sequence.aggregation={s.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
+        self.val_rule = s.aggregation
+        self.units, rows = track_units(self.table)
+        is_val = (self.units["fold"] == self.fold).to_numpy()
+        if not is_val.any():
+            raise ConfigError(f"fold {self.fold} has no face tracks; folds present: {sorted(set(self.units['fold']))}")
+        seed = t.seed + self.fold
+        self.train_idx = training_units(self.units, np.flatnonzero(~is_val), s)
+        self.full_val_idx = validation_units(self.units, np.flatnonzero(is_val), s)
+        self.val_idx = sample_videos(self.units, self.full_val_idx, t.val_max_videos, seed)
+        if s.mode == "frozen":
+            self.features, self.backbone_state = frozen_backbone_features(self.cfg, self.table, self.input,
+                                                                          self.run_dir, self.ctx)
+            self.train_ds = TrackFeatureDataset(self.features, self.units, rows, s.seq_len, seed=seed)
+            self.val_ds = TrackFeatureDataset(self.features, self.units, rows, s.seq_len)
+        else:
+            self.train_ds = TrackDataset(self.table, self.units, rows, s.seq_len,
+                                         train_transform(self.input.size, t.augment), seed=seed)
+            self.val_ds = TrackDataset(self.table, self.units, rows, s.seq_len, Prepare(self.input.size))
+        self.sampler = BalancedEpochSampler(self.units["y"].to_numpy(), self.train_idx, seed=seed,
+                                            num_replicas=ctx.world, rank=ctx.rank,
+                                            samples=t.steps_per_epoch * t.batch_size * ctx.world)
+
+    def _prepare_model(self, model: nn.Module) -> None:
+        if self.cfg.sequence.mode == "frozen":  # the weights the cached features came from
+            model.backbone.load_state_dict(self.backbone_state)
+            model.freeze_backbone()
+
+
+def frozen_backbone_features(cfg: Config, table: pd.DataFrame, spec: Any, run_dir: Path,
+                             ctx: _Dist) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Every crop's features by the frozen backbone ``model.backbone`` (weights
+    ``model.pretrained``, random init seeded by ``train.seed``), computed once per run by rank
+    0 and cached in ``<run>/features/`` (``dfdc.features``); returns them and the backbone's
+    weights, which every fold's model takes so the features and the saved model agree."""
+    from dfdc.features import CACHE_DIR, frozen_features
+    from dfdc.models import create_backbone
+
+    with torch.random.fork_rng(devices=[]):  # the fold's global RNG is left as it was
+        torch.manual_seed(cfg.train.seed)
+        backbone = create_backbone(cfg.model)
+    backbone.set_input_spec(spec)
+    backbone.to(ctx.device)
+    identity = {"arch": cfg.model.backbone, "pretrained": cfg.model.pretrained, "seed": cfg.train.seed}
+    batch = cfg.train.val_batch_size or 2 * cfg.train.batch_size
+    files = table["file"].tolist()
+    folder = run_dir / CACHE_DIR
+    features = None
+    if ctx.main:
+        features = frozen_features(folder, files, backbone, identity, batch, ctx.device, progress=True)
+    ctx.barrier()
+    if features is None:  # other ranks: rank 0's cache (same identity and crops)
+        features = frozen_features(folder, files, backbone, identity, batch, ctx.device, progress=False)
+    return features, {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
+
+
 def _fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
     folder = run_dir / f"fold{fold}"
     status = folder / "status.json"
@@ -816,22 +920,28 @@ def _fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
     return data if data.get("finished") else None
 
 
+def _trainer(cfg: Config) -> type[FoldTrainer]:
+    """The fold trainer of the model's unit: face crops, or face tracks for sequence models."""
+    return TrackFoldTrainer if is_sequence_model(cfg.model.arch) else FoldTrainer
+
+
 def _merge_oof(run_dir: Path, cfg: Config, fingerprints: dict[str, Any]) -> tuple[float | None, float | None, int]:
-    """Concatenate every fold's OOF files into the run's oof.csv / oof_faces.csv (only folds
-    trained on today's inputs: another fold stops the merge with what changed)."""
-    videos, faces = [], []
+    """Concatenate every fold's OOF files into the run's oof.csv and per-unit file (oof_faces.csv,
+    or oof_tracks.csv of a sequence model) -- only folds trained on today's inputs: another
+    fold stops the merge with what changed."""
+    name, columns = _trainer(cfg).OOF_UNITS
+    videos, units = [], []
     for folder in sorted(run_dir.glob("fold*")):
         match = FOLD_DIR.fullmatch(folder.name)
-        if match and (folder / "oof.csv").is_file() and (folder / "oof_faces.csv").is_file():
+        if match and (folder / "oof.csv").is_file() and (folder / name).is_file():
             _check_inputs(folder, int(match.group(1)), fingerprints, "merge the OOF predictions of")
             videos.append(pd.read_csv(folder / "oof.csv", dtype={"video": str}))
-            faces.append(pd.read_csv(folder / "oof_faces.csv", dtype={"video": str}))
+            units.append(pd.read_csv(folder / name, dtype={"video": str}))
     if not videos:
         return None, None, 0
     oof = pd.concat(videos, ignore_index=True)[OOF_COLUMNS].sort_values(["fold", "video"])
     atomic_write_csv(run_dir / "oof.csv", oof)
-    atomic_write_csv(run_dir / "oof_faces.csv",
-                     pd.concat(faces, ignore_index=True)[OOF_FACES_COLUMNS].sort_values(["fold", "video", "frame", "face"]))
+    atomic_write_csv(run_dir / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
     loss, auc = _video_logloss(oof, cfg.train.val_clip)
     return loss, auc, len(oof)
 
@@ -849,6 +959,10 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
     ``resume=False`` retrains every selected fold from scratch. Under torchrun (WORLD_SIZE > 1)
     every rank calls this; only rank 0 writes files.
     """
+    from dfdc.baselines import is_baseline, train_baselines  # it writes this module's run outputs
+
+    if is_baseline(cfg.model.arch):  # scikit-learn estimators: fitted, not trained by this loop
+        return train_baselines(Path(faces_dir), Path(folds_csv), cfg, folds, resume)
     ctx = _setup_distributed()
     threads = torch.get_num_threads()
     _set_cpu_threads(cfg, ctx)
@@ -880,7 +994,7 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
                     print(f"fold {fold}: finished earlier (best log loss {status['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            result = FoldTrainer(cfg, data, fold, run_dir, ctx).run(resume)
+            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx).run(resume)
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True

@@ -132,7 +132,7 @@ def test_a_training_run_folder_embeds_with_its_checkpoint(faces: Path, tmp_path:
 
 
 def test_cli(faces: Path, tmp_path: Path, capsys) -> None:
-    argv = ["embed", "--faces", str(faces), "--model", "pixels", "--center", "0.625", "--profile", "smoke",
+    argv = ["embed", "--faces", str(faces), "--model", "grey-pixels", "--center", "0.625", "--profile", "smoke",
             "--set", "embed.loader_workers=0"]
     assert main(argv) == 0
     assert "crops/s" in capsys.readouterr().out

@@ -28,7 +28,7 @@ def actors(tmp_path_factory: pytest.TempPathFactory) -> Path:
     generate(data, ACTORS)
     assert main(["faces", "--data", str(data), "--profile", "smoke", "--workers", "1", "--frames-real", "3",
                  "--frames-fake", "2", "--no-progress"]) == 0
-    assert main(["embed", "--faces", str(data / "faces"), "--model", "pixels", "--center", FACE_ONLY,
+    assert main(["embed", "--faces", str(data / "faces"), "--model", "grey-pixels", "--center", FACE_ONLY,
                  "--profile", "smoke", "--set", "embed.loader_workers=0"]) == 0
     return data
 

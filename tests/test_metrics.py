@@ -62,8 +62,9 @@ def test_mean_and_confident_rules() -> None:
     assert aggregate(few, "confident", cfg) == pytest.approx(few.mean())
     reals = np.array([0.1] * 19 + [0.5])  # 95% confidently real: mean of those
     assert aggregate(reals, "confident", cfg) == pytest.approx(0.1)
-    with pytest.raises(AggregationError, match="unknown aggregation"):
-        aggregate(probs, "max", cfg)
+    assert aggregate(np.array([0.1, 0.7, 0.3]), "max", cfg) == 0.7  # the track rule of sequence models
+    with pytest.raises(AggregationError, match="unknown aggregation 'median'.*max"):
+        aggregate(probs, "median", cfg)
 
 
 def confident_strategy(pred: np.ndarray, t: float = 0.8) -> float:

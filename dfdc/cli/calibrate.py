@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def format_result(result: dict, cfg: Config) -> str:
-    lines = [f"{result['videos']} held-out videos ({result['faces']} faces, {result['frames']} frames per video)"
+    unit = result.get("unit", "face")  # a sequence model's units are tracks
+    lines = [f"{result['videos']} held-out videos ({result[f'{unit}s']} {unit}s, {result['frames']} frames per video)"
              + (f"; left out (fallback at test time): {result['fallbacks']}" if result.get("fallbacks") else "")]
     halves = result.get("halves") or {}
     for part in ("fit", "holdout"):
@@ -36,7 +37,7 @@ def format_result(result: dict, cfg: Config) -> str:
         lines.append(f"  (fit-half choices: free {f['aggregation']} T {f['temperature']:.4g} clip {f['clip']:.4g}; "
                      f"softening-only {s['aggregation']} T {s['temperature']:.4g} clip {s['clip']:.4g})")
     lines.append(f"guard: {result['guard']}")
-    lines.append(f"log loss before {result['logloss_before']:.5f} ({cfg.predict.aggregation}, T 1, "
+    lines.append(f"log loss before {result['logloss_before']:.5f} ({result['baseline']['aggregation']}, T 1, "
                  f"clip {cfg.predict.clip:g})")
     lines.append(f"log loss after  {result['logloss_after']:.5f} ({result['aggregation']}, "
                  f"T {result['temperature']:.4g}, clip {result['clip']:.4g})")

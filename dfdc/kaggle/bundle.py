@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dfdc.aggregate import CALIBRATION
-from dfdc.config import Config, save_config
+from dfdc.config import Config, ModelConfig, save_config
 from dfdc.io import TEMP_MARK, atomic_write_json, atomic_write_text
 from dfdc.kaggle.common import (
     DATASET_METADATA, KERNEL_CODE_FILE, KERNEL_METADATA, PACKAGE_DIST, ROOT_ENV, STATUS_MARK, TEMPLATE,
@@ -157,16 +157,20 @@ def _shipped_calibration(run_dir: Path, cfg: Config, explicit: Collection[str]) 
     return shipped, {**calibration, **{key: getattr(cfg.predict, key) for key in explicit}}
 
 
-def _archs(checkpoints: list[tuple[int, Path]]) -> list[str]:
+def _archs(checkpoints: list[tuple[int, Path]]) -> list[ModelConfig]:
+    """The model section of every checkpoint (a sequence model or baseline also needs its
+    backbone's library)."""
     import torch
 
-    archs = []
+    from dfdc.models import checkpoint_model_config
+
+    models = []
     for _, path in checkpoints:
         try:
-            archs.append(str(torch.load(path, map_location="cpu", weights_only=True)["arch"]))
+            models.append(checkpoint_model_config(torch.load(path, map_location="cpu", weights_only=True)))
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bundle error
             raise KernelError(f"{path}: cannot read its architecture ({exc})") from None
-    return archs
+    return models
 
 
 def build_bundle(

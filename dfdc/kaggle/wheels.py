@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfdc.config import ModelConfig
 from dfdc.io import TEMP_MARK
 from dfdc.kaggle.common import IMAGE_LIST, PACKAGE_DIST, KernelError, norm, run_command
 
@@ -97,8 +98,9 @@ def closure(names: list[str]) -> list[str]:
     return list(seen)
 
 
-def plan_wheels(archs: list[str], root: Path) -> list[WheelPlan]:
-    """What a bundle for models of ``archs`` ships, and why (module docstring)."""
+def plan_wheels(archs: list[str | ModelConfig], root: Path) -> list[WheelPlan]:
+    """What a bundle for models of ``archs`` (names, or model sections: a model over a
+    backbone needs the backbone's library too) ships, and why (module docstring)."""
     from dfdc.models import model_requirements
 
     pins = requirement_pins(root / "requirements.txt")
@@ -119,9 +121,10 @@ def plan_wheels(archs: list[str], root: Path) -> list[WheelPlan]:
     plan[PACKAGE_DIST] = WheelPlan(PACKAGE_DIST, metadata.version(PACKAGE_DIST) if _installed(PACKAGE_DIST) else "",
                                    "the kit's inference code (dfdc.predict, dfdc.faces, dfdc.models)")
     pinned(norm(DETECTOR_DIST), "the MTCNN face detector (dfdc.faces)")
-    for arch in sorted(set(archs)):
-        for dist in model_requirements(arch):
-            pinned(norm(dist), f"the library of model {arch}")
+    for model in archs:
+        name = model if isinstance(model, str) else model.arch
+        for dist in model_requirements(model):
+            pinned(norm(dist), f"the library of model {name}")
     for dist in list(plan):
         if dist == PACKAGE_DIST:
             continue

@@ -78,6 +78,18 @@ def checkpoint_input(ckpt: dict[str, Any]) -> InputSpec:
     return InputSpec(size)
 
 
+def checkpoint_model_config(ckpt: dict[str, Any]) -> ModelConfig:
+    """The model section a checkpoint rebuilds from (its arch, classes, backbone ...; weights
+    ``none``: the checkpoint has them). Keys of other (newer/older) versions are ignored."""
+    saved = (ckpt.get("config") or {}).get("model") or {}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known})
+    model_cfg.arch = ckpt["arch"]
+    model_cfg.num_classes = int(ckpt["num_classes"])
+    model_cfg.pretrained = "none"
+    return model_cfg
+
+
 def fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """``(fold, path)`` of every ``fold{k}/best.pt`` of a training run, by fold number
     (the one definition the predictor and the kernel bundle share)."""
@@ -97,13 +109,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     ``export_half`` checkpoints.
     """
     ckpt = _read_checkpoint(Path(path))
-    saved = (ckpt.get("config") or {}).get("model") or {}
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    # only the model section matters here; keys of other (or newer/older) versions are ignored
-    model_cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known})
-    model_cfg.arch = ckpt["arch"]
-    model_cfg.num_classes = int(ckpt["num_classes"])
-    model_cfg.pretrained = "none"  # the checkpoint has the weights
+    model_cfg = checkpoint_model_config(ckpt)
     try:
         model = create_model(model_cfg)
     except ValueError as exc:

@@ -17,11 +17,19 @@ pixel values 0-255 (``uint8`` straight from ``dfdc.preprocess.prepare``, or floa
 ``normalize`` (mean/std of the weights, on the model's device) -> backbone -> pooled
 features (``features``, N x D: what ``dfdc embed`` writes) -> dropout -> ``Linear(D, 2)``.
 P(FAKE) = softmax(logits)[:, 1] (``fake_probability``).
+
+Transfer settings (study 000, ``model.trainable``): ``create_model`` calls the model's
+``set_trainable``; ``FrameModel`` freezes all but the top fraction of its backbone's layers
+(see ``FrameModel.backbone_layers`` for what a layer is) and keeps frozen BatchNorms in
+eval mode whenever the model is put in training mode.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import pickle
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfdc.config import ModelConfig
+from dfdc.config import ConfigError, ModelConfig
 from dfdc.preprocess import MAX_PIXEL, InputSpec
 
 FAKE_CLASS = 1  # softmax index of FAKE (labels: REAL = 0, FAKE = 1)
@@ -41,6 +49,11 @@ PRETRAINED_HINT = ("pass a local state dict file with --pretrained PATH "
                    "--pretrained none (model.pretrained: none)")
 # what torch.load raises on a damaged, truncated or foreign file
 TORCH_LOAD_ERRORS = (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, struct.error)
+
+TRAINABLE_ALL = "all"  # model.trainable: fine-tune every layer
+TRAINABLE_HEAD = "head"  # model.trainable: train the classifier head only
+TRAINABLE_TOP = re.compile(r"top(\d{1,3})")  # model.trainable: "top50" = the top 50 % of the layers
+SAFETENSORS_SUFFIX = ".safetensors"  # weights files read with safetensors (the HF hub's format)
 
 Builder = Callable[[ModelConfig], nn.Module]
 
@@ -57,8 +70,12 @@ class ModelEntry:
     builder: Builder
     input: InputSpec | Callable[[], InputSpec]
     requires: tuple[str, ...] = ()
+    backbone: bool = False  # reads frames through the frame model ``cfg.backbone`` (sequence models,
+    # baselines): its input spec and requirements are the backbone's
 
-    def default_input(self) -> InputSpec:
+    def default_input(self, cfg: ModelConfig | None = None) -> InputSpec:
+        if self.backbone:
+            return _entry(_backbone_of(cfg).backbone).default_input()
         return self.input() if callable(self.input) else self.input
 
 
@@ -66,13 +83,16 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT,
-             requires: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
-    """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``."""
+             requires: tuple[str, ...] = (), backbone: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``.
+
+    ``backbone=True``: the model reads frames through the registered frame model named by
+    ``cfg.backbone``, whose default input and requirements it takes (``input`` is ignored)."""
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires))
+        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires), backbone)
         return builder
 
     return wrap
@@ -82,6 +102,12 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def frame_models() -> list[str]:
+    """The registered frame classifiers (one crop -> logits through their own backbone): every
+    model but those reading frames through ``model.backbone`` (sequence models, baselines)."""
+    return sorted(name for name, entry in _REGISTRY.items() if not entry.backbone)
+
+
 def _entry(arch: str) -> ModelEntry:
     if arch not in _REGISTRY:
         raise ValueError(f"unknown model arch {arch!r}; registered: {', '.join(list_models())} "
@@ -89,24 +115,78 @@ def _entry(arch: str) -> ModelEntry:
     return _REGISTRY[arch]
 
 
-def model_requirements(arch: str) -> tuple[str, ...]:
-    """Third-party distributions (requirements.txt names) ``arch`` imports at inference."""
-    return _entry(arch).requires
+def _as_config(model: str | ModelConfig) -> ModelConfig:
+    return ModelConfig(arch=model) if isinstance(model, str) else model
 
 
-def default_input(arch: str, size: int = 0) -> InputSpec:
-    """The input spec ``create_model`` gives ``arch``: its default, side ``size`` when set."""
-    return _entry(arch).default_input().with_size(size)
+def _backbone_of(cfg: ModelConfig | None) -> ModelConfig:
+    """The frame model a backbone-reading model wraps (``cfg.backbone``), checked."""
+    cfg = cfg or ModelConfig()
+    entry = _entry(cfg.backbone)
+    if entry.backbone:
+        raise ValueError(f"model.backbone={cfg.backbone!r} reads a backbone itself; name a frame model "
+                         f"(e.g. efficientnet-b0, tiny-cnn)")
+    return dataclasses.replace(cfg, arch=cfg.backbone)
+
+
+def model_requirements(model: str | ModelConfig) -> tuple[str, ...]:
+    """Third-party distributions (requirements.txt names) the model imports at inference
+    (a model over a backbone: its own and its backbone's; pass the ModelConfig for those)."""
+    cfg = _as_config(model)
+    entry = _entry(cfg.arch)
+    if not entry.backbone:
+        return entry.requires
+    return tuple(dict.fromkeys(entry.requires + model_requirements(_backbone_of(cfg))))
+
+
+def default_input(model: str | ModelConfig, size: int = 0) -> InputSpec:
+    """The input spec ``create_model`` gives the model (an arch name, or its ModelConfig for a
+    model over a backbone): its default, side ``size`` when set."""
+    cfg = _as_config(model)
+    return _entry(cfg.arch).default_input(cfg).with_size(size)
 
 
 def create_model(cfg: ModelConfig, input_size: int = 0) -> nn.Module:
     """Build the model named ``cfg.arch`` with ``cfg.num_classes`` outputs, its weights and
     its ``InputSpec`` (side ``input_size``, or the model's default when 0)."""
     entry = _entry(cfg.arch)
+    fraction = trainable_fraction(cfg.trainable)  # a bad setting fails before a big model is built
     model = entry.builder(cfg)
     if hasattr(model, "set_input_spec"):
-        model.set_input_spec(entry.default_input().with_size(input_size))
+        model.set_input_spec(entry.default_input(cfg).with_size(input_size))
+    if hasattr(model, "set_trainable"):
+        model.set_trainable(fraction)
+    elif fraction < 1.0:
+        raise ConfigError(f"model.trainable={cfg.trainable!r}: {cfg.arch} has no transfer settings; use all")
     return model
+
+
+def create_backbone(cfg: ModelConfig) -> nn.Module:
+    """The frame model ``cfg.backbone`` (with ``cfg.pretrained`` weights) inside a model that
+    reads frames through it; its input spec is set by ``create_model`` of the outer model."""
+    backbone = _backbone_of(cfg)
+    return _entry(backbone.arch).builder(backbone)
+
+
+def trainable_fraction(setting: str) -> float:
+    """``model.trainable`` as the fraction of backbone layers to train: all 1, head 0, topN N/100."""
+    choice = str(setting).strip().lower()
+    if choice == TRAINABLE_ALL:
+        return 1.0
+    if choice == TRAINABLE_HEAD:
+        return 0.0
+    match = TRAINABLE_TOP.fullmatch(choice)
+    if match and 0 < int(match.group(1)) <= 100:
+        return int(match.group(1)) / 100
+    raise ConfigError(f"model.trainable={setting!r}: expected all, head or topN with N a percentage "
+                      "(study 000: all, top50, top25, head)")
+
+
+def set_bn_momentum(module: nn.Module, momentum: float) -> None:
+    """``model.bn_momentum`` (PyTorch convention) on every BatchNorm inside ``module``."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
 
 
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -123,6 +203,7 @@ class FrameModel(nn.Module):
     """
 
     kind = "frame"
+    head_names: tuple[str, ...] = ("fc",)  # the classifier head's submodules (trained by every setting)
 
     def __init__(self, feature_dim: int, num_classes: int, dropout: float) -> None:
         super().__init__()
@@ -133,6 +214,7 @@ class FrameModel(nn.Module):
         self.register_buffer("pixel_std", torch.ones(1, 3, 1, 1), persistent=False)
         self.input_spec = DEFAULT_INPUT
         self.set_input_spec(DEFAULT_INPUT)
+        self.frozen_norms: tuple[str, ...] = ()  # BatchNorms kept in eval mode (set_trainable)
 
     def set_input_spec(self, spec: InputSpec) -> None:
         self.input_spec = spec
@@ -153,6 +235,36 @@ class FrameModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))
+
+    def backbone_layers(self) -> list[tuple[str, nn.Module]]:
+        """The backbone's layers, input side first: every submodule that owns parameters
+        itself (conv, BatchNorm, linear ...), in registration order -- the forward order for
+        every model here, up to the order of parallel branches inside one block -- without
+        the head (``head_names``). Parameter-free modules (activations, pooling) are no layers."""
+        head = tuple(f"{name}." for name in self.head_names)
+        return [(name, module) for name, module in self.named_modules()
+                if name and name not in self.head_names and not name.startswith(head)
+                and next(module.parameters(recurse=False), None) is not None]
+
+    def set_trainable(self, fraction: float) -> None:
+        """Train the head and the top ``fraction`` of ``backbone_layers`` (ceil of the count);
+        freeze the rest (``requires_grad`` False; frozen BatchNorms stay in eval mode, so their
+        running statistics stay those of the weights). 1.0 trains everything."""
+        layers = self.backbone_layers()
+        n_frozen = len(layers) - math.ceil(len(layers) * fraction)
+        for _, layer in layers[:n_frozen]:
+            for param in layer.parameters(recurse=False):
+                param.requires_grad_(False)
+        self.frozen_norms = tuple(name for name, layer in layers[:n_frozen]
+                                  if isinstance(layer, nn.modules.batchnorm._BatchNorm))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FrameModel:
+        super().train(mode)
+        if mode:
+            for name in self.frozen_norms:
+                self.get_submodule(name).eval()
+        return self
 
 
 # ----------------------------------------------------------------------------- pretrained weights
@@ -207,8 +319,17 @@ def pretrained_source(pretrained: str) -> str | Path | None:
 
 
 def read_weights_file(path: Path) -> Any:
-    """``torch.load`` of a local weights file (tensors only), with a clear error."""
+    """A local weights file (tensors only): ``torch.load``, or safetensors for ``*.safetensors``
+    (the Hugging Face hub's format, e.g. timm's ``model.safetensors``), with a clear error."""
     try:
+        if Path(path).suffix == SAFETENSORS_SUFFIX:
+            from safetensors import SafetensorError
+            from safetensors.torch import load_file
+
+            try:
+                return load_file(str(path), device="cpu")
+            except SafetensorError as exc:
+                raise ValueError(str(exc)) from None
         return torch.load(path, map_location="cpu", weights_only=True)
     except TORCH_LOAD_ERRORS as exc:
         raise PretrainedWeightsError(f"{path}: cannot be read as a torch state dict ({exc}); {PRETRAINED_HINT}") from None
@@ -224,3 +345,38 @@ def no_pretrained(cfg: ModelConfig) -> None:
     if cfg.pretrained.strip().lower() not in ("none", ""):
         raise PretrainedWeightsError(
             f"{cfg.arch} has no pretrained weights; set model.pretrained: none (--pretrained none)")
+
+
+class BackboneModel(nn.Module):
+    """A model that reads frames through a frame model, ``self.backbone`` (registered with
+    ``backbone=True``): its input spec and feature size are the backbone's. ``freeze_backbone``
+    stops the backbone's gradients and keeps it in eval mode (frozen BatchNorm statistics)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.frozen = False
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.backbone.feature_dim)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.backbone.input_spec
+
+    def set_input_spec(self, spec: InputSpec) -> None:
+        self.backbone.set_input_spec(spec)
+
+    def freeze_backbone(self) -> None:
+        self.frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> BackboneModel:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+

@@ -1,0 +1,212 @@
+"""Face tracks as the unit of sequence models (``model.arch`` lstm / gru): which crops of a
+track a model reads, and the torch datasets over tracks.
+
+A unit is one (video, track) of the faces table (``dfdc.tracks``: the same person across
+the video's sampled frames), its crops in frame order. Every sequence a model reads --
+REAL or FAKE, training, validation or prediction -- has exactly ``sequence.seq_len``
+frames, so the length can never tell the label. The rule (``frame_positions``):
+
+- ``seq_len`` positions evenly spaced over the track's n crops with a phase:
+  ``floor((k + phase) * n / seq_len)``, k = 0 .. seq_len - 1. With n >= seq_len they are
+  distinct and regularly spaced (stride n / seq_len) for both classes -- a random subset
+  would space REAL tracks (40 crops in the recipe) irregularly and FAKE tracks (8 crops)
+  regularly, a cue a recurrent model could learn. Training draws the phase at random per
+  sample (seeded by seed, epoch, unit); validation and prediction use 0.5 (centred).
+- A track with fewer than ``seq_len`` crops repeats them evenly (the same formula).
+- Training skips tracks with fewer than ``sequence.min_len`` crops (0 = ``seq_len``: no
+  repeated frames in training at all, so repetition cannot become a class cue where FAKE
+  videos keep fewer crops than REAL ones). Validation and prediction read a video as the
+  predictor does (``select_tracks``): every track with at least ``min_len`` crops, else the
+  video's longest track, so every video with a face gets a prediction.
+
+The per-video P(FAKE) is ``sequence.aggregation`` over its tracks' P(FAKE) (``max`` by
+default: one swapped face makes the video FAKE; ``dfdc.aggregate``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from dfdc.config import ConfigError, SequenceConfig, warn
+
+UNIT_COLUMNS = ("video", "track", "label", "y", "fold", "n")  # one row per (video, track)
+EVAL_PHASE = 0.5  # validation and prediction: positions centred in their strides
+SEED_MODULUS = 2**32  # numpy / albumentations seeds are 32-bit
+MODES = ("frozen", "finetune")
+
+
+def min_length(cfg: SequenceConfig) -> int:
+    """The fewest crops a track needs to be read (``min_len``, 0 = ``seq_len``)."""
+    return cfg.min_len or cfg.seq_len
+
+
+def check_sequence_config(cfg: SequenceConfig) -> None:
+    if cfg.seq_len < 1:
+        raise ConfigError(f"sequence.seq_len={cfg.seq_len}: must be at least 1")
+    if not 0 <= cfg.min_len <= cfg.seq_len:
+        raise ConfigError(f"sequence.min_len={cfg.min_len}: use 0 (= seq_len) or 1 .. seq_len ({cfg.seq_len})")
+    if cfg.mode not in MODES:
+        raise ConfigError(f"sequence.mode={cfg.mode!r}: use one of {', '.join(MODES)}")
+
+
+def frame_positions(n: int, seq_len: int, phase: float = EVAL_PHASE) -> np.ndarray:
+    """``seq_len`` crop positions (0 .. n-1, in order) of a track of ``n`` crops (rule above)."""
+    if n < 1:
+        raise ValueError("a track needs at least one crop")
+    pos = np.floor((np.arange(seq_len) + float(phase)) * n / seq_len).astype(np.int64)
+    return np.minimum(pos, n - 1)
+
+
+def select_tracks(lengths: Sequence[int], min_len: int) -> list[int]:
+    """Which of a video's tracks (by their crop counts) are read: those with at least
+    ``min_len`` crops, else the longest one (the first of equals)."""
+    keep = [i for i, n in enumerate(lengths) if n >= min_len]
+    if keep or not len(lengths):
+        return keep
+    return [int(np.argmax(lengths))]
+
+
+def track_units(table: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """One unit per (video, track) of a faces table (``dfdc.data.load_face_table`` rows):
+    ``units`` (``UNIT_COLUMNS``, index 0..n-1) and, per unit, the table rows of its crops in
+    frame order (an array of row positions)."""
+    track = table["track"] if "track" in table.columns else table["face"]  # built before tracks: rank
+    frame = table.assign(_track=track.astype(int).to_numpy(), _pos=np.arange(len(table)))
+    rows: list[np.ndarray] = []
+    records = []
+    for (video, tid), group in frame.groupby(["video", "_track"], sort=True):
+        group = group.sort_values(["frame", "_pos"])
+        rows.append(group["_pos"].to_numpy(dtype=np.int64))
+        first = group.iloc[0]
+        records.append((video, int(tid), first["label"], int(first["y"]), int(first["fold"]), len(group)))
+    units = pd.DataFrame(records, columns=list(UNIT_COLUMNS))
+    return units, rows
+
+
+def training_units(units: pd.DataFrame, indices: np.ndarray, cfg: SequenceConfig) -> np.ndarray:
+    """The training part's units with at least ``min_len`` crops (the rest are counted and skipped)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    short = units.loc[indices, "n"].to_numpy() < min_length(cfg)
+    if short.any():
+        per_class = units.loc[indices[short]].groupby("label").size().to_dict()
+        warn(f"{int(short.sum())} training tracks have fewer than {min_length(cfg)} crops (sequence.min_len); "
+             f"skipped ({', '.join(f'{k}: {v}' for k, v in sorted(per_class.items()))})")
+    return indices[~short]
+
+
+def validation_units(units: pd.DataFrame, indices: np.ndarray, cfg: SequenceConfig) -> np.ndarray:
+    """The validation part's units read as the predictor reads a video (``select_tracks``)."""
+    keep: list[int] = []
+    part = units.loc[np.asarray(indices, dtype=np.int64)]
+    for _, group in part.groupby("video", sort=True):
+        chosen = select_tracks(group["n"].tolist(), min_length(cfg))
+        keep += [int(group.index[i]) for i in chosen]
+    return np.array(sorted(keep), dtype=np.int64)
+
+
+def _reseed(transform: Any, seed: int, epoch: int, index: int) -> None:
+    """Reseed an albumentations pipeline from (seed, epoch, index): one generator for all its
+    steps, independent of the loader worker (as ``dfdc.data.FaceDataset`` does)."""
+    if hasattr(transform, "set_random_state"):
+        seq = np.random.SeedSequence([seed, epoch, index])
+        transform.set_random_state(np.random.default_rng(seq), random.Random(int(seq.generate_state(1)[0]) % SEED_MODULUS))
+
+
+def _phase(seed: int | None, epoch: int, index: int) -> float:
+    if seed is None:
+        return EVAL_PHASE
+    return float(np.random.default_rng([seed, epoch, index, 1]).random())
+
+
+class _TrackDatasetBase(Dataset):
+    def __init__(self, units: pd.DataFrame, rows: list[np.ndarray], seq_len: int, seed: int | None) -> None:
+        self.rows = rows
+        self.labels = units["y"].to_numpy(dtype=np.int64)
+        self.seq_len = int(seq_len)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def key(self, key: tuple[int, int] | int) -> tuple[int, int]:
+        """``(epoch, unit)`` of a sample key: a sampler's ``(epoch, unit)`` or a plain unit index
+        (then the epoch of ``set_epoch``)."""
+        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
+
+    def crop_rows(self, epoch: int, index: int) -> np.ndarray:
+        """The table rows of the ``seq_len`` crops this sample reads (random phase when seeded)."""
+        rows = self.rows[index]
+        return rows[frame_positions(len(rows), self.seq_len, _phase(self.seed, epoch, index))]
+
+
+class TrackDataset(_TrackDatasetBase):
+    """Tracks as images: ``(uint8 seq_len x 3 x S x S, label 0/1, unit index)``.
+
+    ``transform``: an albumentations pipeline (``dfdc.augment.train_transform``; the same
+    draw for every frame of a sequence, so a flip or shift does not flicker) or
+    ``dfdc.preprocess.Prepare``; with ``seed`` set, reseeded per (seed, epoch, unit) and
+    the frame phase drawn at random (``frame_positions``)."""
+
+    def __init__(self, table: pd.DataFrame, units: pd.DataFrame, rows: list[np.ndarray], seq_len: int,
+                 transform: Callable[..., Any], seed: int | None = None,
+                 read: Callable[[str], np.ndarray] | None = None) -> None:
+        super().__init__(units, rows, seq_len, seed)
+        from dfdc.data import read_rgb
+
+        self.files = table["file"].tolist()
+        self.transform = transform
+        self.read = read or read_rgb
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
+        epoch, index = self.key(key)
+        frames = [self.read(self.files[r]) for r in self.crop_rows(epoch, index)]
+        if self.seed is not None:
+            _reseed(self.transform, self.seed, epoch, index)
+        return frames_to_tensor(self.transform, frames), int(self.labels[index]), index
+
+
+def frames_to_tensor(transform: Callable[..., Any], frames: list[np.ndarray]) -> torch.Tensor:
+    """A sequence of RGB crops through one transform: ``uint8`` T x 3 x S x S. An albumentations
+    pipeline draws once for all frames (``images=``); ``Prepare`` maps each frame."""
+    if hasattr(transform, "set_random_state"):  # albumentations Compose
+        same = len({f.shape for f in frames}) == 1
+        if same:
+            return transform(images=np.stack(frames))["images"]
+    return torch.stack([transform(image=f)["image"] for f in frames])
+
+
+class TrackFeatureDataset(_TrackDatasetBase):
+    """Tracks as cached backbone features (frozen mode): ``(float32 seq_len x D, label, unit index)``."""
+
+    def __init__(self, features: np.ndarray, units: pd.DataFrame, rows: list[np.ndarray], seq_len: int,
+                 seed: int | None = None) -> None:
+        super().__init__(units, rows, seq_len, seed)
+        self.features = features
+
+    def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
+        epoch, index = self.key(key)
+        x = torch.from_numpy(np.ascontiguousarray(self.features[self.crop_rows(epoch, index)], dtype=np.float32))
+        return x, int(self.labels[index]), index
+
+
+def video_sequences(tracks: np.ndarray, frames: np.ndarray, cfg: SequenceConfig) -> list[np.ndarray]:
+    """The predictor's side: a video's faces (their track and frame ids, as a worker returns
+    them) -> per read track, the face indices of its ``seq_len`` frames (``select_tracks``,
+    then ``frame_positions`` at the centred phase)."""
+    tracks, frames = np.asarray(tracks), np.asarray(frames)
+    ids = sorted(set(tracks.tolist()))
+    members = [np.flatnonzero(tracks == t) for t in ids]
+    members = [m[np.argsort(frames[m], kind="stable")] for m in members]
+    chosen = select_tracks([len(m) for m in members], min_length(cfg))
+    return [members[i][frame_positions(len(members[i]), cfg.seq_len)] for i in chosen]

@@ -1,0 +1,48 @@
+"""dfdc compare covers the sequence models and the baselines: same folds, same table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from test_sequences import make_track_faces
+from test_video import astronaut_frames, make_clip
+
+from dfdc.compare import SYSTEMS, compare, oof_scores, resolve_systems
+from dfdc.config import load_config
+
+OURS = {"lstm": "sequence", "gru": "sequence", "logreg": "baseline", "svm": "baseline", "mlp": "baseline"}
+
+
+def test_sequence_models_and_baselines_are_systems() -> None:
+    assert {name: SYSTEMS[name].kind for name in OURS} == OURS
+    assert all(SYSTEMS[name].overrides[0] == f"model.arch={name}" for name in OURS)
+    assert all(SYSTEMS[name].study == "000, 002" for name in OURS)
+
+
+def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    faces, folds = make_track_faces(tmp_path, n_real=4, fakes_per_real=2, crops_real=12, crops_fake=6, size=32)
+    videos = tmp_path / "test_videos"
+    videos.mkdir()
+    make_clip(videos / "a.mp4", astronaut_frames(6, seed=1))
+    make_clip(videos / "b.mp4", astronaut_frames(6, seed=2))
+    labels = tmp_path / "labels.csv"
+    pd.DataFrame({"filename": ["a.mp4", "b.mp4"], "label": [0, 1]}).to_csv(labels, index=False)
+    cfg = load_config("compare", ["train.size=32", "train.batch_size=4", "train.folds=all", "predict.frames=6",
+                                  "predict.workers=0", "model.rnn_hidden=128"])
+    report = compare(resolve_systems("lstm,logreg"), faces, folds, cfg, tmp_path / "out", tmp_path / "runs", videos,
+                     None, labels)
+    table = pd.read_csv(report.csv, keep_default_na=False)
+    assert table["system"].tolist() == ["lstm", "logreg"] and not report.failed, table["error"].tolist()
+    assert table["kind"].tolist() == ["sequence", "baseline"] and (table["folds"] == 2).all()
+    for _, row in table.iterrows():
+        oof = pd.read_csv(tmp_path / "runs" / row["system"] / "oof.csv")
+        assert set(oof["video"]) == set(pd.read_csv(folds)["video"])  # every video of the same folds
+        assert float(row["oof_logloss"]) == pytest.approx(oof_scores(oof, 0.01)["logloss"])
+        assert 0 <= float(row["heldout_logloss"]) < 5 and float(row["predict_s_per_video"]) > 0
+    assert (tmp_path / "runs" / "lstm" / "oof_tracks.csv").is_file()
+    # 16 x 16 x 3 pixels: the scaler's mean and scale, 768 coefficients, the intercept, the (identity) sigmoid
+    assert int(table.loc[1, "params"]) == 2 * 768 + 768 + 1 + 2
