@@ -7,6 +7,7 @@
 #   make submit                     submit the pushed kernel version to the competition
 #   make score                      local log loss of a submission
 #   make compare                    every system of the reference studies on the same folds
+#   make embed analyze              face embeddings; PCA -> t-SNE -> HDBSCAN maps and clusters
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
 # train_sample_videos/, test_videos/) to work on the real data.
@@ -21,8 +22,11 @@ DEMO_DATA := data/demo
 DATA ?= $(DEMO_DATA)
 ifeq ($(DATA),$(DEMO_DATA))
 PROFILE ?= smoke
+# the demo's folds keep each actor in one fold (face clusters of the embeddings; README: identity folds)
+GROUP_BY ?= identity
 else
 PROFILE ?= b7
+GROUP_BY ?=
 endif
 RUN ?= $(PROFILE)
 FOLDS ?= all
@@ -34,6 +38,11 @@ SYSTEMS ?= all
 COMPARE_PROFILE ?= compare
 FACES := $(DATA)/faces
 FOLDS_CSV := folds/folds.csv
+EMBEDDINGS := $(DATA)/embeddings
+ANALYSIS := $(DATA)/analysis
+# identity folds need the embeddings first; other groupings only the data
+FOLDS_NEEDS := $(if $(filter identity,$(GROUP_BY)),embed,data)
+GROUP_FLAG := $(if $(GROUP_BY),--group-by $(GROUP_BY))$(if $(filter identity,$(GROUP_BY)), --embeddings $(EMBEDDINGS))
 RUN_DIR := runs/$(RUN)
 SUBMISSION := submissions/$(RUN)/submission.csv
 LABELS ?= $(DATA)/test_labels.csv
@@ -46,12 +55,12 @@ else
 TRAIN_LAUNCH := $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m dfdc
 endif
 
-.PHONY: help setup test demo synth data meta faces faces-merge folds train predict score calibrate \
-        kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
-        bench-label-cleaning clean
+.PHONY: help setup test demo synth data meta faces faces-merge embed analyze folds train predict score \
+        calibrate kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
+        bench-label-cleaning bench-embed bench-analyze clean
 
 help:
-	@sed -n '1,12p' Makefile
+	@sed -n '1,15p' Makefile
 
 setup: $(STAMP)
 
@@ -86,11 +95,17 @@ faces: data
 faces-merge: data
 	$(DFDC) faces --data $(DATA) --out $(FACES) --profile $(PROFILE) --merge $(SET_FLAGS)
 
+embed: faces
+	$(DFDC) embed --faces $(FACES) --out $(EMBEDDINGS) --profile $(PROFILE) $(SET_FLAGS)
+
+analyze: embed
+	$(DFDC) analyze --embeddings $(EMBEDDINGS) --out $(ANALYSIS) --profile $(PROFILE) $(SET_FLAGS)
+
 # `make folds` always (re)builds the split; `make train` builds it only when folds/folds.csv is
 # missing, so a run never trains on a split that changed under it (a run also records the
 # fingerprints of its folds table and faces index and refuses to resume on others).
-folds: data
-	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) --profile $(PROFILE) $(SET_FLAGS)
+folds: $(FOLDS_NEEDS)
+	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) $(GROUP_FLAG) --profile $(PROFILE) $(SET_FLAGS)
 
 $(FOLDS_CSV):
 	$(MAKE) --no-print-directory folds
@@ -109,7 +124,7 @@ score: $(STAMP)
 	$(DFDC) score --submission $(SUBMISSION) --labels $(LABELS)
 
 demo: $(STAMP)
-	$(MAKE) --no-print-directory synth faces folds train calibrate predict score DATA=$(DEMO_DATA) PROFILE=smoke RUN=demo
+	$(MAKE) --no-print-directory synth faces embed folds train calibrate predict score DATA=$(DEMO_DATA) PROFILE=smoke RUN=demo
 
 kernel: $(STAMP)
 	$(DFDC) kernel --models $(RUN_DIR) --push --profile $(PROFILE) $(SET_FLAGS)
@@ -129,7 +144,7 @@ compare: faces folds
 	$(DFDC) compare --data $(DATA) --faces $(FACES) --folds $(FOLDS_CSV) --profile $(COMPARE_PROFILE) \
 	    --systems $(SYSTEMS) $(SET_FLAGS)
 
-bench: bench-faces bench-train bench-predict
+bench: bench-faces bench-train bench-predict bench-embed bench-analyze
 
 bench-faces: $(STAMP)
 	$(PY) bench/bench_faces.py
@@ -142,6 +157,13 @@ bench-predict: $(STAMP)
 
 bench-label-cleaning: $(STAMP)
 	$(PY) bench/bench_label_cleaning.py
+
+bench-embed: $(STAMP)
+	$(PY) bench/bench_embed.py
+
+# 130,000 x 512 synthetic embeddings (the study's size); BENCH_ARGS="--n 20000 --compare" for a quick run
+bench-analyze: $(STAMP)
+	$(PY) bench/bench_analyze.py $(BENCH_ARGS)
 
 clean:
 	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

@@ -46,6 +46,9 @@ class SynthConfig:
     # faces are as soft as swapped ones and the fake signal is lost)
     test_identity_every: int = 3  # identity list (photos, then LFW) 1-based index divisible by
     # this -> test identity (targets and donors of test videos), never used in training
+    videos_per_identity: int = 2  # REAL (original) videos per filmed identity, each with its own
+    # camera path, lighting and background: DFDC filmed every paid actor in many videos, so folds
+    # grouped by original alone let an actor's face into training and validation (issue 10)
     # -- camera and scene --
     face_height: float = 0.35  # face box height / frame height (an ~80 px face at 240 px:
     # enough for MTCNN and the 128-px crops of the smoke profile)
@@ -57,6 +60,9 @@ class SynthConfig:
     rotation: float = 4.0  # amplitude of the smooth roll, degrees
     light: float = 0.12  # relative amplitude of the lighting drift (gain)
     tint: float = 0.05  # per-video colour cast, relative per channel
+    exposure: float = 0.15  # per-video exposure: gain uniform in 1 +- this (another room, another lamp)
+    light_gradient: float = 0.2  # per-video directional light: gain varies linearly across the frame
+    # by up to +- this, in a random direction
     noise: float = 3.0  # sensor noise standard deviation, 0-255 scale
     noise_pool: int = 4  # noise fields drawn per video and cycled (1080p noise per frame is slow)
     # -- the face swap (DFDC-like artefacts a detector can learn) --
@@ -119,8 +125,56 @@ class FoldsConfig:
     """Cross-validation folds (``dfdc folds``)."""
 
     n_folds: int = 5
-    group_by: str = "original"  # "original": a fake stays with its source video; "part": whole part folders
+    group_by: str = "original"  # "original": a fake stays with its source video; "part": whole part
+    # folders; "identity": originals of one face cluster (one actor) together (dfdc.identity)
     seed: int = 42
+    embeddings: str = ""  # group_by identity: the crops' embeddings (dfdc embed); "" = DATA/embeddings
+    identity_min_cluster: int = 0  # HDBSCAN min_cluster_size over the originals' crops; 0 = the
+    # median crops per original (a cluster is at least one video's worth of faces)
+    identity_crops: int = 10  # crops per original (evenly spaced) clustered for identities: on DFDC
+    # 19k originals x 40 crops would be 760k points; 10 keep it to 190k (0 = all)
+
+
+@dataclass
+class EmbedConfig:
+    """Pooled backbone features per face crop (``dfdc embed``)."""
+
+    model: str = "efficientnet-b7"  # a registered model, a training run folder or a checkpoint; the
+    # study embedded faces with its B7 (set model.pretrained for ImageNet weights)
+    size: int = 0  # input side; 0 = the checkpoint's own side, or a named model's default
+    batch_size: int = 64  # crops per forward pass
+    chunk_size: int = 2048  # crops per resumable chunk file: a kill loses at most one chunk's work
+    dtype: str = "float16"  # array on disk: float16 halves it (130,000 x 512 -> 133 MB), float32
+    center: float = 1.0  # fraction of the crop side kept around its centre before resizing; 1 / (1 +
+    # faces.margin) = the face box alone (no background)
+    loader_workers: int = 1  # crop-reading processes beside the model (0 = in the main process)
+    fold: int = -1  # which fold{k}/best.pt of a run directory; -1 = the lowest-numbered fold
+    bn_calibration: int = 512  # random-init models: crops (evenly drawn) whose batch statistics replace
+    # the BatchNorm running stats first; with the initial ones b0's eval-mode features are ~1e-13
+    # (measured), zero in float16
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1" ...
+
+
+@dataclass
+class AnalyzeConfig:
+    """The study's PCA -> t-SNE -> HDBSCAN analysis of embeddings (``dfdc analyze``)."""
+
+    pca_components: int = 50  # the study: PCA to 50 components, then t-SNE
+    tsne: str = "opentsne"  # "opentsne" (FFT-interpolated gradients, measured faster: bench_analyze)
+    # or "sklearn" (Barnes-Hut)
+    perplexity: float = 30.0  # t-SNE's customary default (both libraries); capped at (n - 1) / 3
+    tsne_3d: bool = False  # also a 3-D map (the study's t-SNE(3)): Barnes-Hut only (no FFT in 3-D),
+    # O(n log n) where the 2-D map is FFT from 10k points; off by default (README: analysis bench)
+    cluster_space: str = "tsne"  # HDBSCAN on the 2-D t-SNE map ("tsne": what the pictures show, cheap
+    # in 2-D) or on the PCA scores ("pca"); identity folds always use "pca" (dfdc.identity)
+    min_cluster_size: int = 20  # HDBSCAN: faces in the smallest cluster (the study: 520 clusters
+    # of 130,000 faces, 250 on average)
+    min_samples: int = 0  # HDBSCAN core-distance neighbours; 0 = min_cluster_size
+    threads: int = 0  # CPU threads for t-SNE; 0 = all cores
+    seed: int = 0
+    gallery_clusters: int = 6  # gallery images for this many largest clusters
+    gallery_faces: int = 36  # faces per gallery (a 6 x 6 grid), evenly drawn from the cluster
+    max_plot_points: int = 200_000  # maps show at most this many points (a random subset)
 
 
 @dataclass
@@ -339,6 +393,8 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)

@@ -9,6 +9,9 @@ REAL/FAKE and grouped so that a group never spans two folds:
 - ``group_by="part"``: the group is the ``dfdc_train_part_N`` folder (the top solutions'
   choice). Parts linked by a fake whose original lives in another part are merged into
   one group, so the guarantee above holds there too.
+- ``group_by="identity"``: the group is the identity of the source video (``identity_of``:
+  original -> identity, from face clusters, ``dfdc.identity``), so all originals of one actor
+  and their fakes share one fold; an original without an identity is a group of its own.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dfdc.config import FoldsConfig, warn
 from dfdc.io import atomic_write_csv, read_table
 from dfdc.metadata import MetadataReport, load_metadata
 
-GROUP_BY = ("original", "part")
+GROUP_BY = ("original", "part", "identity")
 COLUMNS = ["video", "part", "label", "original", "group", "fold"]
 NEEDED = ["video", "part", "label", "original"]
 
@@ -79,13 +82,18 @@ def _groups_by_part(meta: pd.DataFrame) -> list[str]:
     return [name[p] for p in meta["part"]]
 
 
-def make_folds(meta: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
+def _groups_by_identity(meta: pd.DataFrame, identity_of: dict[str, str]) -> list[str]:
+    return [identity_of.get(root, root) for root in _groups_by_original(meta)]
+
+
+def make_folds(meta: pd.DataFrame, cfg: FoldsConfig, identity_of: dict[str, str] | None = None) -> pd.DataFrame:
     """Assign every video a fold, keeping each fake in its original's fold.
 
     Args:
         meta: the table of ``dfdc.metadata.load_metadata`` (columns ``video, part, label,
             original`` at least; label REAL/FAKE).
-        cfg: ``n_folds`` (>= 2), ``group_by`` (``original`` or ``part``), ``seed``.
+        cfg: ``n_folds`` (>= 2), ``group_by`` (``original``, ``part`` or ``identity``), ``seed``.
+        identity_of: ``group_by="identity"`` only: source (REAL) video -> identity name.
 
     Returns:
         ``video, part, label, original, group, fold`` in the input's row order, folds
@@ -107,11 +115,19 @@ def make_folds(meta: pd.DataFrame, cfg: FoldsConfig) -> pd.DataFrame:
         raise FoldsError(f"video names listed twice in the metadata table: {dup}")
     out = meta[NEEDED].copy().reset_index(drop=True)
     out["original"] = out["original"].where(out["original"].notna(), None)
-    out["group"] = _groups_by_original(out) if cfg.group_by == "original" else _groups_by_part(out)
+    if cfg.group_by == "identity":
+        if identity_of is None:
+            raise FoldsError("folds.group_by=identity needs the identity of each original (face clusters of "
+                             "`dfdc embed` embeddings: --embeddings DIR)")
+        out["group"] = _groups_by_identity(out, identity_of)
+    elif cfg.group_by == "part":
+        out["group"] = _groups_by_part(out)
+    else:
+        out["group"] = _groups_by_original(out)
     n_groups = out["group"].nunique()
     if n_groups < cfg.n_folds:
-        what = "part folders (or linked part sets)" if cfg.group_by == "part" else "source videos"
-        hint = " or --group-by original" if cfg.group_by == "part" else ""
+        what = {"part": "part folders (or linked part sets)", "identity": "identities"}.get(cfg.group_by, "source videos")
+        hint = " or --group-by original" if cfg.group_by != "original" else ""
         raise FoldsError(
             f"only {n_groups} group(s) ({what}) for {cfg.n_folds} folds; "
             f"use --n-folds {max(n_groups, 2)} or fewer{hint}, or add data"
@@ -137,6 +153,11 @@ def fold_counts(folds: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def largest_group_share(folds: pd.DataFrame) -> float:
+    """Share of all videos in the largest group (one fold must hold at least that much)."""
+    return float(folds["group"].value_counts().iloc[0] / len(folds)) if len(folds) else 0.0
+
+
 def write_folds(df: pd.DataFrame, path: Path) -> None:
     """Write the folds table as CSV atomically."""
     atomic_write_csv(Path(path), df[COLUMNS])
@@ -157,12 +178,13 @@ def read_folds(path: Path) -> pd.DataFrame:
     return df
 
 
-def folds_from_data(root: Path, out: Path, cfg: FoldsConfig, strict: bool = False) -> tuple[pd.DataFrame, MetadataReport]:
+def folds_from_data(root: Path, out: Path, cfg: FoldsConfig, strict: bool = False,
+                    identity_of: dict[str, str] | None = None) -> tuple[pd.DataFrame, MetadataReport]:
     """Load the metadata under ``root``, make folds and write them to ``out``.
 
     Returns ``(folds, metadata report)``.
     """
     meta, report = load_metadata(root, strict=strict)
-    folds = make_folds(meta, cfg)
+    folds = make_folds(meta, cfg, identity_of)
     write_folds(folds, out)
     return folds, report

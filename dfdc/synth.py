@@ -11,8 +11,15 @@
 Identities are real faces that ship inside installed packages (scikit-image's astronaut and
 cameraman, matplotlib's Grace Hopper, and some of scikit-image's 25x25 LFW faces), located
 with facenet-pytorch's MTCNN (face box + 5 landmarks). A REAL video is a smoothly moving,
-zooming, rolling camera over the photo (or over a background photo the small LFW face is
-placed in), with lighting drift and sensor noise. Each FAKE is made from the same rendered
+zooming, rolling camera over the photo (or over a background photo the face is placed in),
+with lighting drift, a per-video exposure and directional light, and sensor noise.
+
+Repeated actors: as in DFDC, every filmed identity has ``cfg.videos_per_identity`` REAL
+videos ("takes"), each with its own camera path, lighting and background (a photo
+identity's first take is its own photo; every other take pastes the face into one of the
+background photos, a different one per take while there are enough). ``.synth.json``
+records each video's ``identity`` (the filmed person, shared by a REAL video and its fakes),
+``donor`` (the face swapped in), ``take`` and ``scene``. Each FAKE is made from the same rendered
 frames as its original: another identity's face is aligned to the target's landmarks by a
 similarity transform, produced at a low "generator resolution", colour-matched in LAB,
 upscaled and alpha-blended through a feathered ellipse. Outside that ellipse a fake is the
@@ -48,11 +55,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from dfdc.config import ConfigError, SynthConfig
+from dfdc.config import ConfigError, FacesConfig, SynthConfig
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.threads import torch_threads
 
-SYNTH_VERSION = 1  # bump when the same config would produce different videos
+SYNTH_VERSION = 2  # bump when the same config would produce different videos
 MARKER = ".synth.json"
 TEST_FOLDER = "test_videos"
 PART_PREFIX = "dfdc_train_part_"
@@ -64,6 +71,13 @@ MIN_FACE_PROB = 0.9  # MTCNN confidence for a source photo's face to be used
 NAME_TRIES = 1000  # attempts to draw a name not yet taken
 LFW_PASTE_AXES = (0.48, 0.5)  # half-axes of the ellipse an LFW face is pasted through / its side
 LFW_PASTE_FEATHER = 0.04  # Gaussian sigma of that ellipse's edge / the face side
+PHOTO_CUT = 1.6  # a photo identity pasted into a background: square cut of this x its face box height
+GRADIENT_SPREAD = (0.5, 1.0)  # per-video directional light strength: this fraction of cfg.light_gradient
+PASTE_TEST_GREY = 128  # the plain scene an LFW face must be found in to be used
+OWN_PHOTO = "photo"  # scene name of a photo identity's take in its own photo
+BACKGROUNDS = ("china", "flower", "coffee", "chelsea", "rocket")  # background photos (see _backgrounds)
+SCENE_TRIES = 5  # draws of placement, camera and light per REAL video until MTCNN finds its face
+# (a dark LFW face under a dim lamp was missed in all 30 frames of a demo video)
 SWINGS = (0.5, 1.5)  # camera/light oscillations per video: uniform in this range (smooth motion)
 DRIFT_SPREAD = (0.5, 1.0)  # per-video drift amplitude: this fraction of cfg.drift
 
@@ -131,6 +145,8 @@ class _Group:
     real: str
     target: str
     fakes: list[tuple[str, str]]  # (name, donor identity)
+    take: int = 0  # this identity's k-th REAL video
+    scene: str = OWN_PHOTO  # OWN_PHOTO or a BACKGROUNDS name
 
 
 # ---------------------------------------------------------------------------- identities
@@ -200,11 +216,22 @@ def load_identities(lfw_faces: int, sharpen: float = 0.0) -> tuple[Identity, ...
             if found is None:
                 continue
             box, points = found
-            identities.append(
-                Identity(f"lfw_{index:02d}", f"skimage.data.lfw_subset()[{index}]", "lfw", rgb, box - pad, points - pad)
-            )
+            ident = Identity(f"lfw_{index:02d}", f"skimage.data.lfw_subset()[{index}]", "lfw", rgb, box - pad, points - pad)
+            if not _found_when_pasted(detector, ident):
+                continue
+            identities.append(ident)
             used += 1
     return tuple(identities)
+
+
+def _found_when_pasted(detector, ident: Identity) -> bool:
+    """MTCNN still finds the face once pasted, at the default video's face size, into a
+    plain grey scene (some LFW crops are found alone but not inside a scene: lfw_04 was
+    missed in every frame of its demo videos)."""
+    cfg = SynthConfig()
+    grey = np.full((cfg.height, cfg.width, 3), PASTE_TEST_GREY, np.uint8)
+    scene, _, _ = _pasted_scene(ident, "", np.random.default_rng(0), cfg, background=grey)
+    return _best_face(detector, scene) is not None
 
 
 def split_identities(identities: list[Identity] | tuple[Identity, ...], every: int) -> tuple[list[str], list[str]]:
@@ -260,8 +287,11 @@ def _groups(
     folders: list[str],
     pool: list[str],
     start: int,
+    per_identity: int,
+    photos: set[str],
 ) -> list[_Group]:
-    """``reals`` groups over ``folders`` round-robin; ``fakes`` spread over them."""
+    """``reals`` groups over ``folders`` round-robin; ``fakes`` spread over them; each target
+    identity films ``per_identity`` consecutive groups (more when the pool runs out)."""
     if reals == 0:
         return []
     if len(pool) < (2 if fakes else 1):
@@ -269,16 +299,26 @@ def _groups(
             f"only {len(pool)} identities for {'FAKE' if fakes else 'REAL'} videos; lower "
             "synth.test_identity_every or raise synth.lfw_faces"
         )
-    targets = [pool[i] for i in rng.permutation(len(pool))]
+    if per_identity < 1:
+        raise ConfigError(f"synth.videos_per_identity must be >= 1, got {per_identity}")
+    filmed = min(len(pool), math.ceil(reals / per_identity))
+    targets = [pool[i] for i in rng.permutation(len(pool))][:filmed]
+    scenes = {t: [BACKGROUNDS[i] for i in rng.permutation(len(BACKGROUNDS))] for t in targets}
+    takes: dict[str, int] = {}
     groups = []
     for g in range(reals):
         count = fakes // reals + (1 if g < fakes % reals else 0)
-        target = targets[g % len(targets)]
+        target = targets[(g // per_identity) % filmed]
+        take = takes[target] = takes.get(target, -1) + 1
+        if target in photos:  # first take in its own photo, then the backgrounds
+            scene = OWN_PHOTO if take == 0 else scenes[target][(take - 1) % len(BACKGROUNDS)]
+        else:
+            scene = scenes[target][take % len(BACKGROUNDS)]
         others = [p for p in pool if p != target]
         donors = [others[i] for i in rng.permutation(len(others))]
         real, *fake_names = _names(rng, 1 + count, taken)
         pairs = [(name, donors[k % len(donors)]) for k, name in enumerate(fake_names)]
-        groups.append(_Group(start + g, folders[g % len(folders)], real, target, pairs))
+        groups.append(_Group(start + g, folders[g % len(folders)], real, target, pairs, take, scene))
     return groups
 
 
@@ -295,9 +335,11 @@ def plan(cfg: SynthConfig, identities: tuple[Identity, ...]) -> tuple[list[_Grou
             "a REAL video with its fakes; lower --parts or raise --videos"
         )
     folders = [f"{PART_PREFIX}{n}" for n in range(cfg.parts)]
-    groups = _groups(rng, taken, train_reals, cfg.videos - train_reals, folders, train_ids, 0)
+    photos = {ident.name for ident in identities if ident.kind == "photo"}
+    per = cfg.videos_per_identity
+    groups = _groups(rng, taken, train_reals, cfg.videos - train_reals, folders, train_ids, 0, per, photos)
     test_reals = math.ceil(cfg.test_videos / 2)
-    groups += _groups(rng, taken, test_reals, cfg.test_videos - test_reals, [TEST_FOLDER], test_ids, len(groups))
+    groups += _groups(rng, taken, test_reals, cfg.test_videos - test_reals, [TEST_FOLDER], test_ids, len(groups), per, photos)
     return groups, train_ids, test_ids
 
 
@@ -312,26 +354,44 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
 
 
-def _backgrounds() -> list[np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _backgrounds() -> dict[str, np.ndarray]:
+    """The background photos by ``BACKGROUNDS`` name (real photos shipped in packages)."""
     from skimage import data
     from sklearn.datasets import load_sample_images
 
-    images = list(load_sample_images().images)  # china.jpg, flower.jpg (real photos)
+    images = list(load_sample_images().images)  # china.jpg, flower.jpg
     images += [data.coffee(), data.chelsea(), data.rocket()]
-    return [np.ascontiguousarray(img[..., :3]) for img in images]
+    return {name: np.ascontiguousarray(img[..., :3]) for name, img in zip(BACKGROUNDS, images, strict=True)}
 
 
-def _lfw_scene(ident: Identity, rng: np.random.Generator, cfg: SynthConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Place a small LFW face into a background photo: (scene, box, landmarks)."""
-    backgrounds = _backgrounds()
-    bg = backgrounds[int(rng.integers(len(backgrounds)))]
+def _face_cut(ident: Identity) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A square image around the identity's face with its box and landmarks in it: an LFW
+    face as it is, a photo's face cut out (``PHOTO_CUT`` x the box, borders replicated)."""
+    if ident.kind == "lfw":
+        return ident.image, ident.box, ident.landmarks
+    side = int(round(PHOTO_CUT * (ident.box[3] - ident.box[1])))
+    centre = np.array([(ident.box[0] + ident.box[2]) / 2, (ident.box[1] + ident.box[3]) / 2])
+    x0, y0 = (np.round(centre - side / 2)).astype(int)
+    pad = side
+    padded = cv2.copyMakeBorder(ident.image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    cut = np.ascontiguousarray(padded[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side])
+    shift = np.array([x0, y0], dtype=np.float64)
+    return cut, ident.box - np.tile(shift, 2), ident.landmarks - shift
+
+
+def _pasted_scene(ident: Identity, scene_name: str, rng: np.random.Generator, cfg: SynthConfig,
+                  background: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Place the identity's face into the background photo ``scene_name`` (or the image
+    ``background``): (scene, box, landmarks)."""
+    bg = _backgrounds()[scene_name] if background is None else background
+    face, face_box, face_points = _face_cut(ident)
     scene_h = int(round(cfg.lfw_scene_scale * cfg.height))
     scene_w = int(round(cfg.lfw_scene_scale * cfg.width))
     scale = max(scene_w / bg.shape[1], scene_h / bg.shape[0])
     bg = cv2.resize(bg, (math.ceil(bg.shape[1] * scale), math.ceil(bg.shape[0] * scale)), interpolation=cv2.INTER_AREA)
     scene = np.ascontiguousarray(bg[:scene_h, :scene_w])
-    face = ident.image
-    box_h = ident.box[3] - ident.box[1]
+    box_h = face_box[3] - face_box[1]
     k = cfg.face_height * cfg.height / box_h  # at camera scale ~1 the face fills face_height of the frame
     side = int(round(face.shape[0] * k))
     face = cv2.resize(face, (side, side), interpolation=cv2.INTER_CUBIC)
@@ -347,8 +407,8 @@ def _lfw_scene(ident: Identity, rng: np.random.Generator, cfg: SynthConfig) -> t
     roi = scene[y0 : y0 + side_h, x0 : x0 + side_w].astype(np.float32)
     scene[y0 : y0 + side_h, x0 : x0 + side_w] = (roi * (1 - mask) + face[:side_h, :side_w] * mask + 0.5).astype(np.uint8)
     shift = np.array([x0, y0], dtype=np.float64)
-    box = ident.box * k + np.tile(shift, 2)
-    return scene, box, ident.landmarks * k + shift
+    box = face_box * k + np.tile(shift, 2)
+    return scene, box, face_points * k + shift
 
 
 @dataclass
@@ -365,7 +425,8 @@ class _Camera:
     zoom: float
     roll: float
     light: float
-    tint: np.ndarray
+    tint: np.ndarray  # per-channel colour cast times the video's exposure
+    shade: np.ndarray  # H x W x 1 directional light across the frame (float32)
 
     def matrix(self, t: float, width: int, height: int) -> np.ndarray:
         w = self.freq * 2 * math.pi * t + self.phase
@@ -404,8 +465,19 @@ def _camera(rng: np.random.Generator, box: np.ndarray, scene_size: tuple[int, in
         zoom=cfg.zoom,
         roll=cfg.rotation,
         light=cfg.light,
-        tint=1 + rng.uniform(-cfg.tint, cfg.tint, 3),
+        tint=(1 + rng.uniform(-cfg.tint, cfg.tint, 3)) * (1 + rng.uniform(-cfg.exposure, cfg.exposure)),
+        shade=_shade(rng, cfg),
     )
+
+
+def _shade(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
+    """A lamp to one side: gain 1 +- strength, linear across the frame in a random direction."""
+    strength = rng.uniform(*GRADIENT_SPREAD) * cfg.light_gradient
+    angle = rng.uniform(0, 2 * math.pi)
+    y, x = np.mgrid[0 : cfg.height, 0 : cfg.width].astype(np.float32)
+    half_diagonal = math.hypot(cfg.width, cfg.height) / 2
+    along = ((x - cfg.width / 2) * math.cos(angle) + (y - cfg.height / 2) * math.sin(angle)) / half_diagonal
+    return (1 + strength * along)[..., None].astype(np.float32)
 
 
 def _ellipse(points: np.ndarray, cfg: SynthConfig) -> tuple[tuple[float, float], tuple[float, float], float]:
@@ -557,15 +629,48 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
+@functools.lru_cache(maxsize=1)
+def _checker():
+    return _mtcnn()
+
+
+def _face_visible(scene: np.ndarray, camera: _Camera, cfg: SynthConfig) -> bool:
+    """MTCNN finds the face (p >= MIN_FACE_PROB) in the first, middle or last frame, lit but
+    noise-free, downscaled as ``dfdc faces`` detects (short side about 270 px)."""
+    from dfdc.faces import detection_scale
+
+    scale = detection_scale(cfg.height, cfg.width, FacesConfig().detect_short_side)
+    size = (max(1, round(cfg.width * scale)), max(1, round(cfg.height * scale)))
+    frames = []
+    for t in (0.0, cfg.seconds / 2, max(0.0, cfg.seconds - 1 / cfg.fps)):
+        frame = cv2.warpAffine(scene, camera.matrix(t, cfg.width, cfg.height)[:2], (cfg.width, cfg.height),
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        lit = np.clip(frame.astype(np.float32) * camera.gain(t).astype(np.float32) * camera.shade + 0.5, 0, 255)
+        frames.append(cv2.resize(lit.astype(np.uint8), size, interpolation=cv2.INTER_AREA))
+    with torch_threads(1):
+        _, probs = _checker().detect(frames)
+    best = [max((float(v) for v in np.atleast_1d(p) if v is not None), default=0.0) for p in probs]
+    return max(best) >= MIN_FACE_PROB
+
+
+def _shoot(group: _Group, target: Identity, cfg: SynthConfig) -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray, _Camera]:
+    """Scene, face box, landmarks and camera of a group's REAL video: the first draw whose
+    face MTCNN finds (``SCENE_TRIES`` draws; the last one is kept whatever happens)."""
+    for attempt in range(SCENE_TRIES):
+        rng = np.random.default_rng([cfg.seed, group.index] + ([attempt] if attempt else []))
+        if group.scene == OWN_PHOTO:
+            scene, box, points = target.image, target.box, target.landmarks
+        else:
+            scene, box, points = _pasted_scene(target, group.scene, rng, cfg)
+        camera = _camera(rng, box, scene.shape[:2], cfg)
+        if _face_visible(scene, camera, cfg):
+            break
+    return rng, scene, box, points, camera
+
+
 def _render_group(group: _Group, folder: Path, ids: dict[str, Identity], cfg: SynthConfig) -> None:
     """Write one REAL video and its fakes from the same rendered frames."""
-    rng = np.random.default_rng([cfg.seed, group.index])
-    target = ids[group.target]
-    if target.kind == "photo":
-        scene, box, points = target.image, target.box, target.landmarks
-    else:
-        scene, box, points = _lfw_scene(target, rng, cfg)
-    camera = _camera(rng, box, scene.shape[:2], cfg)
+    rng, scene, box, points, camera = _shoot(group, ids[group.target], cfg)
     face_scene = box[3] - box[1]
     swaps = [_prepare_swap(ids[donor], points, face_scene * camera.scale, cfg) for _, donor in group.fakes]
     noise = [rng.normal(0.0, cfg.noise, (cfg.height, cfg.width, 3)).astype(np.float32) for _ in range(max(1, cfg.noise_pool))]
@@ -575,7 +680,7 @@ def _render_group(group: _Group, folder: Path, ids: dict[str, Identity], cfg: Sy
             t = index / cfg.fps
             matrix = camera.matrix(t, cfg.width, cfg.height)
             frame = cv2.warpAffine(scene, matrix[:2], (cfg.width, cfg.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            lit = frame.astype(np.float32) * camera.gain(t).astype(np.float32)
+            lit = frame.astype(np.float32) * camera.gain(t).astype(np.float32) * camera.shade
             lit += noise[int(rng.integers(len(noise)))]
             frame = np.clip(lit + 0.5, 0, 255).astype(np.uint8)
             writers[0].write(frame)
@@ -686,9 +791,10 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
     videos: dict[str, dict] = {}
     for group in groups:
         split = "test" if group.folder == TEST_FOLDER else "train"
-        videos[group.real] = {"folder": group.folder, "split": split, "label": "REAL", "original": None, "identity": group.target, "donor": None}
+        shot = {"identity": group.target, "take": group.take, "scene": group.scene}
+        videos[group.real] = {"folder": group.folder, "split": split, "label": "REAL", "original": None, **shot, "donor": None}
         for name, donor in group.fakes:
-            videos[name] = {"folder": group.folder, "split": split, "label": "FAKE", "original": group.real, "identity": group.target, "donor": donor}
+            videos[name] = {"folder": group.folder, "split": split, "label": "FAKE", "original": group.real, **shot, "donor": donor}
     for n in range(cfg.parts):
         folder = f"{PART_PREFIX}{n}"
         meta = {

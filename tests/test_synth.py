@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -257,3 +258,25 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert "even" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(tmp_path / "x"), "--resolution", "big"])
+
+
+def test_each_filmed_identity_has_several_takes() -> None:
+    cfg = SynthConfig(fakes_per_real=3)  # 12 REAL training videos
+    identities = synth.load_identities(cfg.lfw_faces, cfg.lfw_sharpen)
+    groups, train_ids, test_ids = synth.plan(cfg, identities)
+    kinds = {ident.name: ident.kind for ident in identities}
+    for split_ids in (train_ids, test_ids):
+        mine = [g for g in groups if g.target in split_ids]
+        takes = pd.Series([g.target for g in mine]).value_counts()
+        assert (takes == cfg.videos_per_identity).all(), takes
+        for target in takes.index:
+            shots = [g for g in mine if g.target == target]
+            assert sorted(g.take for g in shots) == list(range(cfg.videos_per_identity))
+            scenes = [g.scene for g in shots]
+            assert len(set(scenes)) == len(scenes)  # another background every take
+            assert (scenes[0] == synth.OWN_PHOTO) == (kinds[target] == "photo")
+    assert all(g.folder != synth.TEST_FOLDER or g.target in test_ids for g in groups)
+    again, _, _ = synth.plan(cfg, identities)
+    assert [(g.real, g.target, g.take, g.scene) for g in again] == [(g.real, g.target, g.take, g.scene) for g in groups]
+    one, _, _ = synth.plan(dataclasses.replace(cfg, videos_per_identity=1), identities)
+    assert len({g.target for g in one if g.folder != synth.TEST_FOLDER}) == 12  # one take each

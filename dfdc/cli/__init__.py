@@ -15,8 +15,8 @@ import sys
 from dfdc.config import DEFAULT_PROFILE, ConfigError, load_config
 
 # Pipeline order; `python -m dfdc --help` lists them in this order.
-COMMANDS = ("synth", "meta", "faces", "folds", "train", "predict", "score", "calibrate", "kernel", "submit",
-            "compare")
+COMMANDS = ("synth", "meta", "faces", "embed", "analyze", "folds", "train", "predict", "score", "calibrate", "kernel",
+            "submit", "compare")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:

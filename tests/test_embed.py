@@ -1,0 +1,143 @@
+"""dfdc.embed: pooled features per crop, the index, resume after a kill, the one reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dfdc import embed as embed_module
+from dfdc.cli import main
+from dfdc.config import load_config
+from dfdc.embed import (
+    ARRAY_FILE, INDEX_COLUMNS, EmbedError, embed_faces, load_embeddings, read_faces_index,
+)
+from dfdc.models import create_model, save_checkpoint
+from tests.test_data import make_tiny_faces
+
+
+def _cfg(*overrides: str):
+    return load_config("smoke", ["embed.loader_workers=0", "embed.size=32", "embed.center=1.0", *overrides])
+
+
+@pytest.fixture
+def faces(tmp_path: Path) -> Path:
+    faces_dir, _ = make_tiny_faces(tmp_path, n_real=3, fakes_per_real=1, crops_real=4, crops_fake=2)
+    return faces_dir  # 18 crops of 6 videos
+
+
+def test_embeds_every_crop_with_its_index(faces: Path, tmp_path: Path) -> None:
+    report = embed_faces(faces, "tiny-cnn", tmp_path / "emb", _cfg())
+    array, index = load_embeddings(tmp_path / "emb")
+    table = pd.read_csv(faces / "faces.csv").sort_values(["video", "frame", "face"]).reset_index(drop=True)
+    assert array.shape == (len(table), 64) and array.dtype == np.float32 and report.rows == len(table)
+    assert list(index.columns) == INDEX_COLUMNS
+    assert index["video"].tolist() == table["video"].tolist() and index["path"].tolist() == table["path"].tolist()
+    assert (index["track"] == -1).all()  # faces.csv without a track column
+    assert np.isfinite(array).all() and array.std(0).max() > 0
+    stored, _ = load_embeddings(tmp_path / "emb", dtype=None)
+    assert stored.dtype == np.float16  # embed.dtype default
+    # row i is the model's features of crop i, as the predictor prepares it
+    cfg = _cfg()
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model.__class__(**{**cfg.model.__dict__, "arch": "tiny-cnn"}), 32).eval()
+    embed_module.calibrate_batchnorm(model, [torch.stack([embed_module._Crops(
+        [str(faces / p) for p in table["path"]], 32, 1.0)[i] for i in range(len(table))])], torch.device("cpu"))
+    crop = embed_module._Crops([str(faces / table["path"][5])], 32, 1.0)[0][None]
+    with torch.no_grad():
+        expected = model.features(crop).numpy()[0]
+    np.testing.assert_allclose(array[5], expected, rtol=2e-2, atol=2e-3)
+
+
+def test_track_column_is_used_when_present(faces: Path) -> None:
+    table = pd.read_csv(faces / "faces.csv")
+    table["track"] = np.arange(len(table)) % 2
+    table.to_csv(faces / "faces.csv", index=False)
+    index = read_faces_index(faces)
+    assert index["track"].tolist() == table.set_index("path").loc[index["path"], "track"].tolist()
+    assert set(index["track"]) == {0, 1}
+
+
+def test_random_init_efficientnet_gives_usable_features(faces: Path, tmp_path: Path) -> None:
+    # eval-mode b0 from random init gives ~1e-13 features (zero in float16) without the
+    # BatchNorm re-estimation
+    embed_faces(faces, "efficientnet-b0", tmp_path / "b0", _cfg())
+    array, _ = load_embeddings(tmp_path / "b0")
+    assert array.shape[1] == 1280 and array.std(0).mean() > 1e-3
+    embed_faces(faces, "efficientnet-b0", tmp_path / "raw", _cfg("embed.bn_calibration=0"))
+    raw, _ = load_embeddings(tmp_path / "raw")
+    assert raw.std(0).mean() < 1e-6
+
+
+def test_resumes_after_a_kill_and_reruns_do_nothing(faces: Path, tmp_path: Path, monkeypatch) -> None:
+    cfg = _cfg("embed.chunk_size=5")
+    embed_faces(faces, "tiny-cnn", tmp_path / "whole", cfg)
+    whole, _ = load_embeddings(tmp_path / "whole", dtype=None)
+
+    real_save = embed_module._save_npy
+    saved: list[str] = []
+
+    def dying(path, array):
+        if Path(path).name.startswith("chunk_") and len(saved) == 2:
+            raise KeyboardInterrupt  # killed while the third chunk is due
+        saved.append(Path(path).name)
+        return real_save(path, array)
+
+    monkeypatch.setattr(embed_module, "_save_npy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        embed_faces(faces, "tiny-cnn", tmp_path / "b", cfg)
+    assert not (tmp_path / "b" / ARRAY_FILE).exists()
+    assert sorted(p.name for p in (tmp_path / "b" / "chunks").glob("*.npy")) == ["chunk_00000.npy", "chunk_00001.npy"]
+    monkeypatch.setattr(embed_module, "_save_npy", real_save)
+    report = embed_faces(faces, "tiny-cnn", tmp_path / "b", cfg)
+    assert (report.chunks_reused, report.chunks_done) == (2, 2)
+    resumed, _ = load_embeddings(tmp_path / "b", dtype=None)
+    np.testing.assert_array_equal(resumed, whole)
+    assert not (tmp_path / "b" / "chunks").exists()
+    assert embed_faces(faces, "tiny-cnn", tmp_path / "b", cfg).skipped
+
+
+def test_refuses_other_settings_and_bad_inputs(faces: Path, tmp_path: Path) -> None:
+    embed_faces(faces, "tiny-cnn", tmp_path / "emb", _cfg())
+    with pytest.raises(EmbedError, match="made otherwise"):
+        embed_faces(faces, "pixels", tmp_path / "emb", _cfg())
+    with pytest.raises(EmbedError, match="neither a registered model"):
+        embed_faces(faces, "no-such-model", tmp_path / "x", _cfg())
+    with pytest.raises(EmbedError, match="embed.center"):
+        embed_faces(faces, "tiny-cnn", tmp_path / "x", _cfg("embed.center=0"))
+    with pytest.raises(EmbedError, match="faces table .* not found"):
+        embed_faces(tmp_path / "nowhere", "tiny-cnn", tmp_path / "x", _cfg())
+    with pytest.raises(EmbedError, match="no finished embeddings"):
+        load_embeddings(tmp_path / "x")
+    (faces / pd.read_csv(faces / "faces.csv")["path"][0]).unlink()
+    with pytest.raises(EmbedError, match="missing"):
+        embed_faces(faces, "tiny-cnn", tmp_path / "y", _cfg())
+
+
+def test_a_training_run_folder_embeds_with_its_checkpoint(faces: Path, tmp_path: Path) -> None:
+    cfg = _cfg()
+    cfg.model.arch = "tiny-cnn"
+    model = create_model(cfg.model, 40)
+    run = tmp_path / "runs" / "r"
+    save_checkpoint(run / "fold1" / "best.pt", model, cfg, {"fold": 1})
+    cfg = load_config("smoke", ["embed.loader_workers=0"])
+    report = embed_faces(faces, str(run), tmp_path / "emb", cfg)
+    meta = embed_module.embeddings_meta(tmp_path / "emb")
+    assert report.dim == 64 and meta["input"]["size"] == 40 and meta["weights"] == "checkpoint"
+    with pytest.raises(EmbedError, match="no fold 3"):
+        embed_faces(faces, str(run), tmp_path / "emb3", load_config("smoke", ["embed.fold=3"]))
+
+
+def test_cli(faces: Path, tmp_path: Path, capsys) -> None:
+    argv = ["embed", "--faces", str(faces), "--model", "grey-pixels", "--center", "0.625", "--profile", "smoke",
+            "--set", "embed.loader_workers=0"]
+    assert main(argv) == 0
+    assert "crops/s" in capsys.readouterr().out
+    array, _ = load_embeddings(faces.parent / "embeddings")
+    assert array.shape[1] == 32 * 32
+    assert main(argv) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main(["embed", "--faces", str(faces), "--model", "tiny-cnn", "--profile", "smoke"]) == 1
+    assert "made otherwise" in capsys.readouterr().err
