@@ -518,6 +518,7 @@ RENAMED_KEYS: dict[str, str | None] = {
     "predict.calib_clips": "calibrate.clips",
     "predict.calib_min_videos": "calibrate.min_videos",
     "kernel.wheel_packages": None,  # the bundle now ships what its models need (dfdc.kaggle.wheels)
+    "train.max_steps_per_epoch": "train.steps_per_epoch",  # 0 = a whole balanced draw in both
 }
 
 

@@ -66,7 +66,10 @@ def test_older_saved_configs_are_upgraded():
     data["predict"]["confident_min_fraction"] = 0.11  # replaced by the 1st place's count + share
     data["predict"]["calib_min_videos"] = 50  # moved to the calibrate section
     del data["calibrate"]
+    data["train"]["max_steps_per_epoch"] = 7  # renamed steps_per_epoch (runs trained before it predict)
+    del data["train"]["steps_per_epoch"]
     cfg = config_from_dict(data)
     assert cfg.calibrate.min_videos == 50 and cfg.predict.confident_min_count == 11
+    assert cfg.train.steps_per_epoch == 7
     with pytest.raises(ConfigError, match="unknown key 'confident_min_fraction'"):
         load_config("smoke", ["predict.confident_min_fraction=0.2"])  # a user's override is not silently dropped
