@@ -23,7 +23,6 @@ of an array (identity folds use it).
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import pandas as pd
 
 from dfdc.config import AnalyzeConfig
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json
+from dfdc.threads import available_cores
 
 TSNE_BACKENDS = ("opentsne", "sklearn")
 CLUSTER_SPACES = ("tsne", "pca")
@@ -81,7 +81,7 @@ class AnalysisReport:
 
 
 def _threads(cfg: AnalyzeConfig) -> int:
-    return cfg.threads if cfg.threads > 0 else (os.cpu_count() or 1)
+    return cfg.threads if cfg.threads > 0 else available_cores()
 
 
 def check_config(cfg: AnalyzeConfig) -> None:

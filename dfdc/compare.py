@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -187,9 +186,9 @@ def predict_frame(job: SystemJob, heldout: HeldOut) -> Predicted:
     import torch
 
     from dfdc.predict import predict_videos
-    from dfdc.threads import torch_threads
+    from dfdc.threads import spare_cores, torch_threads
 
-    threads = 0 if torch.cuda.is_available() else max(1, (os.cpu_count() or 1) - job.cfg.predict.workers)
+    threads = 0 if torch.cuda.is_available() else spare_cores(job.cfg.predict.workers)
     with torch_threads(threads):
         report = predict_videos(heldout.videos_dir, job.run_dir, heldout.out_csv, job.cfg, heldout.sample_submission,
                                 device=None, progress=False)

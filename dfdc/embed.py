@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -44,7 +43,7 @@ from dfdc.data import read_rgb
 from dfdc.faceindex import ROW_ORDER
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, clean_temp_files, read_table
 from dfdc.preprocess import prepare
-from dfdc.threads import torch_threads
+from dfdc.threads import spare_cores, torch_threads
 
 ARRAY_FILE = "embeddings.npy"
 INDEX_FILE = "index.csv"
@@ -295,7 +294,7 @@ def embed_faces(faces_dir: Path, model: str, out: Path, cfg: Config) -> EmbedRep
     computed_rows = 0
     # CPU: one core per loader worker, the rest to torch (more threads than free cores makes
     # OpenMP spin: 5-10x slower, measured in training); 0 leaves a GPU run's setting alone
-    threads = max(1, (os.cpu_count() or 1) - cfg.embed.loader_workers) if device.type == "cpu" else 0
+    threads = spare_cores(cfg.embed.loader_workers) if device.type == "cpu" else 0
     with torch_threads(threads), _progress(len(index), sum(min(chunk, len(index) - s) for s, d in zip(starts, done) if d)) as bar:
         for start, path, finished in zip(starts, paths, done):
             if finished:

@@ -51,7 +51,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import multiprocessing
-import os
 import shutil
 import time
 import zlib
@@ -67,7 +66,7 @@ from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_conf
 from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, remove_temps, shard_files
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, read_table
-from dfdc.threads import limit_threads
+from dfdc.threads import available_cores, limit_threads
 from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
 
@@ -566,7 +565,7 @@ def build_faces(
             for u in todo:
                 record(process_unit(u))
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            threads = max(1, available_cores() // workers)
             ctx = multiprocessing.get_context("spawn")  # CUDA- and fork-safe
             with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                         initargs=(cfg, str(out_dir), device, threads)) as pool:  # fmt: skip

@@ -18,7 +18,7 @@ A crop (RGB ``uint8`` H x W x 3, any size) becomes the network input in two step
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import cv2

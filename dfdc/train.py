@@ -77,6 +77,7 @@ from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_pro
 from dfdc.models.checkpoint import FOLD_DIR
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
+from dfdc.threads import available_cores
 
 METRICS_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_logloss", "val_auc", "lr", "seconds"]
 OOF_COLUMNS = ["video", "label", "fold", "pred", "n_faces"]
@@ -202,11 +203,7 @@ def _setup_distributed() -> _Dist:
 
 
 def _cores_per_process(ctx: _Dist) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, ctx.local_world))
+    return max(1, available_cores() // max(1, ctx.local_world))
 
 
 def _cpu_workers(cfg: Config) -> int:
