@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from dfdc.config import ConfigError, ModelConfig
-from dfdc.models.registry import DEFAULT_INPUT, FrameModel, no_pretrained, register, set_bn_momentum
+from dfdc.models.registry import DEFAULT_INPUT, FrameModel, no_pretrained, register
 from dfdc.preprocess import InputSpec
 
 TINY_CNN_WIDTHS = (16, 32, 64)  # channels of the three conv stages: ~25k weights, fast on a CPU
@@ -195,8 +195,7 @@ class GridReduction(nn.Module):
 class Reseption(FrameModel):
     """Inception-V3 stem -> 3 stages of residual inception blocks -> pooling -> dropout -> Linear."""
 
-    def __init__(self, block: type[nn.Module], blocks: int, num_classes: int, dropout: float,
-                 bn_momentum: float) -> None:
+    def __init__(self, block: type[nn.Module], blocks: int, num_classes: int, dropout: float) -> None:
         super().__init__(RESEPTION_WIDTHS[-1], num_classes, dropout)
         layers: list[nn.Module] = []
         channels = 3
@@ -214,7 +213,6 @@ class Reseption(FrameModel):
             layers += [block(channels) for _ in range(blocks)]
         self.encoder = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        set_bn_momentum(self.encoder, bn_momentum)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.encoder(x)).flatten(1)
@@ -225,7 +223,7 @@ def _reseption(block: type[nn.Module]):
         no_pretrained(cfg)
         if cfg.reseption_blocks < 1:
             raise ConfigError(f"model.reseption_blocks={cfg.reseption_blocks}: must be at least 1")
-        return Reseption(block, cfg.reseption_blocks, cfg.num_classes, cfg.dropout, cfg.bn_momentum)
+        return Reseption(block, cfg.reseption_blocks, cfg.num_classes, cfg.dropout)
 
     build.__doc__ = f"Study 001's Reseption with {block.__name__} blocks (see the module doc)."
     return build
@@ -233,42 +231,3 @@ def _reseption(block: type[nn.Module]):
 
 register("reseption-v1", input=InputSpec(RESEPTION_SIZE))(_reseption(ReseptionV1Block))
 register("reseption-v2", input=InputSpec(RESEPTION_SIZE))(_reseption(ReseptionV2Block))
-
-
-# ----------------------------------------------------------------------------- grey-pixels (identity)
-
-GREY_PIXELS_SIZE = 32  # default side of ``grey-pixels``: 1,024 features; 16 and 32 px recovered the mini DFDC's
-# identities equally well (measured: nearest other original of the same identity 0.86 at both)
-
-
-class GreyPixels(FrameModel):
-    """Per-image standardised grey pixels as features (the "eigenfaces" baseline): no
-    weights but the classifier head. Lighting (a gain, an offset and a linear gradient across
-    the face: the plane a + b x + c y is removed by least squares) cancels out, so it
-    separates faces that are the same photo under another lamp -- the mini DFDC's repeated
-    actors -- where random-init CNN features do not (README: identity folds)."""
-
-    GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights (OpenCV's RGB -> grey)
-
-    def __init__(self, size: int, num_classes: int, dropout: float) -> None:
-        super().__init__(size * size, num_classes, dropout)
-        self.side = size
-        self.register_buffer("grey", torch.tensor(self.GREY).view(1, 3, 1, 1), persistent=False)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        basis = torch.stack([torch.ones(size * size), xs.flatten(), ys.flatten()], 1)  # (S*S, 3)
-        self.register_buffer("plane", basis @ torch.linalg.pinv(basis), persistent=False)  # projector
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.side, self.side):  # any input side: area-averaged to ``side``
-            x = nn.functional.adaptive_avg_pool2d(x, self.side)
-        grey = (x * self.grey.to(x.dtype)).sum(1).flatten(1)
-        # a lamp to one side is a brightness plane a + b x + c y: remove its least-squares fit
-        grey = grey - grey @ self.plane.to(grey.dtype)
-        return grey / (grey.std(1, keepdim=True) + 1e-6)
-
-
-@register("grey-pixels", input=InputSpec(GREY_PIXELS_SIZE))
-def grey_pixels(cfg: ModelConfig) -> nn.Module:
-    """Standardised grey pixels at 32 px (``pretrained`` must be ``none``)."""
-    no_pretrained(cfg)
-    return GreyPixels(GREY_PIXELS_SIZE, cfg.num_classes, cfg.dropout)
