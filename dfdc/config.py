@@ -189,7 +189,7 @@ class ModelConfig:
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
     # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts.
-    # Applied to every BatchNorm of every backbone (timm's and the custom CNNs' too)
+    # Applied to every BatchNorm of every model family by dfdc.models.create_model (one place; tested per model)
     trainable: str = "all"  # study 000's transfer settings: "all" layers, "top50" / "top25" (the top 50 % /
     # 25 % of the backbone's layers, any topN works) or "head" (the classifier only); the rest is frozen
     # (dfdc.models.registry.FrameModel.set_trainable defines "layer")
