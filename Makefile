@@ -101,9 +101,9 @@ embed: faces
 analyze: embed
 	$(DFDC) analyze --embeddings $(EMBEDDINGS) --out $(ANALYSIS) --profile $(PROFILE) $(SET_FLAGS)
 
-# `make folds` always (re)builds the split; `make train` builds it only when folds/folds.csv is
-# missing, so a run never trains on a split that changed under it (a run also records the
-# fingerprints of its folds table and faces index and refuses to resume on others).
+# `make folds` always (re)builds the split; `make train` and `make compare` build it only when
+# folds/folds.csv is missing, so a run never trains on a split that changed under it (a run also
+# records the fingerprints of its folds table and faces index and refuses to resume on others).
 folds: $(FOLDS_NEEDS)
 	$(DFDC) folds --data $(DATA) --out $(FOLDS_CSV) $(GROUP_FLAG) --profile $(PROFILE) $(SET_FLAGS)
 
@@ -139,8 +139,9 @@ submit: $(STAMP)
 	$(DFDC) submit --profile $(PROFILE) $(SET_FLAGS)
 
 # Every listed system trained and scored on the same folds -> submissions/compare/compare.csv + .png
-# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained).
-compare: faces folds
+# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained;
+# an existing folds/folds.csv is used as it is: `make folds` first for a new split).
+compare: faces $(FOLDS_CSV)
 	$(DFDC) compare --data $(DATA) --faces $(FACES) --folds $(FOLDS_CSV) --profile $(COMPARE_PROFILE) \
 	    --systems $(SYSTEMS) $(SET_FLAGS)
 

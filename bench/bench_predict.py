@@ -1,9 +1,12 @@
 """Benchmark of the predictor (``make bench-predict``; not a test).
 
 On DFDC-like videos (1920x1080, 30 fps, 10 s, H.264, made by ``dfdc.synth.generate`` and
-cached under bench/out/), runs ``dfdc.predict.predict_videos`` at ``predict.frames`` (32)
-frames per video with one randomly initialised model per architecture (efficientnet-b0
-and -b7 by default, 240 px crops as the recipe) and prints seconds per video:
+cached under bench/out/), runs ``dfdc.predict.predict_videos`` (the predictor ``dfdc predict``
+and the kernel run: worker processes for decode + detect, uint8 crops, the model in the main
+process) at ``predict.frames`` (32) frames per video with one randomly initialised model per
+architecture (efficientnet-b0 and -b7 by default) at ``--size`` px (crops and network input;
+240 as the recipe: the checkpoint records that side, and the table prints the side each model
+was measured at) and prints seconds per video:
 
 - decode, detect (+ crop/preprocess): time spent in the worker processes, per video;
 - model: time of the model forwards in the main process, per video;
@@ -79,17 +82,32 @@ def video_set(source: Path, n: int) -> tuple[Path, Path]:
     return folder, sample
 
 
-def make_run(arch: str, size: int) -> Path:
-    """A one-model run folder with random weights for ``arch`` at ``size`` px."""
+def saved_side(ckpt: Path) -> int | None:
+    """The input side a cached bench checkpoint was saved with (None: unreadable or an older format)."""
+    import torch
+
+    from dfdc.models import CHECKPOINT_FORMAT, checkpoint_input
+
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return checkpoint_input(saved).size if saved.get("format") == CHECKPOINT_FORMAT else None
+
+
+def make_run(arch: str, size: int, out: Path = OUT) -> Path:
+    """A one-model run folder with random weights for ``arch`` at ``size`` px: crops and network
+    input (a cached one saved at another side -- e.g. at the model's native side, as this bench
+    did before -- is rebuilt)."""
     from dfdc.config import load_config
     from dfdc.models import create_model, save_checkpoint
 
-    run = OUT / f"run-{arch}-{size}"
+    run = out / f"run-{arch}-{size}"
     ckpt = run / "fold0" / "best.pt"
-    if not ckpt.exists():
+    if not ckpt.exists() or saved_side(ckpt) != size:
         cfg = load_config("b7", [f"model.arch={arch}", "model.pretrained=none", f"faces.size={size}",
                                  f"train.size={size}"])  # fmt: skip
-        save_checkpoint(ckpt, create_model(cfg.model), cfg, {"fold": 0})
+        save_checkpoint(ckpt, create_model(cfg.model, size), cfg, {"fold": 0})
     return run
 
 
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "arch": arch,
+                "input px": saved_side(run / "fold0" / "best.pt"),
                 "faces/video": report.faces / n,
                 "decode": decode,
                 "detect": detect,

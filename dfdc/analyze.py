@@ -5,7 +5,8 @@ into ``out``::
 
     clusters.csv         one row per crop: video, label, original, part, frame, face, track,
                          path, cluster (-1 = noise), x, y (the 2-D map; z1..z3 with the 3-D map)
-    summary.json         clusters, noise share, purity by original and by part, timings
+    summary.json         clusters, noise share, purity by original and by part (null without
+                         clusters), timings; strict JSON
     clusters_summary.csv per cluster: faces, videos, originals, parts, REAL / FAKE share, purity
     map.png              the 2-D t-SNE map coloured by cluster and by label (two panels)
     pca_variance.png     explained variance of the PCA components (and its running sum)
@@ -218,6 +219,18 @@ def summarize(index: pd.DataFrame, labels: np.ndarray) -> dict[str, Any]:
     }
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (a purity without clusters is NaN) as ``None``:
+    summary.json stays strict JSON (``null``), which every JSON reader accepts, not ``NaN``."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 # ----------------------------------------------------------------------------- pictures
 
 
@@ -368,7 +381,7 @@ def analyze(embeddings_dir: Path, out: Path, cfg: AnalyzeConfig, faces_dir: Path
     summary.update({"embeddings": str(embeddings_dir), "pca_components": int(result.pca.shape[1]),
                     "explained_variance": round(float(np.sum(result.explained)), 4), "tsne": cfg.tsne,
                     "cluster_space": cfg.cluster_space, "min_cluster_size": cfg.min_cluster_size, "seconds": seconds})
-    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "summary.json", strict_json(summary))
     files.insert(2, "summary.json")
     return AnalysisReport(out, len(index), summary["clusters"], summary["noise_share"], summary["purity_original"],
                           summary["purity_part"], seconds, files)

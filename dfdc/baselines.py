@@ -47,9 +47,9 @@ PIXELS = "pixels"  # the registered frame model baseline.features=pixels reads (
 
 
 def is_baseline(arch: str) -> bool:
-    from dfdc.models.baseline import ESTIMATORS
+    from dfdc.models import BASELINE, models_of_kind
 
-    return arch in ESTIMATORS
+    return arch in models_of_kind(BASELINE)
 
 
 def resolve_config(cfg: Config) -> Config:

@@ -1,8 +1,10 @@
 """One configuration object for every stage, loaded from a named profile.
 
 A profile is a YAML file under ``dfdc/profiles/`` (or any path) holding a partial
-mapping that is deep-merged over the dataclass defaults below. CLI flags and
-``--set section.key=value`` overrides are applied last. Every run writes its resolved
+mapping that is deep-merged over the dataclass defaults below. A profile may start from
+another one: ``extends: smoke`` (a profile name, or a YAML path relative to the extending
+file) deep-merges its own mapping over that profile's (chains allowed, cycles refused), so it
+holds only its differences. CLI flags and ``--set section.key=value`` overrides are applied last. Every run writes its resolved
 configuration beside its outputs (``save_config``).
 
 Every constant of the recipe lives here as a named field with a comment saying where it
@@ -187,7 +189,7 @@ class ModelConfig:
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
     # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts.
-    # Applied to every BatchNorm of every backbone (timm's and the custom CNNs' too)
+    # Applied to every BatchNorm of every model family by dfdc.models.create_model (one place; tested per model)
     trainable: str = "all"  # study 000's transfer settings: "all" layers, "top50" / "top25" (the top 50 % /
     # 25 % of the backbone's layers, any topN works) or "head" (the classifier only); the rest is frozen
     # (dfdc.models.registry.FrameModel.set_trainable defines "layer")
@@ -473,10 +475,27 @@ def profile_path(profile: str) -> Path:
     return path
 
 
-def load_config(profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the profile, then ``section.key=value`` overrides."""
-    cfg = Config(profile=profile)
-    path = profile_path(profile)
+EXTENDS_KEY = "extends"  # a profile's key naming the profile it starts from
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``: mappings merged key by key, any other value replaced."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def profile_data(profile: str | Path, chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], str]:
+    """A profile's mapping with its ``extends`` chain resolved (each profile deep-merged over
+    the one it extends), and the chain as text for messages (``compare.yaml < smoke.yaml``)."""
+    path = profile_path(str(profile))
+    if path.resolve() in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path.resolve()))
+        raise ConfigError(f"{path}: profiles extend each other in a cycle ({cycle}); remove one `extends:`")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -484,7 +503,24 @@ def load_config(profile: str = DEFAULT_PROFILE, overrides: list[str] | None = No
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a profile must be a mapping of sections")
     data.pop("profile", None)
-    _merge(cfg, data, path.name)
+    base = data.pop(EXTENDS_KEY, None)
+    if base is None:
+        return data, path.name
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: `{EXTENDS_KEY}:` takes one profile name or YAML path, got {base!r}")
+    base_path = Path(base)
+    if base_path.suffix in (".yaml", ".yml") and not base_path.is_absolute():
+        base_path = path.parent / base_path  # a path: relative to the extending file
+    parent, where = profile_data(base_path if base_path.suffix in (".yaml", ".yml") else base.strip(),
+                                 (*chain, path.resolve()))
+    return _deep_merge(parent, data), f"{path.name} < {where}"
+
+
+def load_config(profile: str = DEFAULT_PROFILE, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the profile (over the profiles it extends), then ``section.key=value`` overrides."""
+    cfg = Config(profile=profile)
+    data, where = profile_data(profile)
+    _merge(cfg, data, where)
     for item in overrides or []:
         apply_override(cfg, item)
     return cfg

@@ -93,6 +93,20 @@ def test_analyze_writes_clusters_summary_and_pictures(tmp_path: Path) -> None:
     assert not list(out.glob("*.tmp-*"))
 
 
+def test_summary_is_strict_json_without_clusters(tmp_path: Path) -> None:
+    """No cluster found: the purities are undefined -> null, never NaN (not JSON)."""
+    x, truth = _blobs(n=60)
+    emb = _embeddings_folder(tmp_path, x, truth)
+    report = analyze(emb, tmp_path / "out", dataclasses.replace(CFG, min_cluster_size=60, cluster_space="pca"))
+    assert report.clusters == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["purity_original"] is None and summary["purity_part"] is None and summary["clusters"] == 0
+
+
 def test_three_d_map_is_optional(tmp_path: Path) -> None:
     x, truth = _blobs(n=120)
     emb = _embeddings_folder(tmp_path, x, truth)

@@ -73,3 +73,53 @@ def test_older_saved_configs_are_upgraded():
     assert cfg.train.steps_per_epoch == 7
     with pytest.raises(ConfigError, match="unknown key 'confident_min_fraction'"):
         load_config("smoke", ["predict.confident_min_fraction=0.2"])  # a user's override is not silently dropped
+
+
+def test_every_profile_loads() -> None:
+    """Each shipped profile, b7-recipe included, loads (unknown keys and bad values are errors)."""
+    from dfdc.config import PROFILES_DIR
+
+    names = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+    assert {"b7", "b7-recipe", "smoke", "compare"} <= set(names)
+    for name in names:
+        assert load_config(name).profile == name
+    recipe = load_config("b7-recipe")  # the seed study's recipe: the dataclass defaults (but its name)
+    defaults = Config(profile="b7-recipe")
+    defaults.train.name = recipe.train.name
+    assert recipe == defaults
+
+
+def test_compare_extends_smoke_so_faces_and_folds_are_smokes() -> None:
+    """compare.yaml holds only its differences from smoke: the crops and folds `make demo` and
+    `make compare` share are the same by construction, not by copy."""
+    import yaml
+
+    from dfdc.config import PROFILES_DIR
+
+    raw = yaml.safe_load((PROFILES_DIR / "compare.yaml").read_text())
+    assert raw["extends"] == "smoke" and "faces" not in raw and "folds" not in raw
+    compare, smoke = load_config("compare"), load_config("smoke")
+    assert compare.faces == smoke.faces and compare.folds == smoke.folds and compare.synth == smoke.synth
+    assert compare.train.name == "compare" and compare.train.batch_size == smoke.train.batch_size  # merged deeply
+
+
+def test_extends_merges_deeply_and_refuses_cycles(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 4\n  lr: 0.5\nfaces:\n  size: 64\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrain:\n  epochs: 2\n")
+    (tmp_path / "grandchild.yaml").write_text("extends: child.yaml\nfaces:\n  margin: 0.5\n")
+    cfg = load_config(str(tmp_path / "grandchild.yaml"))
+    assert (cfg.train.epochs, cfg.train.lr, cfg.faces.size, cfg.faces.margin) == (2, 0.5, 64, 0.5)
+    assert load_config(str(tmp_path / "child.yaml"), ["train.epochs=7"]).train.epochs == 7  # overrides last
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "self.yaml").write_text("extends: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(str(tmp_path / "self.yaml"))
+    (tmp_path / "typo.yaml").write_text("extends: smok\n")
+    with pytest.raises(ConfigError, match="unknown profile 'smok'"):
+        load_config(str(tmp_path / "typo.yaml"))
+    (tmp_path / "bad_key.yaml").write_text("extends: base.yaml\ntrain:\n  epoch: 2\n")
+    with pytest.raises(ConfigError, match=r"bad_key.yaml < base.yaml.*unknown key 'epoch'"):
+        load_config(str(tmp_path / "bad_key.yaml"))

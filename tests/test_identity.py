@@ -82,6 +82,30 @@ def test_identity_folds_need_embeddings(actors: Path, tmp_path: Path, capsys) ->
     assert "need face embeddings" in capsys.readouterr().err
 
 
+def test_folds_cli_errors_end_in_a_message_not_a_traceback(actors: Path, tmp_path: Path, capsys) -> None:
+    """IdentityError / AnalysisError are `error: ...` (exit 1); --check with an --embeddings folder
+    that cannot be read is an error, not a silent report on ground truth alone."""
+    import shutil
+
+    common = ["folds", "--data", str(actors), "--out", str(tmp_path / "f.csv"), "--n-folds", "2", "--profile", "smoke"]
+    assert main([*common, "--group-by", "identity", "--set", "analyze.pca_components=1"]) == 1
+    assert "error: analyze.pca_components" in capsys.readouterr().err
+    fakes_only = tmp_path / "fakes_only"
+    shutil.copytree(actors / "embeddings", fakes_only)
+    index = pd.read_csv(fakes_only / "index.csv")
+    index.assign(label="FAKE").to_csv(fakes_only / "index.csv", index=False)
+    assert main([*common, "--group-by", "identity", "--embeddings", str(fakes_only)]) == 1
+    assert "error: the embeddings hold no crop of a REAL video" in capsys.readouterr().err
+    assert main([*common, "--group-by", "original"]) == 0
+    capsys.readouterr()
+    check = ["folds", "--data", str(actors), "--profile", "smoke", "--check", str(tmp_path / "f.csv")]
+    assert main([*check, "--embeddings", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --embeddings {tmp_path / 'missing'}: cannot read the face clusters" in err
+    assert main(check) == 0  # without --embeddings: ground truth alone, as asked
+    assert "identity leak (ground truth: .synth.json)" in capsys.readouterr().out
+
+
 def test_fold_leak_counts_identities_across_folds() -> None:
     folds = pd.DataFrame({
         "video": ["a.mp4", "fa.mp4", "b.mp4", "c.mp4", "d.mp4"],

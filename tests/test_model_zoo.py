@@ -132,11 +132,17 @@ def test_xception_is_chollets_and_vgg16_has_no_imagenet_classifier() -> None:
     assert sum(p.numel() for p in vgg.encoder.parameters()) == 14_714_688  # VGG16's 13 conv layers
 
 
-def test_bn_momentum_reaches_every_batchnorm() -> None:
-    for arch in ("resnet50", "reseption-v2"):
-        model = create_model(ModelConfig(arch=arch, pretrained="none", bn_momentum=0.07))
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        assert norms and all(m.momentum == 0.07 for m in norms)
+NO_BATCHNORM = ("custom-cnn", "vgg16", "pixels", "grey-pixels")  # study 000 names none; VGG16 has none; no weights
+
+
+@pytest.mark.parametrize("arch", frame_models())
+def test_bn_momentum_reaches_every_batchnorm(arch: str) -> None:
+    """model.bn_momentum, set once by create_model, reaches every family's BatchNorms (tiny-cnn
+    ignored it while each family set it on its own)."""
+    model = create_model(ModelConfig(arch=arch, pretrained="none", bn_momentum=0.07))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert bool(norms) == (arch not in NO_BATCHNORM)
+    assert all(m.momentum == 0.07 for m in norms)
 
 
 def test_timm_weights_from_a_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,6 +231,28 @@ def test_reseption_blocks_are_residual_with_leaky_relu() -> None:
                    for m in ReseptionV1Block(192).modules())  # V1 has no 1x1 remap of its branches
     remap = ReseptionV2Block(192).remap[0]
     assert remap.kernel_size == (1, 1) and remap.in_channels == 3 * 24 and remap.out_channels == 192
+
+
+def _convs(module: torch.nn.Module) -> list[torch.nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_reseption_v1_is_wide_and_v2_reduces_before_its_large_filters() -> None:
+    """Issue 9's contrast: V1's branches sit straight on the input (no 1x1 reduction), V2's
+    3x3 and 5x5 read a 1x1 reduction to C/8; both have a real 5x5."""
+    from dfdc.models.custom import ReseptionV1Block, ReseptionV2Block
+
+    v1, v2 = ReseptionV1Block(192), ReseptionV2Block(192)
+    v1_kernels = sorted(c.kernel_size[0] for c in _convs(v1))
+    assert v1_kernels == [1, 1, 3, 5]  # 1x1, 3x3, 5x5, pool -> 1x1: one conv per branch
+    assert all(c.in_channels == 192 for c in _convs(v1))  # each reads the whole input: no reduction
+    assert sum(c.out_channels for c in _convs(v1)) == 192  # concatenated back to C
+    large = [c for c in _convs(v2) if c.kernel_size[0] > 1]
+    assert sorted(c.kernel_size[0] for c in large) == [3, 5]
+    assert all(c.in_channels == 192 // 8 for c in large)  # after a 1x1 reduction to C/8
+    for branch in v2.branches[1:]:
+        first = _convs(branch)[0]
+        assert first.kernel_size == (1, 1) and first.in_channels == 192 and first.out_channels == 24
 
 
 def _trainable_names(model: torch.nn.Module) -> set[str]:

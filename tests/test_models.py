@@ -150,3 +150,43 @@ def test_format_1_checkpoint_without_input_spec_uses_train_size(tmp_path: Path) 
                 "config": cfg.to_dict()}, tmp_path / "old.pt")
     loaded, meta = load_checkpoint(tmp_path / "old.pt")
     assert meta["input"]["size"] == 40 and loaded.input_spec.mean == (0.485, 0.456, 0.406)
+
+
+def test_every_model_has_one_registered_kind() -> None:
+    """A model's kind is registered once; the helpers and checkpoints derive theirs from it."""
+    from dfdc.baselines import is_baseline
+    from dfdc.compare import SYSTEMS
+    from dfdc.models import KINDS, frame_models, model_kind, models_of_kind
+    from dfdc.models.sequence import is_sequence_model
+
+    kinds = {arch: model_kind(arch) for arch in list_models()}
+    assert set(kinds.values()) == set(KINDS)
+    assert sorted(models_of_kind("sequence")) == ["gru", "lstm"]
+    assert sorted(models_of_kind("baseline")) == ["logreg", "mlp", "svm"]
+    assert frame_models() == sorted(a for a, k in kinds.items() if k == "frame")
+    assert all(is_sequence_model(a) == (k == "sequence") and is_baseline(a) == (k == "baseline")
+               for a, k in kinds.items())
+    assert not is_sequence_model("nope") and not is_baseline("nope")
+    with pytest.raises(ValueError, match="unknown model arch 'nope'"):
+        model_kind("nope")
+    with pytest.raises(ValueError, match="kind 'video'"):
+        register("some-video-model", kind="video")
+    # the checkpoint's kind is the unit the predictor reads: a track for sequence models, else a crop
+    for arch, unit in (("tiny-cnn", "frame"), ("lstm", "sequence"), ("logreg", "frame")):
+        assert create_model(ModelConfig(arch=arch, backbone="tiny-cnn", pretrained="none")).kind == unit
+    for system in SYSTEMS.values():  # compare's informational kind agrees with the registry
+        archs = [o.split("=", 1)[1] for o in system.overrides if o.startswith("model.arch=")]
+        assert all(system.kind == model_kind(arch) for arch in archs), system.name  # (test systems set none)
+    assert sum(any(o.startswith("model.arch=") for o in s.overrides) for s in SYSTEMS.values()) >= 18
+
+
+def test_efficientnet_keeps_the_seed_studys_static_padding() -> None:
+    """efficientnet-pytorch as the seed study used it: TF-same padding fixed for the native side
+    (dfdc.models.efficientnet, module doc). At 240 px B0 ends in 7 x 7 (8 x 8 with padding for
+    240): switching would silently change what every trained checkpoint computes."""
+    from efficientnet_pytorch.utils import Conv2dStaticSamePadding
+
+    model = create_model(_b0(), 240).eval()
+    assert isinstance(model.encoder._conv_stem, Conv2dStaticSamePadding)
+    with torch.no_grad():
+        assert model.encoder.extract_features(model.normalize(torch.zeros(1, 3, 240, 240))).shape[-2:] == (7, 7)

@@ -37,7 +37,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
         cmd.add_argument(
             "--profile",
             default=DEFAULT_PROFILE,
-            help=f"named profile (dfdc/profiles/*.yaml) or a YAML path (default {DEFAULT_PROFILE})",
+            help=f"named profile (dfdc/profiles/*.yaml; one may `extends:` another) or a YAML path "
+                 f"(default {DEFAULT_PROFILE})",
         )
         cmd.add_argument(
             "--set",

@@ -7,8 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from dfdc.analyze import AnalysisError
 from dfdc.config import Config, set_value
 from dfdc.folds import GROUP_BY, FoldsError, fold_counts, folds_from_data, largest_group_share, read_folds
+from dfdc.identity import IdentityError
 from dfdc.metadata import MetadataError
 
 HELP = ("assign videos to folds (StratifiedGroupKFold; a fake always shares its original's fold, "
@@ -65,18 +67,20 @@ def _leaks(folds, args: argparse.Namespace, cfg: Config, clusters) -> list[str]:
 
 
 def _clusters(args: argparse.Namespace, cfg: Config, needed: bool):
+    """Face-cluster identities: when identity folds need them, or when ``--embeddings`` asks for
+    them (the leak report); an unreadable embeddings folder is then an error, never a silent
+    report on ground truth alone."""
     from dfdc.embed import EmbedError
     from dfdc.identity import identities_from_embeddings
 
-    path = _embeddings_dir(args, cfg)
     if not needed and args.embeddings is None:  # the leak report uses face clusters when asked to
         return None
+    path = _embeddings_dir(args, cfg)
     try:
         return identities_from_embeddings(path, cfg.analyze, cfg.folds.identity_min_cluster, cfg.folds.identity_crops)
     except EmbedError as exc:
-        if not needed:  # only for the leak report: without embeddings it uses ground truth alone
-            return None
-        raise FoldsError(f"identity folds need face embeddings: {exc}") from None
+        why = "identity folds need face embeddings" if needed else f"--embeddings {path}: cannot read the face clusters"
+        raise FoldsError(f"{why}: {exc}") from None
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -93,7 +97,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         clusters = _clusters(args, cfg, needed=cfg.folds.group_by == "identity")
         identity_of = clusters.identity_of if clusters is not None else None
         folds, report = folds_from_data(args.data, args.out, cfg.folds, strict=args.strict, identity_of=identity_of)
-    except (MetadataError, FoldsError) as exc:
+        leaks = _leaks(folds, args, cfg, clusters)
+    except (MetadataError, FoldsError, IdentityError, AnalysisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if len(report):
@@ -103,5 +108,5 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     if cfg.folds.group_by == "identity":
         print(f"{clusters.format()}; largest group {largest_group_share(folds):.1%} of the videos")
     print(fold_counts(folds).to_string())
-    print("\n".join(_leaks(folds, args, cfg, clusters)))
+    print("\n".join(leaks))
     return 0

@@ -10,9 +10,8 @@ frozen features, then a fitted scikit-learn pipeline's ``predict_proba`` -- as t
   decision ``d``. ``forward`` gives the logits ``[0, z]``, so ``fake_probability``
   (softmax[:, 1] = sigmoid(z)) is the pipeline's ``predict_proba[:, 1]`` (tested to 1e-5).
   No backward through it: these models are fitted, not trained by the torch loop.
-- ``pixels``: the crop area-downscaled to ``PIXELS_SIDE`` x ``PIXELS_SIDE`` RGB as a
-  vector (``baseline.features=pixels`` reads it instead of a CNN's features); as a frame
-  classifier on its own it is a logistic regression on pixels.
+- the pixel features of ``baseline.features=pixels`` are the registered frame model
+  ``pixels`` (``dfdc.models.pixels``), used as ``model.backbone``.
 
 Why tensors and not the pickled estimator: the checkpoint stays a plain state dict (loaded
 with ``weights_only``, exported to fp16, run on the GPU), and the Kaggle kernel needs no
@@ -27,41 +26,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from dfdc.config import ModelConfig
-from dfdc.models.registry import BackboneModel, FrameModel, create_backbone, no_pretrained, register
-from dfdc.preprocess import InputSpec
+from dfdc.models.registry import BASELINE, BackboneModel, create_backbone, register
 
-PIXELS_SIDE = 16  # side of the downscaled crop the pixel features read: 16 x 16 x 3 = 768 values
 ESTIMATORS = ("logreg", "svm", "mlp")
-
-
-class PixelFeatures(FrameModel):
-    """A crop area-downscaled to ``PIXELS_SIDE``^2 RGB (normalised): a 768-value feature vector."""
-
-    def __init__(self, num_classes: int, dropout: float) -> None:
-        super().__init__(3 * PIXELS_SIDE * PIXELS_SIDE, num_classes, dropout)
-        self.pool = nn.AdaptiveAvgPool2d(PIXELS_SIDE)
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(x).flatten(1)
-
-
-@register("pixels", input=InputSpec(PIXELS_SIDE))
-def pixels(cfg: ModelConfig) -> nn.Module:
-    """The crop's downscaled pixels (no weights; ``pretrained`` must be ``none``)."""
-    no_pretrained(cfg)
-    return PixelFeatures(cfg.num_classes, cfg.dropout)
 
 
 class BaselineModel(BackboneModel):
     """Frozen ``backbone`` features -> standardise -> linear (or one-hidden-layer MLP) ->
     Platt sigmoid: a fitted scikit-learn pipeline's ``predict_proba`` in torch."""
-
-    kind = "frame"  # one crop -> P(FAKE), as the predictor sees it
 
     def __init__(self, backbone: nn.Module, estimator_name: str, mlp_hidden: int) -> None:
         super().__init__(backbone)
@@ -127,9 +103,9 @@ class BaselineModel(BackboneModel):
             self.fitted.fill_(True)
 
     def parameter_count(self) -> int:
-        """Numbers the system reads: the frozen backbone's weights (without its unused
-        classifier) and the fitted scaler, layers and Platt sigmoid."""
-        backbone = sum(p.numel() for name, p in self.backbone.named_parameters() if not name.startswith("fc."))
+        """Numbers the system reads: the frozen backbone's weights (its classifier is dropped)
+        and the fitted scaler, layers and Platt sigmoid."""
+        backbone = sum(p.numel() for p in self.backbone.parameters())
         fitted = self.mean.numel() + self.scale.numel() + self.platt.numel()
         return backbone + fitted + sum(p.numel() for p in self.head.parameters())
 
@@ -151,4 +127,4 @@ def _builder(name: str) -> Callable[[ModelConfig], nn.Module]:
 
 
 for _name in ESTIMATORS:
-    register(_name, backbone=True)(_builder(_name))
+    register(_name, kind=BASELINE)(_builder(_name))

@@ -15,18 +15,26 @@ widths (32 base, 128 hidden) and side (224).
 ``reseption-v1`` / ``reseption-v2`` (study 001): an Inception-V3-like stem without auxiliary
 branches, then three stages of residual inception blocks separated by grid reductions,
 global average pooling -> dropout -> Linear. Every conv is conv (no bias) -> BatchNorm ->
-LeakyReLU(0.2). Read from the study's description; where it is silent we chose:
+LeakyReLU(0.2). Issue 9 gives the study's description: "V1: wider branches, concatenation
+then residual; V2: 1x1 reduction before large filters and 1x1 remap before the sum". The two
+blocks below follow that contrast; where the description is silent we chose:
 
 - stem: Inception-V3's (3x3/2 32, 3x3 32, 3x3 64, max pool 3x3/2, 1x1 80, 3x3 192, max
   pool 3x3/2; unpadded as in Inception-V3, so inputs need >= 75 px);
 - stage widths 192 / 384 / 768 channels, ``model.reseption_blocks`` blocks per stage (2);
-- V1 block ("wider branches, concatenation then residual"): four branches of C/4 channels
-  each -- 1x1; 1x1 -> 3x3; 1x1 -> 3x3 -> 3x3 (a 5x5 receptive field); 3x3 average pool ->
-  1x1 -- concatenated back to C channels and added to the input, then LeakyReLU;
+- "large filters": a real 5x5 convolution (not two stacked 3x3s), in both blocks;
+- V1 block ("wider branches, concatenation then residual"): four branches of C/4 channels,
+  each straight on the block's C-channel input, no 1x1 reduction before any filter -- 1x1;
+  3x3; 5x5; 3x3 average pool -> 1x1 (the pool branch's 1x1 only sets its width, as in
+  Inception's pool projection) -- concatenated back to C channels, added to the input, then
+  LeakyReLU. Wide: every 3x3 and 5x5 reads all C channels (in a 768-channel block the 5x5
+  alone has 3.7M weights);
 - V2 block ("1x1 reduction before the large filters, 1x1 remap before the sum"): three
-  branches of C/8 channels -- 1x1; 1x1 -> 3x3; 1x1 -> 3x3 -> 3x3 -- concatenated (3C/8), a
-  1x1 conv + BatchNorm (no activation) remaps them to C, added to the input, then LeakyReLU
-  (as Inception-ResNet-V2, without its residual scaling: the remap's BatchNorm sets the scale);
+  branches of C/8 channels -- 1x1; 1x1 -> 3x3; 1x1 -> 5x5 (each 1x1 reduces C to C/8 before
+  the larger filter) -- concatenated (3C/8), a 1x1 conv + BatchNorm (no activation) remaps
+  them to C, added to the input, then LeakyReLU (as Inception-ResNet-V2, without its residual
+  scaling: the remap's BatchNorm sets the scale); no pool branch (Inception-ResNet's blocks
+  have none);
 - reductions between stages as Inception-V3's: 3x3/2 max pool || 3x3/2 conv || 1x1 -> 3x3
   -> 3x3/2, concatenated (C_in + 2 x (C_out - C_in) / 2 channels), padded so small inputs
   never shrink to nothing;
@@ -39,7 +47,7 @@ import torch
 from torch import nn
 
 from dfdc.config import ConfigError, ModelConfig
-from dfdc.models.registry import DEFAULT_INPUT, FrameModel, no_pretrained, register, set_bn_momentum
+from dfdc.models.registry import DEFAULT_INPUT, FrameModel, no_pretrained, register
 from dfdc.preprocess import InputSpec
 
 TINY_CNN_WIDTHS = (16, 32, 64)  # channels of the three conv stages: ~25k weights, fast on a CPU
@@ -127,8 +135,9 @@ RESEPTION_SIZE = 299  # Inception-V3's input side (the stem is Inception-V3's)
 # Inception-V3's stem: (out channels, kernel, stride, padding), max pools marked "pool"
 RESEPTION_STEM = ((32, 3, 2, 0), (32, 3, 1, 0), (64, 3, 1, 1), "pool", (80, 1, 1, 0), (192, 3, 1, 0), "pool")
 RESEPTION_WIDTHS = (192, 384, 768)  # channels of the three stages (our choice: the stem's 192, doubled twice)
-V1_BRANCHES = 4  # V1: four branches of C/4 channels, concatenated back to C
-V2_REDUCTION = 8  # V2: branches of C/8 channels after their 1x1 reductions
+V1_BRANCHES = 4  # V1: four branches of C/4 channels, concatenated back to C (our choice)
+V2_REDUCTION = 8  # V2: branches of C/8 channels after their 1x1 reductions (our choice)
+LARGE_FILTER = 5  # the blocks' "large filter": a 5x5 conv (our choice of size)
 
 
 def conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int | None = None,
@@ -142,15 +151,15 @@ def conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: in
 
 
 class ReseptionV1Block(nn.Module):
-    """Four wide branches (1x1; 1x1-3x3; 1x1-3x3-3x3; pool-1x1), concatenated, + input."""
+    """Four wide branches straight on the input (1x1; 3x3; 5x5; pool-1x1), concatenated, + input."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         w = channels // V1_BRANCHES
         self.branches = nn.ModuleList([
             conv_bn_act(channels, w, 1),
-            nn.Sequential(conv_bn_act(channels, w, 1), conv_bn_act(w, w, 3)),
-            nn.Sequential(conv_bn_act(channels, w, 1), conv_bn_act(w, w, 3), conv_bn_act(w, w, 3)),
+            conv_bn_act(channels, w, 3),
+            conv_bn_act(channels, w, LARGE_FILTER),
             nn.Sequential(nn.AvgPool2d(3, 1, 1, count_include_pad=False), conv_bn_act(channels, channels - 3 * w, 1)),
         ])
         self.act = nn.LeakyReLU(RESEPTION_SLOPE, inplace=True)
@@ -160,7 +169,7 @@ class ReseptionV1Block(nn.Module):
 
 
 class ReseptionV2Block(nn.Module):
-    """Three branches after 1x1 reductions, concatenated, 1x1 remap to C, + input."""
+    """Three branches after 1x1 reductions (1x1; 1x1-3x3; 1x1-5x5), concatenated, 1x1 remap to C, + input."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -168,7 +177,7 @@ class ReseptionV2Block(nn.Module):
         self.branches = nn.ModuleList([
             conv_bn_act(channels, r, 1),
             nn.Sequential(conv_bn_act(channels, r, 1), conv_bn_act(r, r, 3)),
-            nn.Sequential(conv_bn_act(channels, r, 1), conv_bn_act(r, r, 3), conv_bn_act(r, r, 3)),
+            nn.Sequential(conv_bn_act(channels, r, 1), conv_bn_act(r, r, LARGE_FILTER)),
         ])
         self.remap = conv_bn_act(3 * r, channels, 1, act=False)
         self.act = nn.LeakyReLU(RESEPTION_SLOPE, inplace=True)
@@ -195,8 +204,7 @@ class GridReduction(nn.Module):
 class Reseption(FrameModel):
     """Inception-V3 stem -> 3 stages of residual inception blocks -> pooling -> dropout -> Linear."""
 
-    def __init__(self, block: type[nn.Module], blocks: int, num_classes: int, dropout: float,
-                 bn_momentum: float) -> None:
+    def __init__(self, block: type[nn.Module], blocks: int, num_classes: int, dropout: float) -> None:
         super().__init__(RESEPTION_WIDTHS[-1], num_classes, dropout)
         layers: list[nn.Module] = []
         channels = 3
@@ -214,7 +222,6 @@ class Reseption(FrameModel):
             layers += [block(channels) for _ in range(blocks)]
         self.encoder = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        set_bn_momentum(self.encoder, bn_momentum)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.encoder(x)).flatten(1)
@@ -225,7 +232,7 @@ def _reseption(block: type[nn.Module]):
         no_pretrained(cfg)
         if cfg.reseption_blocks < 1:
             raise ConfigError(f"model.reseption_blocks={cfg.reseption_blocks}: must be at least 1")
-        return Reseption(block, cfg.reseption_blocks, cfg.num_classes, cfg.dropout, cfg.bn_momentum)
+        return Reseption(block, cfg.reseption_blocks, cfg.num_classes, cfg.dropout)
 
     build.__doc__ = f"Study 001's Reseption with {block.__name__} blocks (see the module doc)."
     return build
@@ -233,42 +240,3 @@ def _reseption(block: type[nn.Module]):
 
 register("reseption-v1", input=InputSpec(RESEPTION_SIZE))(_reseption(ReseptionV1Block))
 register("reseption-v2", input=InputSpec(RESEPTION_SIZE))(_reseption(ReseptionV2Block))
-
-
-# ----------------------------------------------------------------------------- grey-pixels (identity)
-
-GREY_PIXELS_SIZE = 32  # default side of ``grey-pixels``: 1,024 features; 16 and 32 px recovered the mini DFDC's
-# identities equally well (measured: nearest other original of the same identity 0.86 at both)
-
-
-class GreyPixels(FrameModel):
-    """Per-image standardised grey pixels as features (the "eigenfaces" baseline): no
-    weights but the classifier head. Lighting (a gain, an offset and a linear gradient across
-    the face: the plane a + b x + c y is removed by least squares) cancels out, so it
-    separates faces that are the same photo under another lamp -- the mini DFDC's repeated
-    actors -- where random-init CNN features do not (README: identity folds)."""
-
-    GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights (OpenCV's RGB -> grey)
-
-    def __init__(self, size: int, num_classes: int, dropout: float) -> None:
-        super().__init__(size * size, num_classes, dropout)
-        self.side = size
-        self.register_buffer("grey", torch.tensor(self.GREY).view(1, 3, 1, 1), persistent=False)
-        ys, xs = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-        basis = torch.stack([torch.ones(size * size), xs.flatten(), ys.flatten()], 1)  # (S*S, 3)
-        self.register_buffer("plane", basis @ torch.linalg.pinv(basis), persistent=False)  # projector
-
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.side, self.side):  # any input side: area-averaged to ``side``
-            x = nn.functional.adaptive_avg_pool2d(x, self.side)
-        grey = (x * self.grey.to(x.dtype)).sum(1).flatten(1)
-        # a lamp to one side is a brightness plane a + b x + c y: remove its least-squares fit
-        grey = grey - grey @ self.plane.to(grey.dtype)
-        return grey / (grey.std(1, keepdim=True) + 1e-6)
-
-
-@register("grey-pixels", input=InputSpec(GREY_PIXELS_SIZE))
-def grey_pixels(cfg: ModelConfig) -> nn.Module:
-    """Standardised grey pixels at 32 px (``pretrained`` must be ``none``)."""
-    no_pretrained(cfg)
-    return GreyPixels(GREY_PIXELS_SIZE, cfg.num_classes, cfg.dropout)

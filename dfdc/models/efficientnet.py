@@ -5,6 +5,19 @@ Weights: ``imagenet`` downloads efficientnet-pytorch's ImageNet weights when onl
 by torch hub); a path loads a local state dict (the offline / Kaggle case); ``none`` is
 random initialisation. ImageNet normalisation; the default side is the variant's native
 resolution (B7: 600), which profiles override with ``train.size`` (the recipe: 240).
+
+Padding, a deliberate choice: the encoder is ``EfficientNet.from_name(arch)`` as the seed study
+used the library (``from_pretrained(arch)`` builds the same), whose TF-"same" convolutions pad
+by amounts fixed for the variant's native side (``Conv2dStaticSamePadding``). At another side
+the stride-2 convolutions whose native input is odd pad too little: B0 and B7 at 240 px end in a
+7 x 7 map, where TF-"same" padding at 240 gives 8 x 8 (the last row and column of the 15 x 15
+map before it are not read). ``from_name(arch, image_size=None)`` would pad for the actual
+side (``Conv2dDynamicSamePadding``: 8 x 8) with the same state-dict keys -- so a checkpoint
+trained with static padding would load without an error and silently compute another function.
+We keep the seed study's static padding: every B0-B7 checkpoint trained by the kit so far, and
+the study's own models, compute what they were trained to compute. (At the native side both
+give the same result: measured, B0 at 224, maximum difference 0.) Changing it needs a
+checkpoint field saying which padding a model was trained with.
 """
 
 from __future__ import annotations
@@ -28,11 +41,12 @@ EFFICIENTNET_VARIANTS = tuple(f"efficientnet-b{i}" for i in NATIVE_SIZE)  # b0 .
 class EfficientNetClassifier(FrameModel):
     """efficientnet-pytorch features -> global average pooling -> dropout -> Linear."""
 
-    def __init__(self, arch: str, num_classes: int, dropout: float, bn_momentum: float) -> None:
+    def __init__(self, arch: str, num_classes: int, dropout: float) -> None:
         from efficientnet_pytorch import EfficientNet
 
-        # efficientnet-pytorch takes TF's decay convention: decay = 1 - PyTorch momentum
-        encoder = EfficientNet.from_name(arch, batch_norm_momentum=1.0 - bn_momentum)
+        # static padding for the native side, as the seed study (module doc); model.bn_momentum is
+        # set by create_model on every BatchNorm afterwards
+        encoder = EfficientNet.from_name(arch)
         super().__init__(encoder._fc.in_features, num_classes, dropout)
         # The ImageNet head is replaced by ours; drop it so its 1000-way weights cost nothing.
         del encoder._fc
@@ -67,7 +81,7 @@ def _load_pretrained(encoder: nn.Module, arch: str, pretrained: str) -> None:
 
 def _builder(arch: str) -> Callable[[ModelConfig], nn.Module]:
     def build(cfg: ModelConfig) -> nn.Module:
-        model = EfficientNetClassifier(arch, cfg.num_classes, cfg.dropout, cfg.bn_momentum)
+        model = EfficientNetClassifier(arch, cfg.num_classes, cfg.dropout)
         _load_pretrained(model.encoder, arch, cfg.pretrained)
         return model
 

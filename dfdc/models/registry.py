@@ -5,12 +5,15 @@ Models are built by name, timm-style::
     model = create_model(cfg.model, input_size=cfg.train.size)   # "efficientnet-b7"
 
 A builder is a function ``(cfg: ModelConfig) -> nn.Module`` registered with
-``@register("name", input=InputSpec(...), requires=("dist-name",))``; ``input`` is the
-model's default input side and the normalisation of its pretrained weights (a callable is
-allowed, for specs read from a library's pretrained config); ``requires`` names the
-third-party distributions (as pinned in requirements.txt) the model needs at inference, so
-the Kaggle bundle ships exactly those (``model_requirements``). ``create_model`` gives the model its ``InputSpec`` (the default,
-with the side replaced by ``input_size`` when that is set).
+``@register("name", input=InputSpec(...), requires=("dist-name",), kind="frame")``; ``input``
+is the model's default input side and the normalisation of its pretrained weights (a
+callable is allowed, for specs read from a library's pretrained config); ``requires`` names
+the third-party distributions (as pinned in requirements.txt) the model needs at inference,
+so the Kaggle bundle ships exactly those (``model_requirements``); ``kind`` says what the
+model is (``KINDS``: a frame classifier, a sequence model or a fitted baseline over a frame
+backbone), registered once and read everywhere through ``model_kind`` / ``models_of_kind``.
+``create_model`` gives the model its ``InputSpec`` (the default, with the side replaced by
+``input_size`` when that is set) and ``model.bn_momentum`` on every BatchNorm.
 
 The frame-classifier contract (``FrameModel``): a batch of RGB images N x 3 x H x W with
 pixel values 0-255 (``uint8`` straight from ``dfdc.preprocess.prepare``, or float) ->
@@ -62,20 +65,37 @@ class PretrainedWeightsError(RuntimeError):
     """Pretrained weights were asked for and cannot be had."""
 
 
+FRAME = "frame"  # one face crop -> logits through the model's own backbone
+SEQUENCE = "sequence"  # a face track -> logits, frames read through the frame model ``model.backbone``
+BASELINE = "baseline"  # one face crop -> a fitted scikit-learn pipeline over ``model.backbone``'s features
+KINDS = (FRAME, SEQUENCE, BASELINE)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: its builder, its default input, what it needs at inference."""
+    """A registered model: its builder, its default input, what it needs at inference, its kind."""
 
     name: str
     builder: Builder
     input: InputSpec | Callable[[], InputSpec]
     requires: tuple[str, ...] = ()
-    backbone: bool = False  # reads frames through the frame model ``cfg.backbone`` (sequence models,
-    # baselines): its input spec and requirements are the backbone's
+    kind: str = FRAME
+
+    @property
+    def backbone(self) -> bool:
+        """Reads frames through the frame model ``cfg.backbone`` (sequence models, baselines):
+        its input spec and requirements are the backbone's."""
+        return self.kind != FRAME
+
+    @property
+    def unit(self) -> str:
+        """What one input of the model is, as checkpoints record it (``kind``) and the predictor
+        reads it: a face track for sequence models, else a face crop (``"frame"``)."""
+        return SEQUENCE if self.kind == SEQUENCE else FRAME
 
     def default_input(self, cfg: ModelConfig | None = None) -> InputSpec:
         if self.backbone:
-            return _entry(_backbone_of(cfg).backbone).default_input()
+            return _entry(_backbone_of(cfg).arch).default_input()
         return self.input() if callable(self.input) else self.input
 
 
@@ -83,16 +103,19 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT,
-             requires: tuple[str, ...] = (), backbone: bool = False) -> Callable[[Builder], Builder]:
+             requires: tuple[str, ...] = (), kind: str = FRAME) -> Callable[[Builder], Builder]:
     """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``.
 
-    ``backbone=True``: the model reads frames through the registered frame model named by
-    ``cfg.backbone``, whose default input and requirements it takes (``input`` is ignored)."""
+    ``kind`` (``KINDS``): ``frame`` for a frame classifier; ``sequence`` and ``baseline``
+    models read frames through the registered frame model named by ``cfg.backbone``, whose
+    default input and requirements they take (``input`` is ignored)."""
+    if kind not in KINDS:
+        raise ValueError(f"model {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires), backbone)
+        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires), kind)
         return builder
 
     return wrap
@@ -102,10 +125,22 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_kind(arch: str) -> str:
+    """The registered kind of model ``arch`` (``KINDS``); an unknown name is a clear error."""
+    return _entry(arch).kind
+
+
+def models_of_kind(kind: str) -> list[str]:
+    """The registered models of one kind, sorted (an unknown kind is an error, not an empty list)."""
+    if kind not in KINDS:
+        raise ValueError(f"model kind {kind!r} is not one of {', '.join(KINDS)}")
+    return sorted(name for name, entry in _REGISTRY.items() if entry.kind == kind)
+
+
 def frame_models() -> list[str]:
     """The registered frame classifiers (one crop -> logits through their own backbone): every
     model but those reading frames through ``model.backbone`` (sequence models, baselines)."""
-    return sorted(name for name, entry in _REGISTRY.items() if not entry.backbone)
+    return models_of_kind(FRAME)
 
 
 def _entry(arch: str) -> ModelEntry:
@@ -146,12 +181,22 @@ def default_input(model: str | ModelConfig, size: int = 0) -> InputSpec:
     return _entry(cfg.arch).default_input(cfg).with_size(size)
 
 
+def _build(cfg: ModelConfig) -> nn.Module:
+    """The registered builder of ``cfg.arch``, then ``cfg.bn_momentum`` on every BatchNorm it
+    made: the one place the setting is applied, for every family (a builder never sets it)."""
+    model = _entry(cfg.arch).builder(cfg)
+    set_bn_momentum(model, cfg.bn_momentum)
+    return model
+
+
 def create_model(cfg: ModelConfig, input_size: int = 0) -> nn.Module:
-    """Build the model named ``cfg.arch`` with ``cfg.num_classes`` outputs, its weights and
-    its ``InputSpec`` (side ``input_size``, or the model's default when 0)."""
+    """Build the model named ``cfg.arch`` with ``cfg.num_classes`` outputs, its weights, its
+    ``InputSpec`` (side ``input_size``, or the model's default when 0), ``cfg.bn_momentum`` on
+    every BatchNorm and ``kind``: the unit it reads (``ModelEntry.unit``, what checkpoints record)."""
     entry = _entry(cfg.arch)
     fraction = trainable_fraction(cfg.trainable)  # a bad setting fails before a big model is built
-    model = entry.builder(cfg)
+    model = _build(cfg)
+    model.kind = entry.unit
     if hasattr(model, "set_input_spec"):
         model.set_input_spec(entry.default_input(cfg).with_size(input_size))
     if hasattr(model, "set_trainable"):
@@ -161,11 +206,14 @@ def create_model(cfg: ModelConfig, input_size: int = 0) -> nn.Module:
     return model
 
 
-def create_backbone(cfg: ModelConfig) -> nn.Module:
-    """The frame model ``cfg.backbone`` (with ``cfg.pretrained`` weights) inside a model that
-    reads frames through it; its input spec is set by ``create_model`` of the outer model."""
-    backbone = _backbone_of(cfg)
-    return _entry(backbone.arch).builder(backbone)
+def create_backbone(cfg: ModelConfig) -> FrameModel:
+    """The frame model ``cfg.backbone`` (with ``cfg.pretrained`` weights and ``cfg.bn_momentum``)
+    as a feature extractor for a model that reads frames through it: without its classifier
+    (``FrameModel.drop_head``; its state dict is then what the outer model's backbone holds).
+    Its input spec is set by ``create_model`` of the outer model."""
+    backbone = _build(_backbone_of(cfg))
+    backbone.drop_head()
+    return backbone
 
 
 def trainable_fraction(setting: str) -> float:
@@ -202,7 +250,6 @@ class FrameModel(nn.Module):
     checkpoint carries the ``InputSpec`` and ``dfdc.models.load_checkpoint`` sets them).
     """
 
-    kind = "frame"
     head_names: tuple[str, ...] = ("fc",)  # the classifier head's submodules (trained by every setting)
 
     def __init__(self, feature_dim: int, num_classes: int, dropout: float) -> None:
@@ -236,6 +283,15 @@ class FrameModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))
 
+    def drop_head(self) -> None:
+        """Remove the classifier ``fc`` (the model is then a feature extractor: ``forward`` =
+        dropout(``features``)). Weights that still hold it -- a whole frame model's state, a
+        checkpoint written before the head was dropped -- load with its keys ignored."""
+        if isinstance(self.fc, nn.Identity):
+            return
+        self.fc = nn.Identity()
+        self.register_load_state_dict_pre_hook(_ignore_dropped_head)
+
     def backbone_layers(self) -> list[tuple[str, nn.Module]]:
         """The backbone's layers, input side first: every submodule that owns parameters
         itself (conv, BatchNorm, linear ...), in registration order -- the forward order for
@@ -265,6 +321,12 @@ class FrameModel(nn.Module):
             for name in self.frozen_norms:
                 self.get_submodule(name).eval()
         return self
+
+
+def _ignore_dropped_head(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook of a frame model without its head: drop the head's keys."""
+    for key in [k for k in state_dict if k.startswith(f"{prefix}fc.")]:
+        del state_dict[key]
 
 
 # ----------------------------------------------------------------------------- pretrained weights
@@ -348,12 +410,16 @@ def no_pretrained(cfg: ModelConfig) -> None:
 
 
 class BackboneModel(nn.Module):
-    """A model that reads frames through a frame model, ``self.backbone`` (registered with
-    ``backbone=True``): its input spec and feature size are the backbone's. ``freeze_backbone``
-    stops the backbone's gradients and keeps it in eval mode (frozen BatchNorm statistics)."""
+    """A model that reads frames through a frame model, ``self.backbone`` (registered with kind
+    ``sequence`` or ``baseline``): its input spec and feature size are the backbone's. It reads
+    ``backbone.features`` only, so the backbone's own classifier is dropped (``drop_head``):
+    an unused trainable parameter gets no gradient, and DistributedDataParallel stops at the
+    second step waiting for one. ``freeze_backbone`` stops the backbone's gradients and keeps
+    it in eval mode (frozen BatchNorm statistics)."""
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: FrameModel) -> None:
         super().__init__()
+        backbone.drop_head()  # create_backbone's have none already; any other backbone loses it here
         self.backbone = backbone
         self.frozen = False
 

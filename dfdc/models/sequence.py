@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from dfdc.config import ConfigError, ModelConfig
-from dfdc.models.registry import BackboneModel, create_backbone, register
+from dfdc.models.registry import SEQUENCE, BackboneModel, create_backbone, models_of_kind, register
 
 RNN_LAYERS = (1, 4)  # recurrent layers study 000 tried
 RNN_HIDDEN = (128, 2048)  # units per layer study 000 tried
@@ -32,8 +32,6 @@ CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU}
 
 class SequenceModel(BackboneModel):
     """Backbone features per frame -> LSTM/GRU -> last output -> 2-layer classifier."""
-
-    kind = "sequence"
 
     def __init__(self, backbone: nn.Module, cell: str, layers: int, hidden: int, head_hidden: int,
                  dropout: float, num_classes: int) -> None:
@@ -91,10 +89,11 @@ def _builder(cell: str) -> Callable[[ModelConfig], nn.Module]:
 
 
 for _cell in CELLS:
-    register(_cell, backbone=True)(_builder(_cell))
+    register(_cell, kind=SEQUENCE)(_builder(_cell))
 
 
 def is_sequence_model(arch: str) -> bool:
-    """Is ``arch`` a model over face tracks (trained and predicted on sequences)?"""
-    return arch in CELLS
+    """Is ``arch`` a model over face tracks (trained and predicted on sequences)? (Its
+    registered kind; an unknown name is not.)"""
+    return arch in models_of_kind(SEQUENCE)
 

@@ -46,7 +46,7 @@ loads a timm-format state dict strictly into the backbone (``model.safetensors``
 ``module.`` and our own ``encoder.`` prefixes are removed, timm's classifier, VGG's
 ``pre_logits`` and our ``fc`` head are left out; missing ``num_batches_tracked`` counters are
 allowed); ``none`` is random initialisation. ``model.bn_momentum`` is set on every
-BatchNorm of the backbone.
+BatchNorm of the backbone (by ``create_model``, as for every family).
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ from torch import nn
 
 from dfdc.config import ModelConfig
 from dfdc.models.registry import (
-    FrameModel, download_failed, load_strict, pretrained_source, read_weights_file, register, set_bn_momentum,
-    strip_prefixes,
+    FrameModel, download_failed, load_strict, pretrained_source, read_weights_file, register, strip_prefixes,
 )
 from dfdc.preprocess import InputSpec
 
@@ -111,8 +110,7 @@ def timm_input(spec: TimmModel) -> Callable[[], InputSpec]:
 class TimmClassifier(FrameModel):
     """A timm backbone's ``forward_features`` -> global average pooling -> dropout -> Linear."""
 
-    def __init__(self, spec: TimmModel, num_classes: int, dropout: float, bn_momentum: float,
-                 download: bool = False) -> None:
+    def __init__(self, spec: TimmModel, num_classes: int, dropout: float, download: bool = False) -> None:
         import timm
 
         try:
@@ -124,7 +122,6 @@ class TimmClassifier(FrameModel):
         for name in spec.drop:
             setattr(encoder, name, nn.Identity())
         super().__init__(encoder.num_features, num_classes, dropout)
-        set_bn_momentum(encoder, bn_momentum)
         self.encoder = encoder
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.spec = spec
@@ -147,7 +144,7 @@ def load_backbone_weights(model: TimmClassifier, raw: object, source: str) -> No
 def _builder(kit_name: str, spec: TimmModel) -> Callable[[ModelConfig], nn.Module]:
     def build(cfg: ModelConfig) -> nn.Module:
         source = pretrained_source(cfg.pretrained)
-        model = TimmClassifier(spec, cfg.num_classes, cfg.dropout, cfg.bn_momentum, download=source == "imagenet")
+        model = TimmClassifier(spec, cfg.num_classes, cfg.dropout, download=source == "imagenet")
         if source is not None and source != "imagenet":
             load_backbone_weights(model, read_weights_file(source), str(source))
         return model

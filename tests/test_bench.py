@@ -1,0 +1,50 @@
+"""The benchmarks measure what they say (they are not run here: only their set-up)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from dfdc.config import load_config
+from dfdc.models import create_model, load_checkpoint, save_checkpoint
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _bench(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_predict_saves_its_model_at_the_asked_side(tmp_path: Path) -> None:
+    """--size is the network input: the checkpoint the predictor reads says that side (it said the
+    model's native side: efficientnet-b7 was timed at 600 px under a 240 px heading)."""
+    bench = _bench("bench_predict")
+    run = bench.make_run("efficientnet-b0", 96, tmp_path)
+    model, meta = load_checkpoint(run / "fold0" / "best.pt")
+    assert meta["input"]["size"] == 96 and model.input_spec.size == 96
+    assert meta["config"]["faces"]["size"] == 96
+    # a checkpoint cached at another side (the old bench's) is rebuilt, not reused
+    cfg = load_config("b7", ["model.arch=tiny-cnn", "model.pretrained=none"])
+    stale = bench.make_run("tiny-cnn", 40, tmp_path / "cache")
+    save_checkpoint(stale / "fold0" / "best.pt", create_model(cfg.model), cfg, {"fold": 0})  # its default 64 px
+    assert bench.saved_side(stale / "fold0" / "best.pt") == 64
+    assert bench.saved_side(bench.make_run("tiny-cnn", 40, tmp_path / "cache") / "fold0" / "best.pt") == 40
+
+
+def test_bench_train_says_its_default_gpu_figure_restates_the_h200_measurement() -> None:
+    """The default throughput is derived from the 524 img/s H200 measurement: the output must not
+    call the resulting B7 figure an estimate."""
+    bench = _bench("bench_train")
+    default = bench.throughput_basis(bench.ASSUMED_GPU_TFLOPS)
+    assert "NOT an independent estimate" in default and "restates" in default and "H200" in default
+    b7_forward = 11.26e9  # the FLOPs the constant was derived with (its comment)
+    assert 3 * b7_forward * 524 / 1e12 == pytest.approx(bench.ASSUMED_GPU_TFLOPS, rel=0.01)
+    assert "estimate at the assumed 50 " in bench.throughput_basis(50.0)
