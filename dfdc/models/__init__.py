@@ -18,8 +18,8 @@ one of these files (or a new file imported below).
 
 from dfdc.models import baseline, custom, efficientnet, sequence, timm_backbones  # noqa: F401 - registers the families
 from dfdc.models.checkpoint import (
-    CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, checkpoint_model_config, export_half, fold_checkpoints,
-    load_checkpoint, save_checkpoint, unwrap,
+    CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, checkpoint_meta, checkpoint_model_config, export_half,
+    fold_checkpoints, load_checkpoint, save_checkpoint, to_half, unwrap,
 )
 from dfdc.models.registry import (
     FAKE_CLASS, TORCH_LOAD_ERRORS, BackboneModel, FrameModel, PretrainedWeightsError, create_backbone, create_model,
@@ -28,7 +28,8 @@ from dfdc.models.registry import (
 
 __all__ = [
     "CHECKPOINT_FORMAT", "FAKE_CLASS", "TORCH_LOAD_ERRORS", "BackboneModel", "CheckpointError", "FrameModel",
-    "PretrainedWeightsError", "checkpoint_input", "checkpoint_model_config", "create_backbone", "create_model", "default_input", "export_half",
+    "PretrainedWeightsError", "checkpoint_input", "checkpoint_meta", "checkpoint_model_config", "create_backbone",
+    "create_model", "default_input", "export_half",
     "fake_probability", "fold_checkpoints", "frame_models", "list_models", "load_checkpoint", "model_requirements",
-    "register", "save_checkpoint", "unwrap",
+    "register", "save_checkpoint", "to_half", "unwrap",
 ]
