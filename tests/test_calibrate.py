@@ -111,28 +111,34 @@ def test_the_kept_setting_is_no_sharper_than_the_validated_one(seed: int) -> Non
                                "aggregations": list(dict.fromkeys(["mean", validated["aggregation"]]))}
 
 
-def rule_table(videos: int, seed: int = 0) -> pd.DataFrame:
-    """32 faces per video where the confident rule is right: a FAKE has 16 faces at 0.95 and
-    16 at 0.45 (mean 0.70, confident 0.95), a REAL 30 at 0.05 and 2 at 0.5 (mean 0.078,
-    confident 0.05)."""
+def rule_table(videos: int, noise: float = 0.2, seed: int = 0) -> pd.DataFrame:
+    """32 faces per video where only the confident rule ranks the videos right: a FAKE-looking
+    video has 14 faces at 0.98 and 18 at 0.02 (mean 0.44, confident 0.98); a REAL-looking one
+    30 at 0.02 and 2 at 0.5 (mean 0.05, confident 0.02) or all 32 at 0.5 (both 0.5). A share
+    ``noise`` of the videos looks like the other class (so the confident 0.98 is too sure)."""
     rng = np.random.default_rng(seed)
     rows = []
     for v in range(videos):
         label = int(rng.random() < 0.5)
-        probs = [0.95] * 16 + [0.45] * 16 if label else [0.05] * 30 + [0.5] * 2
+        looks = label if rng.random() >= noise else 1 - label
+        probs = [0.98] * 14 + [0.02] * 18 if looks else [0.02] * 30 + [0.5] * 2 if v % 2 else [0.5] * 32
         rows += [{"video": f"v{v:04d}.mp4", "label": label, "fold": 0, "frame": f, "track": 0, "prob": p}
                  for f, p in enumerate(probs)]
     return pd.DataFrame(rows)
 
 
 def test_switching_the_aggregation_is_sharpening() -> None:
-    """``confident`` (the mean of the confident faces only) is a sharper setting: below
-    calibrate.min_videos the baseline rule stays, however much better the other looks."""
+    """``confident`` (the mean of the confident faces only) is a sharper setting than the
+    baseline's ``mean``, even at T >= 1 and the default clip: below calibrate.min_videos the
+    baseline rule stays; above it, the switch is kept only because it won on the held-out part."""
     small, _ = fit(rule_table(40), cfg_with())  # under calibrate.min_videos (200)
+    assert small["halves"]["free_setting"]["aggregation"] == "confident"  # what an unguarded search would take
     assert small["aggregation"] == "mean" and not small["sharper_allowed"], small
     assert "only softening tried" in small["guard"]
-    assert small["halves"]["free_setting"]["aggregation"] == "confident"  # what an unguarded search would take
-    large, _ = fit(rule_table(400), cfg_with())  # enough videos, and the held-out part agrees
+    large, _ = fit(rule_table(400), cfg_with())
+    validated = large["halves"]["free_setting"]
+    assert validated["aggregation"] == "confident" and validated["temperature"] >= 1.0 and validated["clip"] >= 0.01
+    assert large["halves"]["holdout"]["free"] < large["halves"]["holdout"]["soft"]  # the switch alone won out of sample
     assert large["sharper_allowed"] and large["aggregation"] == "confident", large["guard"]
 
 
