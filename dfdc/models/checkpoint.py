@@ -87,7 +87,11 @@ def _read_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 
 def _meta(ckpt: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
-    meta["input"] = checkpoint_input(ckpt).to_dict()
+    try:
+        meta["input"] = checkpoint_input(ckpt).to_dict()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint of {ckpt.get('arch')}: unreadable input spec {ckpt.get('input')!r} "
+                              f"({type(exc).__name__}: {exc}); re-export or retrain it") from None
     return meta
 
 
