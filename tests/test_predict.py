@@ -197,6 +197,26 @@ def test_calibration_file_is_used_unless_overridden(inputs: dict[str, Path], tmp
         predict_videos(inputs["videos"], run, out, tiny_cfg(), inputs["sample"], "cpu", progress=False)
 
 
+def test_a_calibration_fitted_at_other_frames_is_applied_with_a_warning(inputs: dict[str, Path], tmp_path: Path,
+                                                                         capsys) -> None:
+    run = tmp_path / "run"
+    (run / "fold0").mkdir(parents=True)
+    os.link(inputs["run"] / "fold0" / "best.pt", run / "fold0" / "best.pt")
+    fitted = {"aggregation": "mean", "temperature": 2.0, "clip": 0.05, "frames": 32}
+    (run / "calibration.json").write_text(json.dumps(fitted))
+    cfg = tiny_cfg("predict.time_budget=1e-9", "predict.workers=0")  # 4 frames
+    report = predict_videos(inputs["videos"], run, tmp_path / "a" / "submission.csv", cfg, inputs["sample"], "cpu",
+                            progress=False)
+    assert report.calibration["temperature"] == 2.0  # applied all the same ...
+    (said,) = report.warnings  # ... and said, on stderr and in the summary the kernel logs
+    assert "fitted at 32 frames per video and is applied at 4" in said
+    assert said in capsys.readouterr().err and f"warning: {said}" in report.summary()
+    (run / "calibration.json").write_text(json.dumps({**fitted, "frames": 4}))
+    report = predict_videos(inputs["videos"], run, tmp_path / "b" / "submission.csv", cfg, inputs["sample"], "cpu",
+                            progress=False)
+    assert report.warnings == []
+
+
 def test_clear_errors_for_unusable_run_inputs(inputs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "sub.csv"
     with pytest.raises(PredictError, match="no fold"):
