@@ -1,19 +1,30 @@
-"""Face probabilities -> one video probability, shared by training's out-of-fold
+"""Unit probabilities -> one video probability, shared by training's out-of-fold
 predictions, calibration and the predictor, so the three cannot drift.
 
-``finalize(probs, cfg)`` = ``aggregate`` -> ``apply_temperature`` -> ``clip``. The
-settings of those three steps are what ``dfdc calibrate`` chooses; ``calibration.json``
-holds them (``read_calibration``, ``load_calibration``, ``apply_calibration`` here, so the
-predictor reads them without depending on the calibration stage).
+``finalize(probs, cfg)`` = ``ensemble_probability`` (``aggregate`` per model, then the mean
+over models) -> ``apply_temperature`` -> ``clip``. The settings of those steps are what
+``dfdc calibrate`` chooses; ``calibration.json`` holds them (``read_calibration``,
+``load_calibration``, ``apply_calibration`` here, so the predictor reads them without
+depending on the calibration stage).
 
-Aggregation methods (``PredictConfig.aggregation``), over the P(FAKE) of every face crop
-of one video (all frames, all faces, all models):
+**Order over an ensemble, as the 1st place did it** (selimsef/dfdc_deepfake_challenge,
+``kernel_utils.predict_on_video``: ``preds.append(strategy(model_probs))`` per model, then
+``np.mean(preds)``): the video rule is applied to each model's P(FAKE) per unit (its faces,
+or its tracks; with ``tta_flip`` the two views are averaged within the model first), then
+the models' video probabilities are averaged, then temperature and clip. Averaging faces
+over models first would pull them towards the middle, where the confident rule's thresholds
+fire less often (2 models, 32 faces: A with 13 faces at 0.9 and 19 at 0.3, B with all at
+0.7: per model (0.9 + 0.7) / 2 = 0.80; faces averaged first, 0.62).
+
+Aggregation methods (``PredictConfig.aggregation``), over one model's P(FAKE) of every face
+crop of one video (all frames, all faces):
 
 - ``mean``: the plain mean.
 - ``max``: the largest (over a video's face tracks, the sequence models' default: one
   swapped face makes the video FAKE).
-- ``confident``: the 1st-place DFDC solution's ``confident_strategy`` (selimsef/
-  dfdc_deepfake_challenge, ``kernel_utils.py``), exactly. With ``n`` faces, ``t =
+- ``confident``: the 1st-place DFDC solution's ``confident_strategy`` (``kernel_utils.py``),
+  the same rule on the same kind of input (one model's face probabilities of one video;
+  exactly theirs in that sense, and applied per model as they did). With ``n`` faces, ``t =
   confident_threshold`` (0.8) and ``fakes`` = the number of faces with P(FAKE) > t:
 
   1. if ``fakes > n // (1 / confident_min_share)`` (the 1st place's ``n // 2.5``) and
@@ -24,8 +35,10 @@ of one video (all frames, all faces, all models):
 
   With 32 frames and one face a video needs at least 13 confident faces (more than 32 // 2.5
   = 12, and more than 11); 4 faces at 0.9 among 28 at 0.05 give the plain mean 0.156. With
-  few frames (the smoke profile's 8) rule 1 can never fire: ``fakes > 11`` is the 1st place's
-  absolute floor, kept as it is (a named key, ``predict.confident_min_count``).
+  few frames (the smoke profile's 8) rule 1 can never fire for a one-face video: ``fakes >
+  11`` is the 1st place's absolute floor, kept as it is (a named key,
+  ``predict.confident_min_count``; the Kaggle kernel's CPU plan predicts with ``mean`` then,
+  see ``dfdc.kaggle.runtime.plan_run``).
 """
 
 from __future__ import annotations
@@ -106,9 +119,21 @@ def clip(p: float | np.ndarray, c: float) -> float | np.ndarray:
     return float(out) if np.ndim(out) == 0 else out
 
 
+def ensemble_probability(per_model: np.ndarray | list[np.ndarray], method: str, cfg: PredictConfig) -> float:
+    """A video's P(FAKE) from its units' P(FAKE) per model (rows: models; a 1-D array is one
+    model): ``aggregate`` each model's units, then the mean over models (the module docstring)."""
+    if not isinstance(per_model, list):
+        per_model = np.asarray(per_model, dtype=np.float64)
+    rows = [per_model] if isinstance(per_model, np.ndarray) and per_model.ndim <= 1 else list(per_model)
+    if not rows:
+        raise AggregationError("no model probabilities to aggregate")
+    return float(np.mean([aggregate(row, method, cfg) for row in rows]))
+
+
 def finalize(probs: np.ndarray, cfg: PredictConfig) -> float:
-    """The submitted P(FAKE) of a video: aggregate (cfg.aggregation), temperature, clip."""
-    return clip(apply_temperature(aggregate(probs, cfg.aggregation, cfg), cfg.temperature), cfg.clip)
+    """The submitted P(FAKE) of a video: ``ensemble_probability`` (cfg.aggregation; rows of a
+    2-D ``probs`` are models), temperature, clip."""
+    return clip(apply_temperature(ensemble_probability(probs, cfg.aggregation, cfg), cfg.temperature), cfg.clip)
 
 
 # --------------------------------------------------------------------------- calibration.json
@@ -118,23 +143,47 @@ class CalibrationError(ValueError):
     """Calibration data or a calibration file that cannot be used; says what to do."""
 
 
+FIX = "rerun `python -m dfdc calibrate --run RUN --data DATA --folds FOLDS` or pass --set predict.calibration=none"
+
+
+def _validate(calibration: Any, where: str) -> dict[str, Any]:
+    """The calibration's aggregation, temperature and clip (and ``frames`` when present),
+    checked: keys present, numbers, a rule of its unit, T > 0, 0 <= clip < 0.5."""
+    if not isinstance(calibration, dict) or not set(CALIBRATION_KEYS) <= set(calibration):
+        raise CalibrationError(f"{where}: expected a JSON object with {', '.join(CALIBRATION_KEYS)}; {FIX}")
+    try:
+        values = {"aggregation": str(calibration["aggregation"]), "temperature": float(calibration["temperature"]),
+                  "clip": float(calibration["clip"])}
+        if calibration.get("frames") is not None:
+            values["frames"] = int(calibration["frames"])
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{where}: temperature, clip and frames must be numbers; {FIX}") from None
+    if values["aggregation"] not in unit_rules(calibration) or not values["temperature"] > 0 \
+            or not 0 <= values["clip"] < 0.5 or values.get("frames", 1) <= 0:
+        raise CalibrationError(f"{where}: calibration values out of range: {values}; {FIX}")
+    return values
+
+
 def read_calibration(path: Path) -> dict[str, Any]:
     """A ``calibration.json`` as a dict, validated (keys present, values in range)."""
     path = Path(path)
-    fix = "rerun `python -m dfdc calibrate --run RUN --data DATA --folds FOLDS` or pass --set predict.calibration=none"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise CalibrationError(f"{path}: unreadable ({exc}); {fix}") from None
-    if not isinstance(data, dict) or not set(CALIBRATION_KEYS) <= set(data):
-        raise CalibrationError(f"{path}: expected a JSON object with {', '.join(CALIBRATION_KEYS)}; {fix}")
-    try:
-        method, temperature, bound = data["aggregation"], float(data["temperature"]), float(data["clip"])
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{path}: temperature and clip must be numbers; {fix}") from None
-    if method not in unit_rules(data) or not temperature > 0 or not 0 <= bound < 0.5:
-        raise CalibrationError(f"{path}: values out of range: {method!r}, T={temperature}, clip={bound}; {fix}")
+        raise CalibrationError(f"{path}: unreadable ({exc}); {FIX}") from None
+    _validate(data, str(path))
     return data
+
+
+def frames_mismatch(calibration: dict[str, Any] | None, frames: int) -> str:
+    """A warning when ``calibration`` was fitted at another ``predict.frames`` than ``frames``
+    ("" when they agree or the file does not say): its rule, temperature and clip were chosen
+    for the face probabilities of another number of frames."""
+    fitted = (calibration or {}).get("frames")
+    if fitted is None or int(fitted) == int(frames):
+        return ""
+    return (f"the calibration was fitted at {int(fitted)} frames per video and is applied at {int(frames)}: its "
+            "aggregation, temperature and clip were chosen for another number of faces per video")
 
 
 def unit_rules(calibration: dict[str, Any]) -> tuple[str, ...]:
@@ -167,18 +216,12 @@ def apply_calibration(
     the user on the command line, which win). A calibration of track units (a sequence
     model's, ``"unit": "track"``) leaves ``aggregation``, a rule over faces, alone: its rule
     is ``sequence.aggregation``."""
-    values: dict[str, Any] = {
-        "aggregation": str(calibration["aggregation"]),
-        "temperature": float(calibration["temperature"]),
-        "clip": float(calibration["clip"]),
-    }
+    values = _validate(calibration, "calibration")
+    values.pop("frames", None)
     for key in CONFIDENT_KEYS:
         if key in calibration:
             kind = type(getattr(cfg, key))
             values[key] = kind(calibration[key])
-    if values["aggregation"] not in unit_rules(calibration) or not values["temperature"] > 0 \
-            or not 0 <= values["clip"] < 0.5:
-        raise CalibrationError(f"calibration values out of range: {values}")
     if calibration.get("unit") == TRACK_UNIT:
         del values["aggregation"]
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})

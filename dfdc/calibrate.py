@@ -1,4 +1,4 @@
-"""Choose aggregation, temperature and clip on predictions made the way the test is predicted.
+"""Choose aggregation, temperature and clip on held-out predictions made by the predictor itself.
 
 ``calibrate(run_dir, data_root, folds_csv, cfg)``:
 
@@ -10,25 +10,38 @@
    (stratified by label) is predicted. Each fold's faces land in
    ``RUN/calibration/fold{k}/`` (a fold already predicted for the same videos, checkpoint
    and settings is not predicted again), all of them in ``RUN/calibration_faces.csv``
-   (``video,label,fold,frame,track,prob``). Videos the predictor could not read or found no
-   face in get the fallback at test time whatever the calibration says; they are counted
-   and left out of the fit.
+   (``video,label,fold,model,frame,track,prob``). Videos the predictor could not read or
+   found no face in get the fallback at test time whatever the calibration says; they are
+   counted and left out of the fit.
 2. **Search** every combination of aggregation (``mean``, ``confident``: ``dfdc.aggregate``,
-   the predictor's rules), temperature on ``calibrate.temperatures`` plus 1.0, clip on
+   the predictor's rules, applied per model as the predictor does:
+   ``dfdc.aggregate.ensemble_probability``), temperature on ``calibrate.temperatures`` plus 1.0, clip on
    ``calibrate.clips`` plus ``predict.clip``, for the lowest video log loss (Kaggle's). The
    baseline ("before") is ``predict.aggregation``, temperature 1 and ``predict.clip``: what
    the predictor does without a calibration; it is a candidate itself, and ties go to the
    candidate closest to it (its aggregation first; temperatures and clips in order of their
    log-distance from 1 and ``predict.clip``), so a setting that changes nothing is never moved.
-3. **Guard against sharpening on luck.** A sharper-than-default setting (T < 1 or a clip
-   below ``predict.clip``) looks free on a sample without the confident mistakes it pays for
-   on the test set. So the videos are split (seeded, stratified by label) into a fit part
-   and a held-out part (``calibrate.holdout_share``); the unrestricted best and the best
-   softening-only setting (T >= 1, clip >= ``predict.clip``) are chosen on the fit part and
-   scored on the held-out part. Sharper settings are allowed in the final search (over all
-   the videos) only if the unrestricted choice also wins on the held-out part. With fewer
-   than ``calibrate.min_videos`` videos only softening is allowed at all. Both parts'
-   figures are reported.
+3. **Guard against sharpening on luck.** A sharper-than-default setting (T < 1, a clip
+   below ``predict.clip``, or another aggregation than ``predict.aggregation``: ``confident``
+   returns the mean of the confident faces only) looks free on a sample without the
+   confident mistakes it pays for on the test set. So the videos are split (seeded,
+   stratified by label) into a fit part and a held-out part (``calibrate.holdout_share``);
+   the unrestricted best and the best softening-only setting (the baseline aggregation,
+   T >= 1, clip >= ``predict.clip``) are chosen on the fit part and scored on the held-out
+   part. Only if the unrestricted choice also wins on the held-out part may the final search
+   (over all the videos) sharpen, and then no further than that validated setting: T down to
+   its T, clip down to its clip, its aggregation or the baseline's (``bound`` in
+   ``calibration.json``). With fewer than ``calibrate.min_videos`` videos only softening is
+   allowed at all. Both parts' figures are reported.
+
+**What this calibration is, and is not.** It is fitted on single fold models (each fold's
+model alone on its own held-out fold: the only predictions of training videos that no model
+has seen), while the test is predicted by the mean of several fold models. The video rule
+is applied per model in both, as the 1st place did, but a mean of models is less spread
+than one model, and no held-out prediction of the whole ensemble exists to fit on: the
+temperature and clip are those that suit one model. ``calibration.json`` records
+``predict.frames``; the predictor warns when it applies the calibration at another frame
+count (the Kaggle kernel's CPU plan does: see ``dfdc.kaggle.runtime.plan_run``).
 
 Sequence models (``model.arch`` lstm / gru): the predictor's units are face tracks, so the
 per-unit file holds one row per track read (``frame`` -1) and the video rule is
@@ -54,7 +67,7 @@ import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import (
-    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, aggregate, apply_temperature, clip,
+    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, apply_temperature, clip, ensemble_probability,
 )
 from dfdc.config import Config, PredictConfig
 from dfdc.io import atomic_write_csv, atomic_write_json, read_table
@@ -63,8 +76,9 @@ from dfdc.metrics import log_loss, plot_reliability
 CALIBRATION_FACES = "calibration_faces.csv"
 CALIBRATION_DIR = "calibration"  # RUN/calibration/fold{k}/: the per-fold predictor outputs
 CALIBRATION_PLOT = "calibration.png"
-FACES_COLUMNS = ["video", "label", "fold", "frame", "track", "prob"]
+FACES_COLUMNS = ["video", "label", "fold", "model", "frame", "track", "prob"]
 FOLD_DONE = "done.json"  # what a fold's per-face file was predicted from (resume check)
+UNITS_FORMAT = 2  # the per-fold faces.csv layout (2: + model); a fold predicted in another is predicted again
 
 
 # --------------------------------------------------------------------------- which videos
@@ -100,7 +114,7 @@ def _fold_signature(videos: pd.DataFrame, checkpoint: Path, cfg: Config) -> dict
     stat = Path(checkpoint).stat()
     names = "\n".join(sorted(videos["video"]))
     settings = {k: v for k, v in cfg.predict.__dict__.items() if k in ("frames", "tta_flip", "fp16")}
-    return {"videos": hashlib.sha256(names.encode()).hexdigest(), "count": len(videos),
+    return {"videos": hashlib.sha256(names.encode()).hexdigest(), "count": len(videos), "format": UNITS_FORMAT,
             "checkpoint": [str(checkpoint), stat.st_size, stat.st_mtime_ns], "predict": settings}
 
 
@@ -113,7 +127,7 @@ def predict_held_out(
     predicted, and those that fell back (by reason kind).
     """
     from dfdc.models import fold_checkpoints
-    from dfdc.predict import FACE_COLUMNS, fallback_kind, predict_videos
+    from dfdc.predict import FACE_COLUMNS, predict_videos
 
     run_dir, data_root = Path(run_dir), Path(data_root)
     checkpoints = dict(fold_checkpoints(run_dir))
@@ -134,10 +148,7 @@ def predict_held_out(
                 root, run_dir, folder / "submission.csv", raw, device=device, progress=progress,
                 checkpoints=[checkpoints[fold]], faces_csv=faces_csv, names=names,
             )
-            reasons: dict[str, int] = {}
-            for reason in report.fallbacks.values():
-                reasons[fallback_kind(reason)] = reasons.get(fallback_kind(reason), 0) + 1
-            atomic_write_json(done, {"signature": signature, "fallbacks": reasons})
+            atomic_write_json(done, {"signature": signature, "fallbacks": dict(report.fallback_counts())})
         fold_faces = read_table(faces_csv, FACE_COLUMNS, error=CalibrationError, what="per-face predictions",
                                 fix="delete it and rerun `dfdc calibrate`", dtype={"filename": str})
         fold_faces["video"] = fold_faces["filename"].map(lambda n: Path(n).name)
@@ -169,20 +180,31 @@ def _grid(spec: tuple[float, float, int], anchor: float, name: str) -> np.ndarra
 
 def video_probs(faces: pd.DataFrame, cfg: PredictConfig,
                 methods: tuple[str, ...] = METHODS) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
-    """(labels, method -> aggregated P(FAKE), video names), videos sorted by name."""
+    """(labels, method -> video P(FAKE), video names), videos sorted by name: the rule per
+    model (the ``model`` column; without it, one model), then the mean over the models --
+    the predictor's ``ensemble_probability``."""
     groups = faces.groupby("video", sort=True)
     y = groups["label"].first().to_numpy(dtype=int)
-    raw = {m: np.array([aggregate(g.to_numpy(), m, cfg) for _, g in groups["prob"]]) for m in methods}
+    per_video = [[m.to_numpy() for _, m in g.groupby("model", sort=True)["prob"]] if "model" in g
+                 else [g["prob"].to_numpy()] for _, g in groups]
+    raw = {m: np.array([ensemble_probability(rows, m, cfg) for rows in per_video]) for m in methods}
     return y, raw, list(groups.groups)
 
 
 def run_unit(run_dir: Path) -> str:
-    """What the run's models read: "face", or "track" for a sequence model (its config.yaml)."""
-    from dfdc.config import read_config
-    from dfdc.models.sequence import is_sequence_model
+    """What the run's models read: "face", or "track" for a sequence model -- the ``kind`` its
+    checkpoints carry, as the predictor reads it (not the run's config.yaml, which may be
+    missing); "face" for a folder without fold checkpoints."""
+    from dfdc.models import CheckpointError, checkpoint_meta, fold_checkpoints
 
-    saved = Path(run_dir) / "config.yaml"
-    return TRACK_UNIT if saved.is_file() and is_sequence_model(read_config(saved).model.arch) else "face"
+    found = fold_checkpoints(run_dir)
+    if not found:
+        return "face"
+    try:
+        kind = checkpoint_meta(found[0][1]).get("kind", "frame")
+    except CheckpointError as exc:
+        raise CalibrationError(str(exc)) from None
+    return TRACK_UNIT if kind == "sequence" else "face"
 
 
 def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, clips: np.ndarray) -> dict[str, Any]:
@@ -237,10 +259,11 @@ def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str,
     clips = _grid(ccfg.clips, pcfg.clip, "clips")
     clips = clips[clips < 0.5]  # clip(p, c) needs c < 0.5
     soft_t, soft_c = temperatures[temperatures >= 1.0], clips[clips >= pcfg.clip]
+    soft_raw = {rule: raw[rule]}  # softening keeps the baseline's rule: another one is a sharper setting too
     baseline = {"aggregation": rule, "temperature": 1.0, "clip": pcfg.clip}
 
     def sharper(setting: dict[str, Any]) -> bool:
-        return setting["temperature"] < 1.0 or setting["clip"] < pcfg.clip
+        return setting["temperature"] < 1.0 or setting["clip"] < pcfg.clip or setting["aggregation"] != rule
 
     halves: dict[str, Any] = {}
     small = len(y) < ccfg.min_videos
@@ -249,7 +272,7 @@ def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str,
     if split is not None:
         fit_idx, hold_idx = split
         free = search(_subset(raw, fit_idx), y[fit_idx], temperatures, clips)
-        soft = search(_subset(raw, fit_idx), y[fit_idx], soft_t, soft_c)
+        soft = search(_subset(soft_raw, fit_idx), y[fit_idx], soft_t, soft_c)
         for part, index in (("fit", fit_idx), ("holdout", hold_idx)):
             halves[part] = {
                 "videos": int(len(index)),
@@ -261,13 +284,23 @@ def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str,
         halves["soft_setting"] = {k: soft[k] for k in ("aggregation", "temperature", "clip")}
         sharper_allowed = (not small and sharper(free)
                            and halves["holdout"]["free"] < halves["holdout"]["soft"])
-    best = search(raw, y, temperatures, clips) if sharper_allowed else search(raw, y, soft_t, soft_c)
+    bound: dict[str, Any] = {}
+    if sharper_allowed:  # sharpening no further than the setting that won on the held-out part
+        validated = halves["free_setting"]
+        bound = {"temperature": min(1.0, validated["temperature"]), "clip": min(pcfg.clip, validated["clip"]),
+                 "aggregations": list(dict.fromkeys([rule, validated["aggregation"]]))}
+        best = search({m: raw[m] for m in bound["aggregations"]}, y, temperatures[temperatures >= bound["temperature"]],
+                      clips[clips >= bound["clip"]])
+    else:
+        best = search(soft_raw, y, soft_t, soft_c)
     before_p = clip(raw[rule], pcfg.clip)
     after_p = clip(apply_temperature(raw[best["aggregation"]], best["temperature"]), best["clip"])
     if small:
-        guard = f"fewer than calibrate.min_videos={ccfg.min_videos} videos: only softening tried"
+        guard = (f"fewer than calibrate.min_videos={ccfg.min_videos} videos: only softening tried "
+                 f"({rule}, T >= 1, clip >= {pcfg.clip:g})")
     elif sharper_allowed:
-        guard = "a sharper setting won on the held-out part too: allowed"
+        guard = ("a sharper setting won on the held-out part too: sharpening allowed down to it "
+                 f"(T >= {bound['temperature']:.3g}, clip >= {bound['clip']:.3g}, {' or '.join(bound['aggregations'])})")
     elif halves and sharper(halves.get("free_setting", baseline)):
         guard = "the sharper setting chosen on the fit part lost on the held-out part: only softening kept"
     else:
@@ -284,6 +317,7 @@ def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str,
         "sharper_allowed": bool(sharper_allowed),
         "guard": guard,
         "halves": halves,
+        "bound": bound,
         "baseline": baseline,
         **{key: getattr(pcfg, key) for key in CONFIDENT_KEYS},
     }

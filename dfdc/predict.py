@@ -5,14 +5,16 @@ batched MTCNN on downscaled frames (``dfdc.faces.FaceDetector``), the training c
 (``dfdc.faces.crop_face`` with the margin and crop size saved in each checkpoint) and the
 one preprocessing path shared with training (``dfdc.preprocess.prepare``: uint8 crops, 4x
 fewer bytes from the workers than float32; each model normalises on its own device),
-P(FAKE) per face averaged over every fold's model (and the horizontal flip with
-``tta_flip``), then the per-video aggregation, temperature and clip of ``dfdc.aggregate``
--- the same code calibration and training's validation use.
+P(FAKE) per face and model (the horizontal flip averaged in with ``tta_flip``), then the
+video rule per model, the mean over the models, temperature and clip
+(``dfdc.aggregate.ensemble_probability``, the order of the 1st place's kernel) -- the same
+code calibration and training's validation use.
 
 Pipeline: decoding, detection, cropping and preprocessing run in ``predict.workers``
-spawned worker processes of our own (each builds its own detector, on
-``predict.detect_device``: a comma list spreads them over devices, worker i on item i mod n,
-and limits its torch threads), each with at most ``predict.prefetch`` videos queued; the
+spawned worker processes of our own (each limits its torch threads and builds its detector
+on ``predict.detect_device`` before it takes a video, then says "ready" -- or
+"init-failed" with the reason; a comma list spreads them over devices, worker i on item i
+mod n), each with at most ``predict.prefetch`` videos queued; the
 main process runs the models on batches of ``predict.batch_size`` faces drawn from every
 finished video, so the model stage keeps working while the workers prepare the next
 videos. ``workers=0`` runs everything inline. With several devices (``device``
@@ -22,11 +24,16 @@ k on device k mod n; CUDA calls are asynchronous, so the devices work at the sam
 Failures never stop a run: a missing, empty, corrupt or faceless video, an exception in a
 worker, a dead worker process, or a video whose decode/detect takes longer than
 ``predict.video_timeout`` (its worker is killed and replaced) gives that video
-``predict.fallback`` with its reason in ``predictions.csv``. A time budget
-(``predict.time_budget``) stops starting videos whose projected finish would not fit; they
-get the fallback too. ``PredictReport.system_failures`` counts the fallbacks that are not
-the video's own fault (the Kaggle kernel fails loudly on too many). Outputs are written
-atomically.
+``predict.fallback`` with its reason in ``predictions.csv``. A worker that fails to start
+(its detector raises, it dies, or with ``predict.video_timeout`` set it is not ready within
+``WORKER_START_TIMEOUT`` or that timeout, whichever is longer) is
+replaced; after ``WORKER_START_FAILURES`` such failures in a row a worker slot is given up,
+and when every slot is, the remaining videos get the fallback with the start-up's reason.
+A time budget (``predict.time_budget``) stops starting videos whose projected finish would
+not fit; they get the fallback too. ``PredictReport.system_failures`` counts the fallbacks
+that say the system broke (not the video's own fault, not the time budget: the Kaggle
+kernel fails loudly on too many); ``PredictReport.budget_fallbacks`` the time budget's.
+Outputs are written atomically.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +53,8 @@ import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import (
-    CALIBRATION, TRACK_METHODS, AggregationError, CalibrationError, aggregate, apply_calibration, apply_temperature,
-    clip, read_calibration,
+    CALIBRATION, METHODS, TRACK_METHODS, AggregationError, CalibrationError, apply_calibration, apply_temperature,
+    clip, ensemble_probability, frames_mismatch, read_calibration,
 )
 from dfdc.config import (
     Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
@@ -57,8 +64,8 @@ from dfdc.threads import limit_threads
 
 PREDICTIONS_FILE = "predictions.csv"
 CONFIG_FILE = "config.yaml"
-FACE_COLUMNS = ["filename", "frame", "track", "prob"]  # per-unit output (``faces_csv``): a face, or a
-# sequence model's track (frame -1)
+FACE_COLUMNS = ["filename", "model", "frame", "track", "prob"]  # per-unit output (``faces_csv``): one row per
+# model and unit (a face, or a sequence model's track with frame -1)
 
 # Fallback reasons written to predictions.csv (a prefix; details follow after ": ").
 REASON_MISSING = "missing"
@@ -69,10 +76,14 @@ REASON_ERROR = "error"
 REASON_WORKER_DIED = "worker died"
 REASON_TIMEOUT = "timeout"
 REASON_TIME = "time budget"
-# The video's own fault: anything else (an exception, a dead or hung worker, a model error,
-# the time budget) says the system failed it, and too many of those fail a Kaggle run loudly.
+# The video's own fault. The time budget (REASON_TIME) is neither the video's fault nor a
+# breakage: the run was slower than planned. Anything else (an exception, a dead or hung
+# worker, a model error) says the system broke, and too many of those fail a Kaggle run loudly.
 VIDEO_FAULTS = (REASON_MISSING, REASON_EMPTY, REASON_UNREADABLE, REASON_NO_FACE)
-WORKER_START_FAILURES = 3  # workers dying before their first video in a row: stop respawning
+WORKER_START_FAILURES = 3  # a worker slot's workers failing to start in a row: that slot is given up
+WORKER_START_TIMEOUT = 120.0  # seconds a worker may take to be ready (with timeouts on: at least
+# predict.video_timeout): spawn, torch + facenet imports, CUDA context, MTCNN weights took 3.7 s on
+# the loaded 2-core test machine (CPU); this ends a hung CUDA init long before any time budget
 POLL_SECONDS = 1.0  # longest wait for a worker message while a timeout or the budget may fire
 
 
@@ -142,32 +153,36 @@ class PredictReport:
     processed: int = 0  # videos decoded by the workers (success or failure)
     devices: tuple[str, ...] = ()  # where the models ran
     faces_csv: Path | None = None  # per-face probabilities, when asked for
+    warnings: list[str] = field(default_factory=list)  # said on stderr during the run (and in summary())
 
     def seconds_per_video(self) -> dict[str, float]:
         """Stage seconds divided by the videos the workers processed."""
         n = max(self.processed, 1)
         return {k: v / n for k, v in self.seconds.items()}
 
+    def fallback_counts(self) -> Counter[str]:
+        """Every fallback, counted by reason kind (``fallback_kind``)."""
+        return Counter(fallback_kind(reason) for reason in self.fallbacks.values())
+
     def system_failures(self) -> dict[str, int]:
-        """Fallbacks that are not the video's own fault, counted by reason kind."""
-        counts: dict[str, int] = {}
-        for reason in self.fallbacks.values():
-            if not is_video_fault(reason):
-                counts[fallback_kind(reason)] = counts.get(fallback_kind(reason), 0) + 1
-        return counts
+        """Fallbacks that say the system broke (not the video's own fault, not the time
+        budget), counted by reason kind."""
+        return {kind: n for kind, n in self.fallback_counts().items()
+                if kind not in VIDEO_FAULTS and kind != REASON_TIME}
 
     def system_failure_share(self) -> float:
         return sum(self.system_failures().values()) / max(self.videos, 1)
 
+    def budget_fallbacks(self) -> int:
+        """Videos not predicted because the time budget ran out."""
+        return self.fallback_counts()[REASON_TIME]
+
     def summary(self) -> str:
         per = self.seconds_per_video()
-        reasons: dict[str, int] = {}
-        for r in self.fallbacks.values():
-            reasons[fallback_kind(r)] = reasons.get(fallback_kind(r), 0) + 1
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items()))
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(self.fallback_counts().items()))
         cal = self.calibration
         return "\n".join(
-            [
+            [f"warning: {w}" for w in self.warnings] + [
                 f"calibration: aggregation={cal['aggregation']} temperature={cal['temperature']:g} "
                 f"clip={cal['clip']:g} (source: {cal['source']})",
                 f"models: {self.models} on {', '.join(self.devices) or '?'}; videos: {self.videos}; "
@@ -204,8 +219,8 @@ def resolve_calibration(run_dir: Path, cfg: PredictConfig) -> tuple[dict[str, An
 
 
 def _check_predict_config(cfg: PredictConfig) -> None:
-    if cfg.aggregation not in ("mean", "confident"):
-        raise PredictError(f"predict.aggregation={cfg.aggregation!r}: use 'mean' or 'confident'")
+    if cfg.aggregation not in METHODS:
+        raise PredictError(f"predict.aggregation={cfg.aggregation!r}: use one of {', '.join(METHODS)}")
     if not 0.0 <= cfg.clip < 0.5:
         raise PredictError(f"predict.clip={cfg.clip}: must be in [0, 0.5)")
     if not 0.0 <= cfg.fallback <= 1.0:
@@ -263,8 +278,10 @@ def _meta_config(meta: dict[str, Any], run_dir: Path) -> Config:
     raise PredictError(f"{run_dir}: checkpoint holds no config and {saved} is missing; cannot crop as in training")
 
 
-def resolve_devices(device: str | None) -> list[str]:
-    """``None``/"auto": every visible GPU (else the CPU); else a comma list such as "cuda:0,cuda:1"."""
+def resolve_devices(device: str | None, what: str = "--device") -> list[str]:
+    """``None``/"auto": every visible GPU (else the CPU); else a comma list such as "cuda:0,cuda:1",
+    checked: a CUDA device where CUDA is not available is a ``PredictError`` naming ``what``
+    (the model devices' ``--device``, or ``predict.detect_device``)."""
     import torch
 
     if device is None or device.strip() in ("", "auto"):
@@ -272,17 +289,18 @@ def resolve_devices(device: str | None) -> list[str]:
         return [f"cuda:{i}" for i in range(n)] or ["cpu"]
     devices = [d.strip() for d in device.split(",") if d.strip()]
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
-        raise PredictError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return devices
+        raise PredictError(f"{what} {device}: CUDA is not available here; use cpu")
+    return devices or ["cpu"]
 
 
-def _device_list(text: str) -> list[str]:
-    return [d.strip() for d in str(text).split(",") if d.strip()] or ["cpu"]
+def half_precision(cfg: PredictConfig, devices: Sequence[str]) -> bool:
+    """fp16 models: ``predict.fp16`` and every model device a GPU (on a CPU they run in float32)."""
+    return bool(cfg.fp16) and all(d.startswith("cuda") for d in devices)
 
 
 # --------------------------------------------------------------------------- worker side
 
-_WORKER: dict[str, Any] = {}  # per-process detector, built on first use
+_WORKER: dict[str, Any] = {}  # per-process detector, built by start_worker before the first video
 
 
 def _worker_state(setup: WorkerSetup) -> dict[str, Any]:
@@ -291,9 +309,15 @@ def _worker_state(setup: WorkerSetup) -> dict[str, Any]:
         from dfdc.faces import FaceDetector
 
         _WORKER.clear()
-        _WORKER["key"] = key
-        _WORKER["detector"] = FaceDetector(setup.faces, device=setup.device)
+        detector = FaceDetector(setup.faces, device=setup.device)  # may raise: nothing is cached then
+        _WORKER.update(key=key, detector=detector)
     return _WORKER
+
+
+def start_worker(setup: WorkerSetup) -> None:
+    """A worker's start-up: build its detector (imports, CUDA context, MTCNN weights) before it
+    takes a video, so that time is not charged to a video and a failure is a start failure."""
+    _worker_state(setup)
 
 
 def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
@@ -334,13 +358,23 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of)
 
 
-def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFaces]) -> None:
-    """A worker process: videos arrive on ``conn`` one at a time; "start" and "done" go back.
+def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFaces],
+                 start: Callable[[WorkerSetup], Any] | None = start_worker) -> None:
+    """A worker process: ``start(setup)`` first, then "ready" (or "init-failed" with the
+    reason, and it exits); then videos arrive on ``conn`` one at a time, "start" and "done" go
+    back.
 
     Each video is announced before its work starts, so the main process knows which video
     a worker was on when it hangs or dies.
     """
     limit_threads(setup.threads)
+    try:
+        if start is not None:
+            start(setup)
+    except Exception as exc:  # noqa: BLE001 - any start-up failure is reported, with its reason
+        conn.send(("init-failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready",))
     while True:
         try:
             task = conn.recv()
@@ -362,19 +396,21 @@ def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFace
 
 @dataclass
 class _Ensemble:
-    """Fold models grouped by the crop they expect, each on its device; P(FAKE) averaged.
+    """Fold models grouped by the crop they expect, each on its device.
 
     The unit a model reads is a face (``kind`` "frame") or a face track (``kind``
     "sequence": ``sequence.seq_len`` faces of one track, chosen by ``dfdc.sequences``);
-    ``units`` turns a video's faces into its units, and a video's P(FAKE) is the aggregation
-    of its units' P(FAKE) (``rule``): ``predict.aggregation`` over faces,
-    ``sequence.aggregation`` over tracks."""
+    ``units`` turns a video's faces into its units. ``model_probabilities`` gives each
+    model's P(FAKE) per unit; a video's P(FAKE) is the rule (``rule``: ``predict.aggregation``
+    over faces, ``sequence.aggregation`` over tracks) per model, averaged over the models
+    (``dfdc.aggregate.ensemble_probability``)."""
 
     groups: dict[CropSpec, list[tuple[Any, str]]]  # spec -> [(model, device)]
     half: bool
     tta_flip: bool
     kind: str = "frame"
     sequence: SequenceConfig | None = None  # the run's sequence settings (kind "sequence")
+    model_names: tuple[str, ...] = ()  # per model, in model_probabilities' row order (default model0 ...)
 
     def units(self, faces: VideoFaces) -> tuple[dict[CropSpec, np.ndarray], np.ndarray, np.ndarray]:
         """A video's model inputs per spec, and each unit's frame and track: its faces, or its
@@ -408,8 +444,14 @@ class _Ensemble:
     def __len__(self) -> int:
         return sum(len(m) for m in self.groups.values())
 
-    def fake_probability(self, batch: dict[CropSpec, np.ndarray]) -> np.ndarray:
-        """Mean P(FAKE) per face over every model (and the flipped view with ``tta_flip``).
+    @property
+    def names(self) -> tuple[str, ...]:
+        """One name per model (its fold folder), in ``model_probabilities``' row order."""
+        return self.model_names or tuple(f"model{k}" for k in range(len(self)))
+
+    def model_probabilities(self, batch: dict[CropSpec, np.ndarray]) -> np.ndarray:
+        """P(FAKE) per model (rows, ``names`` order) and unit (columns); with ``tta_flip`` the
+        plain and the mirrored view averaged within each model.
 
         Every model's work is queued before any result is read back: on several GPUs the
         models run at the same time (CUDA calls return before the GPU finishes)."""
@@ -417,7 +459,7 @@ class _Ensemble:
 
         from dfdc.models import fake_probability
 
-        probs = []
+        rows = []
         with torch.inference_mode():
             for spec, models in self.groups.items():
                 x_cpu = torch.from_numpy(batch[spec])  # uint8: each model normalises on its device
@@ -426,9 +468,13 @@ class _Ensemble:
                     if device not in inputs:
                         x = x_cpu.to(device, non_blocking=True)
                         inputs[device] = [x, torch.flip(x, dims=[-1])] if self.tta_flip else [x]  # W
-                    for view in inputs[device]:
-                        probs.append(fake_probability(model(view)))
-        return torch.stack([p.cpu() for p in probs]).mean(0).numpy().astype(np.float64)
+                    rows.append(torch.stack([fake_probability(model(view)) for view in inputs[device]]).mean(0))
+        return torch.stack([r.cpu() for r in rows]).numpy().astype(np.float64)
+
+    def fake_probability(self, batch: dict[CropSpec, np.ndarray]) -> np.ndarray:
+        """P(FAKE) per unit averaged over the models (a diagnostic: the predictor applies the
+        video rule per model first, ``model_probabilities``)."""
+        return self.model_probabilities(batch).mean(0)
 
 
 def load_ensemble(
@@ -436,13 +482,14 @@ def load_ensemble(
 ) -> tuple[_Ensemble, Config]:
     """Load the fold models (``checkpoints``, default every fold of ``run_dir``), model k on
     ``devices[k % len(devices)]``; returns the ensemble and the first model's config."""
-    from dfdc.models import load_checkpoint
+    from dfdc.models import load_checkpoint, to_half
 
     groups: dict[CropSpec, list[tuple[Any, str]]] = {}
+    names: dict[CropSpec, list[str]] = {}
     first: Config | None = None
     kinds: set[str] = set()
     devices = list(devices) or ["cpu"]
-    half = bool(cfg.fp16) and all(d.startswith("cuda") for d in devices)
+    half = half_precision(cfg, devices)
     paths = list(checkpoints) if checkpoints is not None else find_checkpoints(run_dir)
     if not paths:
         raise PredictError(f"{run_dir}: no checkpoint chosen to predict with")
@@ -457,12 +504,26 @@ def load_ensemble(
         kinds.add(str(meta.get("kind", "frame")))
         spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
         model.eval()
-        model = model.half() if half else model.float()
+        model = to_half(model) if half else model.float()
         groups.setdefault(spec, []).append((model, device))
+        name = model_name(Path(path), k)
+        taken = {n for ns in names.values() for n in ns}
+        names.setdefault(spec, []).append(name if name not in taken else f"{name}-{k}")
     assert first is not None
     if len(kinds) > 1:
         raise PredictError(f"{run_dir}: its checkpoints mix model kinds ({', '.join(sorted(kinds))}); one run, one kind")
-    return _Ensemble(groups, half, bool(cfg.tta_flip), kinds.pop(), first.sequence), first
+    ordered = tuple(name for spec in groups for name in names[spec])
+    return _Ensemble(groups, half, bool(cfg.tta_flip), kinds.pop(), first.sequence, ordered), first
+
+
+def model_name(path: Path, index: int) -> str:
+    """A model's name in the per-unit output: its fold folder (``fold3``), else its file's
+    stem, else its position (``model1``)."""
+    from dfdc.models.checkpoint import FOLD_DIR
+
+    if FOLD_DIR.fullmatch(path.parent.name):
+        return path.parent.name
+    return path.stem if path.stem not in ("", "best") else f"model{index}"
 
 
 # --------------------------------------------------------------------------- the run
@@ -492,7 +553,7 @@ class _Pending:
     @property
     def n_units(self) -> int:
         return len(self.tracks)
-    probs: list[np.ndarray] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)  # models x units, per model batch
     done: int = 0
     failed: str = ""  # the reason when a model batch holding its faces failed
 
@@ -509,6 +570,11 @@ class _Slot:
     started: str | None = None  # the video it announced, until its result comes
     started_at: float = 0.0
     served: int = 0  # videos it finished
+    ready: bool = False  # its worker built its state (the detector) and said "ready"
+    spawned_at: float = 0.0
+    init_error: str = ""  # what its worker's start-up raised ("init-failed")
+    start_failures: int = 0  # its workers in a row that failed to start (error, death or hang before "ready")
+    given_up: str = ""  # after WORKER_START_FAILURES of those: the last reason; no worker is started here again
 
 
 Result = tuple[str, "VideoFaces | None", str]  # (name, faces or None, failure reason)
@@ -517,39 +583,48 @@ Result = tuple[str, "VideoFaces | None", str]  # (name, faces or None, failure r
 class _Workers:
     """Our own worker processes: videos in, ``VideoFaces`` out, hung or dead workers replaced.
 
+    A worker runs ``start`` (builds its detector) and says "ready" before it takes a video.
     Each worker holds at most ``prefetch`` videos and announces the one it starts. A video
     that takes longer than ``timeout`` seconds (0 = no limit) gets the fallback with reason
     ``timeout``: its worker is killed and a fresh one takes its place, the other videos
     queued to it go back to the queue. A worker that dies gives its current video the
-    fallback ("worker died") the same way. ``workers=0`` runs the videos inline (no timeout).
+    fallback ("worker died") the same way. A worker that fails to start (``start`` raised,
+    it died, or with a ``timeout`` it was not ready within ``start_timeout``) is replaced too, no video is blamed;
+    after ``WORKER_START_FAILURES`` such failures in a row its slot is given up (with a
+    warning), and once every slot is, the remaining videos get the start-up's reason.
+    ``workers=0`` runs ``start`` once and the videos inline (no timeout).
     """
 
-    def __init__(self, paths: dict[str, str], setup: WorkerSetup, workers: int, prefetch: int,
-                 process: Callable[..., VideoFaces], timeout: float = 0.0) -> None:
+    def __init__(self, paths: dict[str, str], setup: WorkerSetup, devices: Sequence[str], workers: int,
+                 prefetch: int, process: Callable[..., VideoFaces], timeout: float = 0.0,
+                 start: Callable[[WorkerSetup], Any] | None = start_worker) -> None:
         self.paths = paths
         self.setup = setup
         self.process = process
+        self.start = start
         self.timeout = float(timeout)
+        self.start_timeout = max(self.timeout, WORKER_START_TIMEOUT)
         self.prefetch = max(int(prefetch), 1)
         self.queue: deque[str] = deque(paths)
-        devices = _device_list(setup.device)
+        devices = list(devices) or ["cpu"]
         self.slots = [_Slot(i, devices[i % len(devices)]) for i in range(max(int(workers), 0))]
         self.inline = not self.slots
+        self.inline_ready = False
         if self.inline:
             self.setup = dataclasses.replace(setup, device=devices[0])
-        self.start_failures = 0  # workers in a row that died before their first video
-        self.dead = ""  # set when workers keep dying at start: the remaining videos fall back
+        self.dead = ""  # set when no worker can start: the remaining videos fall back with this reason
 
     # -- processes
     def _spawn(self, slot: _Slot) -> None:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         setup = dataclasses.replace(self.setup, device=slot.device)
-        slot.process = ctx.Process(target=_worker_main, args=(child, setup, self.process), daemon=True,
+        slot.process = ctx.Process(target=_worker_main, args=(child, setup, self.process, self.start), daemon=True,
                                    name=f"dfdc-predict-{slot.index}")
         slot.process.start()
         child.close()
         slot.conn, slot.assigned, slot.started, slot.served = parent, deque(), None, 0
+        slot.ready, slot.init_error, slot.spawned_at = False, "", time.monotonic()
 
     def _stop(self, slot: _Slot, kill: bool) -> None:
         if slot.process is None:
@@ -593,6 +668,8 @@ class _Workers:
         if self.dead:
             return
         for slot in self.slots:
+            if slot.given_up:
+                continue
             while self.queue and len(slot.assigned) < self.prefetch and may_start(self.started):
                 if slot.process is None:
                     self._spawn(slot)
@@ -605,20 +682,28 @@ class _Workers:
                 slot.assigned.append(name)
 
     def _retire(self, slot: _Slot, reason: str, out: list[Result]) -> None:
-        """Kill the slot's worker; its current video gets ``reason``, its queued ones go back."""
+        """Kill the slot's worker; its current video gets ``reason``, its queued ones go back.
+        A worker that was not ready yet failed to start: counted against its slot."""
         victim = slot.started  # None: it died between videos (or at start), no video to blame
         rest = [n for n in slot.assigned if n != victim]
         if victim is not None:
             out.append((victim, None, reason))
-        if slot.served == 0 and victim is None:
-            self.start_failures += 1
-        else:
-            self.start_failures = 0
         self.queue.extendleft(reversed(rest))
         self._stop(slot, kill=True)
         slot.assigned, slot.started = deque(), None
-        if self.start_failures >= WORKER_START_FAILURES:
-            self.dead = f"{REASON_WORKER_DIED}: {self.start_failures} worker processes in a row died before their first video"
+        if slot.ready:
+            return
+        slot.start_failures += 1
+        if slot.start_failures < WORKER_START_FAILURES:
+            return
+        slot.given_up = reason
+        kind, _, detail = reason.partition(": ")
+        left = sum(1 for s in self.slots if not s.given_up)
+        warn(f"predict: worker slot {slot.index} ({slot.device}) failed to start {slot.start_failures} times in a "
+             f"row ({reason}); {left} worker slot(s) left")
+        if not left:
+            self.dead = (f"{kind}: {WORKER_START_FAILURES} worker processes in a row failed to start ({detail}), "
+                         f"on every one of the {len(self.slots)} worker slot(s); no more are started")
 
     def _drain(self, slot: _Slot, out: list[Result]) -> None:
         while slot.conn is not None and slot.conn.poll():
@@ -626,7 +711,11 @@ class _Workers:
                 message = slot.conn.recv()
             except (EOFError, OSError):
                 return
-            if message[0] == "start":
+            if message[0] == "ready":
+                slot.ready, slot.start_failures = True, 0
+            elif message[0] == "init-failed":
+                slot.init_error = message[1]
+            elif message[0] == "start":
                 slot.started, slot.started_at = message[1], time.monotonic()
             elif message[0] == "done":
                 _, name, faces, reason = message
@@ -634,12 +723,20 @@ class _Workers:
                     slot.assigned.popleft()
                 slot.started = None
                 slot.served += 1
-                self.start_failures = 0
                 out.append((name, faces, reason))
 
     def results(self, block: bool, may_start: Callable[[int], bool], wake_at: float | None = None) -> list[Result]:
         """Finished videos; waits for one if ``block`` (at most until ``wake_at``, monotonic)."""
         if self.inline:
+            if not self.inline_ready and not self.dead:
+                try:
+                    if self.start is not None:
+                        self.start(self.setup)
+                    self.inline_ready = True
+                except Exception as exc:  # noqa: BLE001 - the start-up's reason goes to every video
+                    self.dead = f"{REASON_ERROR}: worker start-up failed: {type(exc).__name__}: {exc}"
+            if self.dead:
+                return [(name, None, self.dead) for name in self.take_unstarted()]
             if not self.queue or not may_start(0):
                 return []
             return [self._inline(self.queue.popleft())]
@@ -659,11 +756,18 @@ class _Workers:
         now = time.monotonic()
         for slot in live:
             self._drain(slot, out)
-            if slot.process is not None and not slot.process.is_alive():
-                self._drain(slot, out)  # results sent just before it exited still count
+            alive = slot.process.is_alive()
+            if not alive:
+                self._drain(slot, out)  # results (or "init-failed") sent just before it exited still count
+            if slot.init_error:
+                self._retire(slot, f"{REASON_ERROR}: worker start-up failed: {slot.init_error}", out)
+            elif not alive:
                 code = slot.process.exitcode
-                self._retire(slot, f"{REASON_WORKER_DIED}: the worker process exited (code {code}) "
-                                   "while reading it", out)
+                when = "while reading it" if slot.ready else "before it was ready (building the detector)"
+                self._retire(slot, f"{REASON_WORKER_DIED}: the worker process exited (code {code}) {when}", out)
+            elif self.timeout > 0 and not slot.ready and now - slot.spawned_at > self.start_timeout:
+                self._retire(slot, f"{REASON_TIMEOUT}: the worker was not ready after {self.start_timeout:g} s "
+                                   "(building the detector); it was replaced", out)
             elif self.timeout > 0 and slot.started is not None and now - slot.started_at > self.timeout:
                 self._retire(slot, f"{REASON_TIMEOUT}: no result after {self.timeout:g} s "
                                    "(decode or detection hung); its worker was replaced", out)
@@ -691,6 +795,7 @@ def predict_videos(
     checkpoints: Sequence[Path] | None = None,
     faces_csv: Path | None = None,
     names: Sequence[str] | None = None,
+    start: Callable[[WorkerSetup], Any] | None = start_worker,
 ) -> PredictReport:
     """Predict P(FAKE) for every video and write ``out_csv`` (``filename,label``).
 
@@ -700,15 +805,17 @@ def predict_videos(
     (``filename,label,raw,n_faces,reason``; ``raw`` is the aggregated P(FAKE) before
     temperature and clip, ``reason`` empty on success) and the resolved ``config.yaml``.
 
-    ``run_dir`` holds ``fold*/best.pt`` (every fold is used, P(FAKE) averaged per face,
-    unless ``checkpoints`` names the ones to use) and optionally ``calibration.json``,
-    whose aggregation/temperature/clip override ``cfg.predict`` unless
+    ``run_dir`` holds ``fold*/best.pt`` (every fold is used, unless ``checkpoints`` names
+    the ones to use: the video rule per model, then the mean over models) and optionally
+    ``calibration.json``, whose aggregation/temperature/clip override ``cfg.predict`` unless
     ``cfg.predict.calibration`` is "none" or the key is in ``explicit`` (keys the user set
-    on the command line). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1": models
-    spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``: also
-    write every unit's P(FAKE) there (``filename,frame,track,prob``: each face, or each track
-    of a sequence model with frame -1; calibration searches its aggregation on them). ``process`` is the per-video worker function (replaceable in
-    tests; it must be importable by spawned processes).
+    on the command line); one fitted at another ``predict.frames`` is applied with a warning
+    (``PredictReport.warnings``). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1":
+    models spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``:
+    also write every unit's P(FAKE) per model there (``filename,model,frame,track,prob``:
+    each face, or each track of a sequence model with frame -1; calibration searches its
+    aggregation on them). ``process`` is the per-video worker function and ``start`` a
+    worker's start-up (replaceable in tests; both must be importable by spawned processes).
     """
     from tqdm import tqdm
 
@@ -716,19 +823,23 @@ def predict_videos(
     pcfg = cfg.predict
     run_dir, out_csv = Path(run_dir), Path(out_csv)
     calibration, source = resolve_calibration(run_dir, pcfg)
+    warnings = [w for w in [frames_mismatch(calibration, pcfg.frames)] if w]
     if calibration:
         pcfg = apply_calibration(pcfg, calibration, explicit)
         cfg = dataclasses.replace(cfg, predict=pcfg)
     _check_predict_config(pcfg)
+    for text in warnings:
+        warn(f"predict: {text} ({source})")
     if sample_submission is not None or names is None:
         names = list_videos(videos_dir, sample_submission)
     names = list(names)
     devices = resolve_devices(device)
+    detect_devices = resolve_devices(pcfg.detect_device, "predict.detect_device")
     ensemble, run_cfg = load_ensemble(run_dir, pcfg, devices, checkpoints)
     if ensemble.kind == "sequence" and cfg.sequence.aggregation not in TRACK_METHODS:
         raise PredictError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
     # detection exactly as in training (the run's faces settings); crops per model spec
-    setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, pcfg.detect_device)
+    setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, detect_devices[0])
 
     results: dict[str, tuple[float, float, int, str]] = {}  # name -> (label, raw, n_faces, reason)
     face_rows: list[pd.DataFrame] = []
@@ -759,7 +870,7 @@ def predict_videos(
     def may_start(in_flight: int) -> bool:
         return not stopped and fits_budget(elapsed(), finished, in_flight, budget)
 
-    runner = _Workers(paths, setup, pcfg.workers, pcfg.prefetch, process, pcfg.video_timeout)
+    runner = _Workers(paths, setup, detect_devices, pcfg.workers, pcfg.prefetch, process, pcfg.video_timeout, start)
     wake_at = time.monotonic() + budget - elapsed() if budget > 0 else None
     faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
     queued_faces = 0  # units (faces, or tracks) waiting for the models
@@ -770,17 +881,18 @@ def predict_videos(
         if item.failed:
             fallback(item.name, item.failed, item.n_faces)
             return
-        probs = np.concatenate(item.probs)
+        probs = np.concatenate(item.probs, axis=1)  # models x units
         try:
-            raw = float(aggregate(probs, ensemble.rule(cfg), pcfg))
+            raw = ensemble_probability(probs, ensemble.rule(cfg), pcfg)  # the rule per model, then the mean
             label = float(clip(apply_temperature(raw, pcfg.temperature), pcfg.clip))
             results[item.name] = (label, raw, item.n_faces, "")
         except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
             fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
             return
         if faces_csv is not None:
-            face_rows.append(pd.DataFrame({"filename": item.name, "frame": item.frames, "track": item.tracks,
-                                           "prob": probs}))
+            for name, row in zip(ensemble.names, probs):
+                face_rows.append(pd.DataFrame({"filename": item.name, "model": name, "frame": item.frames,
+                                               "track": item.tracks, "prob": row}))
 
     def run_batch() -> None:
         nonlocal queued_faces
@@ -798,15 +910,15 @@ def predict_videos(
         batch = {spec: np.concatenate([t[spec][o : o + n] for _, t, o, n in take]) for spec in ensemble.specs}
         t0 = time.perf_counter()
         try:
-            probs = ensemble.fake_probability(batch)
+            probs = ensemble.model_probabilities(batch)
         except RuntimeError as exc:  # e.g. CUDA out of memory: these videos fall back, the run goes on
-            probs = np.full(sum(n for *_, n in take), np.nan)
+            probs = np.full((len(ensemble), sum(n for *_, n in take)), np.nan)
             for item, *_ in take:
                 item.failed = f"{REASON_ERROR}: model: {type(exc).__name__}: {exc}"
         seconds["model"] += time.perf_counter() - t0
         start = 0
         for item, _, _, n in take:
-            item.probs.append(probs[start : start + n])
+            item.probs.append(probs[:, start : start + n])
             item.done += n
             start += n
             queued_faces -= n
@@ -894,4 +1006,5 @@ def predict_videos(
         processed=finished,
         devices=ensemble.devices,
         faces_csv=Path(faces_csv) if faces_csv is not None else None,
+        warnings=warnings,
     )

@@ -31,6 +31,7 @@ from dfdc.kaggle import (
     verify_bundle,
 )
 from dfdc.models import create_model, save_checkpoint
+from dfdc.preprocess import InputSpec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from kaggle_stub import KaggleStub  # noqa: E402
@@ -352,6 +353,34 @@ def test_invalid_dataset_sources_fail_the_push(bundle: Bundle, tmp_path: Path, m
     assert not (bundle.root / "push.json").exists() or json.loads((bundle.root / "push.json").read_text())
 
 
+def test_a_slug_holding_a_word_of_refusal_still_pushes(bundle: Bundle, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's answer names the kernel (in its URL): "ssim-error-maps" is no error."""
+    kernel_dir = tmp_path / "kernel"
+    shutil.copytree(bundle.kernel_dir, kernel_dir)
+    meta = json.loads((kernel_dir / "kernel-metadata.json").read_text())
+    meta.update(id="alice/ssim-error-maps", title="ssim error maps")
+    (kernel_dir / "kernel-metadata.json").write_text(json.dumps(meta))
+    odd = dataclasses.replace(bundle, root=tmp_path, kernel_dir=kernel_dir, kernel_id="alice/ssim-error-maps")
+    with KaggleStub() as stub:
+        _stub_env(monkeypatch, stub, tmp_path / "home")
+        report = push_bundle(odd, _push_cfg(tmp_path))
+    assert report.kernel_version == 1 and "ssim-error-maps" in report.kernel_url
+
+
+def test_words_of_refusal_are_looked_for_outside_urls_and_our_names() -> None:
+    from dfdc.kaggle.push import REJECTION_RE, rejected
+
+    names = ("alice/invalid-frames", "invalid-frames")
+    ok = ("Starting upload for file fold0.pt\nUpload successful: fold0.pt (8MB)\nYour private Dataset is being "
+          "created. Please check progress at https://www.kaggle.com/datasets/alice/invalid-frames")
+    assert not rejected(ok, "is being created", names)
+    assert REJECTION_RE.search(ok.replace("is being created", ""))  # the slug in the URL alone would have failed it
+    assert not rejected("Kernel alice/invalid-frames: version 2 saved", names=names)
+    assert rejected("Dataset creation error: Invalid license for alice/invalid-frames", names=names)
+    assert rejected("Kernel push error: Notebook slug is already taken", "successfully pushed", names)
+
+
 def _pushed(tmp_path: Path, version: int | None = 3) -> Path:
     build = tmp_path / "build"
     build.mkdir()
@@ -386,6 +415,19 @@ def test_submit_refuses_a_version_that_has_not_completed(tmp_path: Path, monkeyp
         with pytest.raises(KernelError, match=why):
             submit_kernel(build, _push_cfg(tmp_path))
     assert "CreateCodeSubmission" not in stub.names()
+
+
+def test_an_older_version_is_not_judged_by_the_latest_ones_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys) -> None:
+    """`kernels status` reports the latest version (3, still running): version 2 is submitted
+    with a warning that its status was not checked, not refused for version 3's."""
+    build = _pushed(tmp_path)
+    with KaggleStub(kernel_status="RUNNING") as stub:
+        _stub_env(monkeypatch, stub, tmp_path / "home")
+        submit_kernel(build, _push_cfg(tmp_path), version=2)
+    assert [b["kernelVersion"] for b in stub.bodies("CreateCodeSubmission")] == [2]
+    assert "GetKernelSessionStatus" not in stub.names()
+    assert "submitting version 2 of alice/dfdc-kit-inference unchecked" in capsys.readouterr().err
 
 
 def test_submit_says_why_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -490,6 +532,29 @@ def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfd
     predicted = [labels[v] for v in videos]
     assert all(0.02 <= p <= 0.98 for p in predicted)  # the calibration's clip
     assert report.rows == 4 and report.fallback_rows == 2
+    copied = tmp_path / "local" / "input" / bundle.dataset_slug
+    assert copied.is_dir() and not copied.is_symlink()  # a copy: the folder that gets pushed was never exposed
+
+
+def test_check_submission_reads_it_as_the_scorer_does(tmp_path: Path) -> None:
+    from dfdc.kaggle import check_submission
+
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"filename": ["b.mp4", "a.mp4"], "label": 0.5}).to_csv(sample, index=False)
+    good = tmp_path / "good.csv"
+    pd.DataFrame({"filename": ["b.mp4", "a.mp4"], "label": [0.1, 0.9]}).to_csv(good, index=False)
+    rows, labels = check_submission(good, sample)
+    assert rows == 2 and labels.tolist() == [0.1, 0.9]
+    for name, frame, why in (
+        ("order", pd.DataFrame({"filename": ["a.mp4", "b.mp4"], "label": 0.5}), "file names differ"),
+        ("range", pd.DataFrame({"filename": ["b.mp4", "a.mp4"], "label": [0.5, 1.5]}), r"not a number in \[0, 1\]"),
+        ("twice", pd.DataFrame({"filename": ["b.mp4", "b.mp4"], "label": 0.5}), "listed twice"),
+        ("extra", pd.DataFrame({"filename": ["b.mp4", "a.mp4"], "label": 0.5, "x": 1}), "expected filename,label"),
+    ):
+        bad = tmp_path / f"{name}.csv"
+        frame.to_csv(bad, index=False)
+        with pytest.raises(KernelError, match=why):
+            check_submission(bad, sample)
 
 
 def test_a_wheel_missing_from_the_bundle_fails_loudly(bundle: Bundle, mini_dfdc: Path, tmp_path: Path,
@@ -538,18 +603,51 @@ def test_plan_uses_every_healthy_gpu_or_a_budget_fitting_cpu_plan(tmp_path: Path
     from dfdc.kaggle.runtime import plan_run
 
     cfg = load_config("b7")
-    folds = [tmp_path / f"fold{k}" / "best.pt" for k in range(5)]
-    for k, path in enumerate(folds):  # fold 3 validated best: the CPU plan's one model
+    folds = _meta_only_folds(tmp_path)
+    gpu = plan_run(cfg, ["cuda:0", "cuda:1"], folds, budget=1000.0)
+    assert gpu.device == "cuda:0,cuda:1" and gpu.checkpoints == folds and gpu.explicit == set()
+    assert gpu.cfg.predict.detect_device == "cuda:0,cuda:1" and gpu.cfg.predict.workers == cfg.kernel.workers
+    assert gpu.cfg.predict.frames == 32 and gpu.cfg.predict.time_budget == 1000.0
+    assert gpu.cfg.predict.video_timeout == 60.0
+    cpu = plan_run(cfg, [], folds, budget=1000.0)
+    assert cpu.device == "cpu" and cpu.checkpoints == [folds[3]] and cpu.cfg.predict.frames == cfg.kernel.cpu_frames
+    assert cpu.cfg.predict.detect_device == "cpu" and not cpu.cfg.predict.fp16
+    assert "no usable GPU: predicting on the CPU with 8 frames per video (configured 32), 1 of 5 fold models" in \
+        cpu.notes[0]
+
+
+def _meta_only_folds(root: Path) -> list[Path]:
+    """Five fold files holding a checkpoint's metadata (no weights); fold 3 validated best."""
+    folds = [root / f"fold{k}" / "best.pt" for k in range(5)]
+    for k, path in enumerate(folds):
         path.parent.mkdir()
-        torch.save({"val_logloss": 0.1 if k == 3 else 0.5 + k / 10}, path)
-    gpu, chosen, device, notes = plan_run(cfg, ["cuda:0", "cuda:1"], folds, budget=1000.0)
-    assert device == "cuda:0,cuda:1" and chosen == folds
-    assert gpu.predict.detect_device == "cuda:0,cuda:1" and gpu.predict.workers == cfg.kernel.workers
-    assert gpu.predict.frames == 32 and gpu.predict.time_budget == 1000.0 and gpu.predict.video_timeout == 60.0
-    cpu, chosen, device, notes = plan_run(cfg, [], folds, budget=1000.0)
-    assert device == "cpu" and chosen == [folds[3]] and cpu.predict.frames == cfg.kernel.cpu_frames
-    assert cpu.predict.detect_device == "cpu" and not cpu.predict.fp16
-    assert "no usable GPU: predicting on the CPU with 8 frames per video (configured 32), 1 of 5 fold models" in notes[0]
+        torch.save({"arch": "efficientnet-b7", "num_classes": 2, "state_dict": {}, "input": InputSpec(240).to_dict(),
+                    "val_logloss": 0.1 if k == 3 else 0.5 + k / 10}, path)
+    return folds
+
+
+def test_cpu_plan_with_a_calibration_fitted_at_more_frames(tmp_path: Path) -> None:
+    """32-frame calibration, 8-frame CPU plan: T and clip kept, said in the log; its confident
+    rule (which needs more than 11 confident faces) becomes mean."""
+    from dfdc.kaggle.runtime import plan_run
+
+    cfg = load_config("b7")
+    folds = _meta_only_folds(tmp_path)
+    calibration = {"aggregation": "confident", "temperature": 1.4, "clip": 0.02, "frames": 32,
+                   "confident_min_count": 11}
+    cpu = plan_run(cfg, [], folds, budget=1000.0, calibration=calibration)
+    assert cpu.cfg.predict.aggregation == "mean" and cpu.explicit == {"aggregation"}
+    notes = "\n".join(cpu.notes)
+    assert "fitted at 32 frames per video and is applied at 8" in notes and "temperature and clip are kept" in notes
+    assert "aggregation mean instead of confident" in notes
+    gpu = plan_run(cfg, ["cuda:0"], folds, budget=1000.0, calibration=calibration)  # 32 frames: as fitted
+    assert gpu.explicit == set() and not any("calibration" in n for n in gpu.notes)
+    meanwise = plan_run(cfg, [], folds, budget=1000.0, calibration={**calibration, "aggregation": "mean"})
+    assert meanwise.explicit == set() and "fitted at 32 frames" in "\n".join(meanwise.notes)
+    from dfdc.aggregate import apply_calibration
+
+    applied = apply_calibration(cpu.cfg.predict, calibration, cpu.explicit)  # what predict_videos does with it
+    assert (applied.aggregation, applied.temperature, applied.clip) == ("mean", 1.4, 0.02)
 
 
 def test_cuda_probe_reports_why_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -589,6 +687,11 @@ def test_verdict_counts_only_failures_that_are_not_the_videos_own() -> None:
     assert ok and "2 of 10 videos (20%)" in text  # at the limit: still ok
     ok, text = verdict(report(["error: ModuleNotFoundError: facenet_pytorch"] * 2 + ["worker died: exit -9"]), cfg)
     assert not ok and "error: 2, worker died: 1" in text
+    # the time budget is no breakage: a run that predicted half the videos in time is ok, degraded
+    ok, text = verdict(report(["time budget: projected finish beyond 30600 s"] * 5), cfg)
+    assert ok and text.startswith("degraded: 5 videos over the time budget got the fallback 0.5") and "0 of 10" in text
+    ok, text = verdict(report(["time budget: x"] * 4 + ["timeout: no result after 60 s"] * 3), cfg)
+    assert not ok and text.startswith("3 of 10 videos (30%)") and "also 4 videos over the time budget" in text
 
 
 def test_shipped_calibration_resolves_local_paths_and_keeps_user_keys(run_dir: Path, tmp_path: Path) -> None:

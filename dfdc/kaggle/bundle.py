@@ -157,22 +157,6 @@ def _shipped_calibration(run_dir: Path, cfg: Config, explicit: Collection[str]) 
     return shipped, {**calibration, **{key: getattr(cfg.predict, key) for key in explicit}}
 
 
-def _archs(checkpoints: list[tuple[int, Path]]) -> list[ModelConfig]:
-    """The model section of every checkpoint (a sequence model or baseline also needs its
-    backbone's library)."""
-    import torch
-
-    from dfdc.models import checkpoint_model_config
-
-    models = []
-    for _, path in checkpoints:
-        try:
-            models.append(checkpoint_model_config(torch.load(path, map_location="cpu", weights_only=True)))
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bundle error
-            raise KernelError(f"{path}: cannot read its architecture ({exc})") from None
-    return models
-
-
 def build_bundle(
     run_dir: Path, out_dir: Path, cfg: Config, username: str, explicit: Collection[str] = ()
 ) -> Bundle:
@@ -182,7 +166,7 @@ def build_bundle(
     half-written). Every fold's ``best.pt`` is exported to fp16; their total must fit in
     ``cfg.kernel.max_weights_bytes``. The result is verified against an allow-list.
     """
-    from dfdc.models import CheckpointError, export_half
+    from dfdc.models import CheckpointError, checkpoint_model_config, export_half
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
@@ -200,11 +184,13 @@ def build_bundle(
     kernel.mkdir()
     try:
         total = 0
+        models: list[ModelConfig] = []  # every checkpoint's model section (a sequence model or baseline also
+        # needs its backbone's library), from the export's own load
         for fold, path in checkpoints:
             target = dataset / f"fold{fold}.pt"
             try:
-                export_half(path, target)
-            except (CheckpointError, OSError) as exc:
+                models.append(checkpoint_model_config(export_half(path, target)))
+            except (CheckpointError, OSError, KeyError, TypeError, ValueError) as exc:
                 raise KernelError(f"{path}: cannot export fp16 weights ({exc})") from None
             total += target.stat().st_size
             if total > cfg.kernel.max_weights_bytes:
@@ -220,7 +206,7 @@ def build_bundle(
             atomic_write_json(dataset / CALIBRATION, calibration)
         manifest = []
         cache = Path(cfg.kernel.wheel_cache) if cfg.kernel.wheel_cache else out_dir / "wheel-cache"
-        for plan in plan_wheels(_archs(checkpoints), root):
+        for plan in plan_wheels(models, root):
             if plan.dist == PACKAGE_DIST:
                 wheel = package_wheel(root, dataset, cfg.kernel.push_timeout)
             else:
@@ -311,15 +297,14 @@ def verify_bundle(dataset_dir: Path, kernel_dir: Path, cfg: Config) -> None:
 
 
 def _checkpoint_problems(path: Path) -> list[str]:
-    """Exported weights must not carry optimizer or scheduler state."""
-    import torch
+    """Exported weights must be a checkpoint (``checkpoint_meta``: read as tensors only) without
+    optimizer or scheduler state."""
+    from dfdc.models import CheckpointError, checkpoint_meta
+    from dfdc.models.checkpoint import TRAINING_STATE
 
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a bundle error
-        return [f"cannot be loaded ({exc})"]
-    if isinstance(data, dict):
-        found = [k for k in data if re.search(r"optim|scheduler|scaler", str(k), re.IGNORECASE)]
-        if found:
-            return [f"carries training state {found}"]
-    return []
+        meta = checkpoint_meta(path)
+    except CheckpointError as exc:
+        return [str(exc).removeprefix(f"{path}: ")]
+    found = [k for k in meta if TRAINING_STATE.search(str(k))]
+    return [f"carries training state {found}"] if found else []

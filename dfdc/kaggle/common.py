@@ -14,6 +14,9 @@ PUSH_RECORD = "push.json"  # in the build folder: what `dfdc kernel --push` push
 ROOT_ENV = "DFDC_KAGGLE_ROOT"  # moves the kernel's /kaggle (local runs)
 STATUS_MARK = "STATUS: "  # the kernel's verdict line: "STATUS: ok" or "STATUS: failed (...)"
 PACKAGE_DIST = "dfdc-kit"  # this package's distribution name (pyproject.toml)
+# The face detector (dfdc.faces.FaceDetector: MTCNN), which Kaggle's image lacks: the wheel
+# the bundle ships (its distribution) and what the kernel imports first (its module)
+DETECTOR_DIST, DETECTOR_MODULE = "facenet-pytorch", "facenet_pytorch"
 TEMPLATE = Path("kernels") / "template" / KERNEL_CODE_FILE  # relative to the source checkout
 IMAGE_LIST = Path("kernels") / "kaggle-image.txt"  # what Kaggle's image provides (kernel-local, wheels)
 

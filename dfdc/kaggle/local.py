@@ -8,12 +8,16 @@ working folder (``dfdc kernel --local DATA``, ``make kernel-local``).
   face detector and the models' libraries are not there: the kernel must install them from
   the bundle's wheels, so a wheel missing from the bundle fails here, not on Kaggle.
 - ``run_local``: lays out ``input/<competition>/`` (``test_videos`` and
-  ``sample_submission.csv``), ``input/<dataset slug>/`` (the bundle's dataset folder) and an
-  empty ``working/`` (the script's working directory), runs the script with that
-  interpreter and the network blocked, and reports the kernel's ``STATUS`` line, its exit
-  code and the submission's rows. The inputs are made read-only (where the file system lets
-  a non-root user feel it) and compared before and after: a kernel that writes into
-  ``input/`` fails the run.
+  ``sample_submission.csv``), ``input/<dataset slug>/`` (a copy of the bundle's dataset
+  folder) and an empty ``working/`` (the script's working directory), runs the script with
+  that interpreter and the network blocked, and reports the kernel's ``STATUS`` line, its
+  exit code and the submission's rows. What lies under ``input/`` is made read-only (where
+  the file system lets a non-root user feel it; root ignores the bits) and compared before
+  and after (sizes and times, links followed): a kernel that writes into ``input/`` fails
+  the run. The dataset is a copy, so the folder that gets pushed is never exposed;
+  ``test_videos`` is a link to the user's videos (too many GB to copy), and the bits of the
+  user's own files are not changed: a write there is caught by the comparison, after it
+  happened.
 """
 
 from __future__ import annotations
@@ -166,22 +170,24 @@ def image_environment(folder: Path, image: list[str]) -> tuple[Path, list[str]]:
 
 
 def check_submission(submission: Path, sample: Path) -> tuple[int, Any]:
-    """One row per sample-submission row, in order, labels in [0, 1]; returns (rows, labels)."""
+    """A valid submission (``dfdc.metrics.read_submission``: filename,label, P(FAKE) in [0, 1],
+    no name twice) with exactly those two columns and one row per sample-submission row, in
+    order; returns (rows, labels)."""
     import pandas as pd
 
+    from dfdc.metrics import ScoreError, read_submission
+
     try:
-        got = pd.read_csv(submission)
-        want = pd.read_csv(sample)
-    except (OSError, ValueError) as exc:
-        raise KernelError(f"cannot read {submission} or {sample}: {exc}") from None
-    if list(got.columns) != ["filename", "label"]:
-        raise KernelError(f"{submission}: columns {list(got.columns)}, expected filename,label")
-    if got["filename"].tolist() != want["filename"].tolist():
+        got = read_submission(submission)
+        columns = list(pd.read_csv(submission, nrows=0).columns)
+        want = pd.read_csv(sample, dtype={"filename": str})
+    except (ScoreError, OSError, ValueError) as exc:
+        raise KernelError(f"cannot use {submission} (or {sample}): {exc}") from None
+    if columns != ["filename", "label"]:
+        raise KernelError(f"{submission}: columns {columns}, expected filename,label")
+    if got["filename"].tolist() != want["filename"].astype(str).str.strip().tolist():
         raise KernelError(f"{submission}: its {len(got)} file names differ from the {len(want)} rows of {sample}")
-    labels = pd.to_numeric(got["label"], errors="coerce")
-    if labels.isna().any() or not labels.between(0.0, 1.0).all():
-        raise KernelError(f"{submission}: labels must be probabilities in [0, 1]")
-    return len(got), labels
+    return len(got), got["label"]
 
 
 def local_inputs(data_root: Path) -> tuple[Path, Path]:
@@ -239,7 +245,7 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     comp.mkdir(parents=True)
     (comp / "test_videos").symlink_to(videos.resolve(), target_is_directory=True)
     shutil.copyfile(sample, comp / "sample_submission.csv")
-    (inputs / bundle.dataset_slug).symlink_to(bundle.dataset_dir.resolve(), target_is_directory=True)
+    shutil.copytree(bundle.dataset_dir, inputs / bundle.dataset_slug)  # a copy: the pushed folder stays untouched
     (work / "working").mkdir()
     (work / "home").mkdir()
     python, _ = image_environment(Path(image_dir) if image_dir else bundle.root / "image-venv",

@@ -13,6 +13,15 @@ credentials are checked first, so nothing is sent without them.
 - ``submit_kernel``: reads that record, checks ``kernels status`` (Kaggle accepts a code
   submission of a version that ran to completion), then ``competitions submit -c COMP -k
   USER/KERNEL -v VERSION -f submission.csv -m MSG``; every refusal says exactly why.
+  ``kernels status`` reports the kernel's latest version only (the client sends no version):
+  it is checked when the version submitted is the recorded push, the latest; an older
+  ``--version`` is submitted unchecked, with a warning (Kaggle refuses one that did not
+  complete).
+
+The client's output is searched for words of refusal ("error", "invalid" ...) with URLs
+and the bundle's own kernel and dataset ids left out first: a slug such as
+``ssim-error-maps`` is not a refusal. Not handled (the client cannot show it): right after
+``datasets version``, ``datasets status`` may still report the previous version ``ready``.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ REJECTION_RE = re.compile(
 # A warning the client prints on every call when kaggle.json is group-readable; it names the
 # file's path, which may hold any word, so it is left out before output is searched.
 KEY_WARNING = re.compile(r"^Warning: Your Kaggle API key is readable.*$", re.MULTILINE)
+URL_RE = re.compile(r"https?://\S+")  # URLs in the client's output (they hold slugs) are not searched
 # kernels push: Kaggle saved the kernel but dropped sources (invalidDatasetSources & co.)
 INVALID_SOURCES = re.compile(r"The following are not valid (\w+) sources and could not be added to the kernel: (.*)")
 DATASET_READY = "ready"
@@ -65,9 +75,19 @@ def kaggle_cli() -> list[str]:
     return [str(path)]
 
 
-def _kaggle(args: list[str], timeout: float, success: str, refuse: re.Pattern | None = None) -> str:
+def rejected(output: str, success: str = "", names: tuple[str, ...] = ()) -> bool:
+    """Whether the client's ``output`` holds a word of refusal, outside the ``success``
+    sentence, URLs and ``names`` (the kernel's and dataset's ids and slugs)."""
+    text = URL_RE.sub(" ", output.replace(success, "") if success else output)
+    for name in sorted(filter(None, names), key=len, reverse=True):
+        text = text.replace(name, " ")
+    return bool(REJECTION_RE.search(text))
+
+
+def _kaggle(args: list[str], timeout: float, success: str, refuse: re.Pattern | None = None,
+            names: tuple[str, ...] = ()) -> str:
     """Run one kaggle CLI command; fail unless it exits 0, says ``success`` and no rejection
-    (nor ``refuse``, a pattern with a message of its own)."""
+    (``rejected``; nor ``refuse``, a pattern with a message of its own)."""
     result = run_command(kaggle_cli() + args, timeout=timeout, what="kaggle " + " ".join(args[:2]))
     output = _output(result)
     found = refuse.search(output) if refuse is not None else None
@@ -75,11 +95,15 @@ def _kaggle(args: list[str], timeout: float, success: str, refuse: re.Pattern | 
         raise KernelError(f"`kaggle {' '.join(args)}`: Kaggle saved it without its {found.group(1)} sources "
                           f"{found.group(2)} (not valid for this account, or not ready); the kernel would run "
                           f"without them. Check they exist and are yours, then push again:\n{output[-2000:]}")
-    if result.returncode != 0 or success.lower() not in output.lower() or REJECTION_RE.search(
-        output.replace(success, "")
-    ):
+    if result.returncode != 0 or success.lower() not in output.lower() or rejected(output, success, names):
         raise KernelError(f"`kaggle {' '.join(args)}` failed (exit {result.returncode}):\n{output[-2000:]}")
     return output
+
+
+def _names(bundle: Bundle) -> tuple[str, ...]:
+    """The ids and slugs of a bundle: words of the client's output that are not its own."""
+    return (bundle.kernel_id, bundle.dataset_id, bundle.kernel_id.split("/")[-1], bundle.dataset_slug,
+            bundle.dataset_id.split("/")[-1])
 
 
 def _output(result: subprocess.CompletedProcess) -> str:
@@ -134,13 +158,13 @@ def push_bundle(bundle: Bundle, cfg: Config, sleep: Callable[[float], None] = ti
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         output = _kaggle(
             ["datasets", "version", "-p", str(bundle.dataset_dir), "-m", f"dfdc-kit folds {bundle.folds} {stamp}"],
-            timeout, success="is being created",
+            timeout, success="is being created", names=_names(bundle),
         )
-    elif result.returncode != 0 or "is being created" not in output or REJECTION_RE.search(output):
+    elif result.returncode != 0 or "is being created" not in output or rejected(output, names=_names(bundle)):
         raise KernelError(f"`kaggle {' '.join(dataset_cmd)}` failed (exit {result.returncode}):\n{output[-2000:]}")
     status = wait_until_ready(bundle.dataset_id, cfg, sleep=sleep)
     kernel_output = _kaggle(["kernels", "push", "-p", str(bundle.kernel_dir)], timeout, success="successfully pushed",
-                            refuse=INVALID_SOURCES)
+                            refuse=INVALID_SOURCES, names=_names(bundle))
     url = re.search(r"https?://\S+", kernel_output)
     version = re.search(r"Kernel version (\d+) successfully pushed", kernel_output)
     record = bundle.root / PUSH_RECORD
@@ -169,6 +193,9 @@ def submit_kernel(build_dir: Path, cfg: Config, message: str | None = None, vers
 
     Refuses, saying why, when nothing was pushed from ``build_dir``, there are no
     credentials, the version has not finished running on Kaggle, or Kaggle rejects it.
+    ``kernels status`` speaks of the kernel's latest version: it is checked only when
+    ``version`` is the recorded push (the latest pushed from here); another version is
+    submitted with a warning that its status was not checked.
     """
     record_path = Path(build_dir) / PUSH_RECORD
     if not record_path.is_file():
@@ -179,18 +206,24 @@ def submit_kernel(build_dir: Path, cfg: Config, message: str | None = None, vers
         kernel_id, competition = str(record["kernel"]), str(record["competition"])
     except (OSError, ValueError, KeyError) as exc:
         raise KernelError(f"{record_path}: unreadable ({exc}); run `make kernel` again") from None
-    version = version if version is not None else record.get("version")
+    latest = record.get("version")
+    version = version if version is not None else latest
     if not version:
         raise KernelError(f"{record_path} holds no kernel version (the push did not report one); "
                           "pass --version N (see the kernel's page on kaggle.com)")
     find_credentials()
-    status, failure = kernel_status(kernel_id, cfg.kernel.push_timeout)
-    if status != "COMPLETE":
-        why = {"QUEUED": "is queued on Kaggle", "RUNNING": "is still running on Kaggle",
-               "ERROR": "failed on Kaggle" + (f": {failure}" if failure else "")}.get(status, f"has status {status}")
-        raise KernelError(f"kernel {kernel_id} (version {version}) {why}; Kaggle accepts a code submission of a "
-                          f"version that ran to completion. Check https://www.kaggle.com/code/{kernel_id} and run "
-                          "make submit again when it is complete")
+    if latest and int(version) != int(latest):
+        warn(f"submitting version {version} of {kernel_id} unchecked: `kaggle kernels status` reports the latest "
+             f"version only (version {latest} was pushed last from here); Kaggle refuses a version that did not "
+             "run to completion")
+    else:
+        status, failure = kernel_status(kernel_id, cfg.kernel.push_timeout)
+        if status != "COMPLETE":
+            why = {"QUEUED": "is queued on Kaggle", "RUNNING": "is still running on Kaggle",
+                   "ERROR": "failed on Kaggle" + (f": {failure}" if failure else "")}.get(status, f"has status {status}")
+            raise KernelError(f"kernel {kernel_id}, version {version} (its latest, the one pushed last from here), "
+                              f"{why}; Kaggle accepts a code submission of a version that ran to completion. Check "
+                              f"https://www.kaggle.com/code/{kernel_id} and run make submit again when it is complete")
     text = message or f"dfdc-kit {kernel_id} v{version}"
     return _kaggle(["competitions", "submit", "-c", competition, "-k", kernel_id, "-v", str(version),
                     "-f", SUBMISSION_FILE, "-m", text], cfg.kernel.push_timeout, success="")

@@ -11,14 +11,21 @@
    (model k on GPU k mod n) and the decode + detect workers' MTCNN alternating between
    them; with no healthy GPU, on the CPU with settings that fit the budget
    (``kernel.cpu_frames`` frames, the ``kernel.cpu_models`` fold models with the lowest
-   validation log loss,
-   ``kernel.cpu_workers`` workers), written in the log; the time budget
-   (``kernel.time_budget`` less the time already spent) and the per-video timeout
-   (``kernel.video_timeout``) always hold;
+   validation log loss, ``kernel.cpu_workers`` workers), written in the log; the time
+   budget (``kernel.time_budget`` less the time already spent) and the per-video timeout
+   (``kernel.video_timeout``) always hold. A calibration fitted at more frames than the
+   plan predicts with is applied with a note in the log: its temperature and clip are kept
+   (the best there is: none was fitted at the CPU plan's frames), and its ``confident``
+   rule becomes ``mean`` when the frames cannot reach ``confident_min_count`` (with 8 frames
+   a one-face video never has the 12 confident faces the rule for FAKE videos needs; only
+   its rule for REAL videos could fire, a one-sided rule);
 4. predicts with ``dfdc.predict.predict_videos`` and gives the verdict: when more than
-   ``kernel.max_fallback_share`` of the videos fell back for reasons that are not the
-   video's own fault, ``STATUS: failed`` with the reasons and exit code 1 (the submission
-   file is written either way); else ``STATUS: ok``.
+   ``kernel.max_fallback_share`` of the videos fell back for reasons that say the system
+   broke (import, CUDA or model errors, dead workers, hung videos' timeouts; not the video's
+   own fault, not the time budget), ``STATUS: failed`` with the reasons and exit code 1
+   (the submission file is written either way); else ``STATUS: ok``, which says
+   ``ok (degraded: N videos over the time budget ...)`` when the budget left videos at the
+   fallback (a rerun's scoring error would throw the predicted ones away too).
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dfdc.config import Config, read_config
-from dfdc.kaggle.common import STATUS_MARK
+from dfdc.kaggle.common import DETECTOR_MODULE, STATUS_MARK
 
 Log = Callable[[str], None]
-DETECTOR_MODULE = "facenet_pytorch"
 
 
 def probe_cuda(log: Log) -> tuple[list[str], dict[str, str]]:
@@ -68,8 +76,24 @@ def probe_cuda(log: Log) -> tuple[list[str], dict[str, str]]:
     return ok, bad
 
 
-def plan_run(cfg: Config, devices: list[str], checkpoints: list[Path], budget: float) -> tuple[Config, list[Path], str, list[str]]:
-    """(the predict configuration, the checkpoints to use, the model device(s), log notes)."""
+@dataclass
+class KernelPlan:
+    """How the kernel predicts: ``predict_videos``' configuration, checkpoints, device(s)
+    and ``explicit`` keys (set by the plan over the calibration), and the notes it logs."""
+
+    cfg: Config
+    checkpoints: list[Path]
+    device: str
+    notes: list[str]
+    explicit: set[str] = field(default_factory=set)
+
+
+def plan_run(cfg: Config, devices: list[str], checkpoints: list[Path], budget: float,
+             calibration: dict[str, Any] | None = None) -> KernelPlan:
+    """The kernel's plan on the healthy GPUs ``devices`` (none: the CPU plan) within
+    ``budget`` seconds, for the run's ``calibration`` (``calibration.json``, or None)."""
+    from dfdc.aggregate import TRACK_UNIT, frames_mismatch
+
     k = cfg.kernel
     predict = dataclasses.replace(cfg.predict, time_budget=max(budget, 1.0), video_timeout=k.video_timeout)
     notes = []
@@ -87,17 +111,30 @@ def plan_run(cfg: Config, devices: list[str], checkpoints: list[Path], budget: f
         notes.append(f"CPU plan models (lowest validation log loss first): {[p.parent.name for p in checkpoints]}")
         predict = dataclasses.replace(predict, frames=frames, workers=k.cpu_workers, detect_device="cpu", fp16=False)
         device = "cpu"
+    explicit: set[str] = set()
+    mismatch = frames_mismatch(calibration, predict.frames)
+    if mismatch:
+        notes.append(f"calibration: {mismatch}; its temperature and clip are kept")
+        face_rule = (calibration or {}).get("unit") != TRACK_UNIT
+        rule = str((calibration or {}).get("aggregation", predict.aggregation)) if face_rule else ""
+        floor = int((calibration or {}).get("confident_min_count", predict.confident_min_count))
+        if rule == "confident" and predict.frames <= floor:
+            predict = dataclasses.replace(predict, aggregation="mean")
+            explicit.add("aggregation")
+            notes.append(f"calibration: aggregation mean instead of confident: with {predict.frames} frames a one-face "
+                         f"video cannot have more than confident_min_count={floor} confident faces, so only the "
+                         "confident rule's REAL side could fire")
     notes.append(f"time budget {predict.time_budget:.0f} s, per-video timeout {predict.video_timeout:g} s, "
                  f"{predict.frames} frames per video")
-    return dataclasses.replace(cfg, predict=predict), checkpoints, device, notes
+    return KernelPlan(dataclasses.replace(cfg, predict=predict), checkpoints, device, notes, explicit)
 
 
 def _validation_logloss(checkpoint: Path) -> float:
     """The fold's best validation log loss saved in its checkpoint (inf when unknown)."""
-    import torch
+    from dfdc.models import checkpoint_meta
 
     try:
-        return float(torch.load(checkpoint, map_location="cpu", weights_only=True).get("val_logloss", math.inf))
+        return float(checkpoint_meta(checkpoint).get("val_logloss", math.inf))
     except Exception:  # noqa: BLE001 - an unreadable checkpoint sorts last; loading it reports the error
         return math.inf
 
@@ -120,18 +157,26 @@ def run_folder(dataset: Path) -> Path:
 
 def verdict(report, cfg: Config) -> tuple[bool, str]:
     """(ok, the reasons): failed when more than ``kernel.max_fallback_share`` of the videos
-    fell back for reasons that are not the video's own fault."""
+    fell back for reasons that say the system broke (``PredictReport.system_failures``); the
+    time budget's fallbacks never fail the run, they make it "degraded"."""
     failures = report.system_failures()
     share = report.system_failure_share()
     why = ", ".join(f"{kind}: {n}" for kind, n in sorted(failures.items())) or "none"
-    text = (f"{sum(failures.values())} of {report.videos} videos ({share:.0%}) fell back for reasons not their own "
+    text = (f"{sum(failures.values())} of {report.videos} videos ({share:.0%}) fell back because the system broke "
             f"({why}); kernel.max_fallback_share={cfg.kernel.max_fallback_share:g}")
-    return share <= cfg.kernel.max_fallback_share, text
+    ok = share <= cfg.kernel.max_fallback_share
+    late = report.budget_fallbacks()
+    if late:
+        budget = (f"{late} videos over the time budget got the fallback {cfg.predict.fallback:g} (the run was "
+                  "slower than planned; not counted as failures)")
+        text = f"degraded: {budget}; {text}" if ok else f"{text}; also {budget}"
+    return ok, text
 
 
 def run_kernel(dataset: Path, videos: Path, sample: Path, submission: Path, started: float, log: Log,
                probe: Callable[[Log], tuple[list[str], dict[str, str]]] = probe_cuda) -> int:
     """Predict the competition's videos into ``submission``; returns the exit code (0 ok, 1 failed)."""
+    from dfdc.aggregate import load_calibration
     from dfdc.predict import predict_videos
 
     cfg = read_config(dataset / "config.yaml")
@@ -145,13 +190,14 @@ def run_kernel(dataset: Path, videos: Path, sample: Path, submission: Path, star
     try:
         checkpoints = sorted(run.glob("fold*/best.pt"))
         budget = cfg.kernel.time_budget - (time.monotonic() - started)
-        run_cfg, checkpoints, device, notes = plan_run(cfg, devices, checkpoints, budget)
+        calibration = load_calibration(run) if cfg.predict.calibration.strip().lower() == "auto" else None
+        plan = plan_run(cfg, devices, checkpoints, budget, calibration)
         if problems and devices:
-            notes.append(f"left out: {problems}")
-        for note in notes:
+            plan.notes.append(f"left out: {problems}")
+        for note in plan.notes:
             log(note)
-        report = predict_videos(videos, run, submission, run_cfg, sample_submission=sample, device=device,
-                                checkpoints=checkpoints, progress=False)
+        report = predict_videos(videos, run, submission, plan.cfg, sample_submission=sample, device=plan.device,
+                                checkpoints=plan.checkpoints, progress=False, explicit=plan.explicit)
     finally:
         shutil.rmtree(run, ignore_errors=True)
     log("predictor report:\n" + report.summary())

@@ -27,9 +27,7 @@ from pathlib import Path
 
 from dfdc.config import ModelConfig
 from dfdc.io import TEMP_MARK
-from dfdc.kaggle.common import IMAGE_LIST, PACKAGE_DIST, KernelError, norm, run_command
-
-DETECTOR_DIST = "facenet-pytorch"  # dfdc.faces.FaceDetector: MTCNN
+from dfdc.kaggle.common import DETECTOR_DIST, IMAGE_LIST, PACKAGE_DIST, KernelError, norm, run_command
 
 
 @dataclass(frozen=True)

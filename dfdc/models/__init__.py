@@ -21,8 +21,8 @@ one of these files (or a new file imported below).
 
 from dfdc.models import baseline, custom, efficientnet, pixels, sequence, timm_backbones  # noqa: F401 - registers the families
 from dfdc.models.checkpoint import (
-    CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, checkpoint_model_config, export_half, fold_checkpoints,
-    load_checkpoint, save_checkpoint, unwrap,
+    CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, checkpoint_meta, checkpoint_model_config, export_half,
+    fold_checkpoints, load_checkpoint, save_checkpoint, to_half, unwrap,
 )
 from dfdc.models.registry import (
     BASELINE, FAKE_CLASS, FRAME, KINDS, SEQUENCE, TORCH_LOAD_ERRORS, BackboneModel, FrameModel, PretrainedWeightsError,
@@ -32,8 +32,8 @@ from dfdc.models.registry import (
 
 __all__ = [
     "BASELINE", "CHECKPOINT_FORMAT", "FAKE_CLASS", "FRAME", "KINDS", "SEQUENCE", "TORCH_LOAD_ERRORS", "BackboneModel",
-    "CheckpointError", "FrameModel", "PretrainedWeightsError", "checkpoint_input", "checkpoint_model_config",
-    "create_backbone", "create_model", "default_input", "export_half", "fake_probability", "fold_checkpoints",
-    "frame_models", "list_models", "load_checkpoint", "model_kind", "model_requirements", "models_of_kind",
-    "register", "save_checkpoint", "unwrap",
+    "CheckpointError", "FrameModel", "PretrainedWeightsError", "checkpoint_input", "checkpoint_meta",
+    "checkpoint_model_config", "create_backbone", "create_model", "default_input", "export_half", "fake_probability",
+    "fold_checkpoints", "frame_models", "list_models", "load_checkpoint", "model_kind", "model_requirements",
+    "models_of_kind", "register", "save_checkpoint", "to_half", "unwrap",
 ]

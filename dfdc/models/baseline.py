@@ -39,6 +39,9 @@ class BaselineModel(BackboneModel):
     """Frozen ``backbone`` features -> standardise -> linear (or one-hidden-layer MLP) ->
     Platt sigmoid: a fitted scikit-learn pipeline's ``predict_proba`` in torch."""
 
+    fp32_state = ("mean", "scale", "head", "platt")  # the fitted estimator stays float32 in fp16 exports and
+    # half models (a scale of 1e-8 is 0 in fp16; standardised features overflow fp16); the backbone halves
+
     def __init__(self, backbone: nn.Module, estimator_name: str, mlp_hidden: int) -> None:
         super().__init__(backbone)
         self.estimator_name = estimator_name
@@ -114,7 +117,7 @@ class BaselineModel(BackboneModel):
         if not bool(self.fitted):
             raise RuntimeError(f"{self.estimator_name}: no fitted estimator; fit it with `dfdc train` first")
         u = (self.features(x).to(self.mean.dtype) - self.mean) / self.scale
-        z = self.platt[0] * self.head(u).squeeze(1) + self.platt[1]
+        z = self.platt[0] * self.head(u.to(self.head[0].weight.dtype)).squeeze(1) + self.platt[1]
         return torch.stack([torch.zeros_like(z), z], dim=1)
 
 

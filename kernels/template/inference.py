@@ -15,9 +15,10 @@ What it does, with the internet switched off:
 3. hands over to ``dfdc.kaggle.runtime.run_kernel``: CUDA probe on every GPU, both T4s
    used, the CPU with budget-fitting settings when no GPU works, the per-video timeout and
    the time budget, ``working/submission.csv``;
-4. ends with ``STATUS: ok``, or ``STATUS: failed (reasons)`` and exit code 1 when the
-   bundle cannot run or too many videos fell back for reasons that are not their own
-   (the fallback submission is written first) -- never a silent all-0.5.
+4. ends with ``STATUS: ok`` (``ok (degraded: ...)`` when the time budget left videos at the
+   fallback), or ``STATUS: failed (reasons)`` and exit code 1 when the bundle cannot run or
+   too many videos fell back because the system broke (import, CUDA or model errors, dead
+   workers, hung videos; the fallback submission is written first) -- never a silent all-0.5.
 
 The Kaggle root (``/kaggle``) can be moved with an environment variable (ROOT_ENV below),
 so ``python -m dfdc kernel --local DATA`` runs this same file on a local copy of the layout.
