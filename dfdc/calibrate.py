@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import (
-    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, aggregate, apply_temperature, clip,
+    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, aggregate_videos, apply_temperature, clip,
 )
 from dfdc.config import Config, PredictConfig
 from dfdc.io import atomic_write_csv, atomic_write_json, read_table
@@ -116,6 +116,7 @@ def predict_held_out(
     from dfdc.predict import FACE_COLUMNS, fallback_kind, predict_videos
 
     run_dir, data_root = Path(run_dir), Path(data_root)
+    check_run_folds(run_dir, folds_csv)
     checkpoints = dict(fold_checkpoints(run_dir))
     if not checkpoints:
         raise CalibrationError(f"{run_dir}: no fold*/best.pt checkpoints; train the run first (`dfdc train`)")
@@ -155,6 +156,19 @@ def predict_held_out(
     return table, counts
 
 
+def check_run_folds(run_dir: Path, folds_csv: Path) -> None:
+    """The run's folds were trained on ``folds_csv`` (the fingerprint each fold recorded,
+    ``dfdc.runs``): a model predicting videos of another split may have trained on them."""
+    from dfdc.data import DataError, folds_fingerprint
+    from dfdc.runs import InputsChangedError, check_folds_of_run
+
+    try:
+        check_folds_of_run(run_dir, {"folds": folds_fingerprint(folds_csv)}, "calibrate",
+                           "pass the --folds the run was trained on, or retrain the run on this split")
+    except (DataError, InputsChangedError) as exc:
+        raise CalibrationError(str(exc)) from None
+
+
 # --------------------------------------------------------------------------- the search
 
 
@@ -169,11 +183,12 @@ def _grid(spec: tuple[float, float, int], anchor: float, name: str) -> np.ndarra
 
 def video_probs(faces: pd.DataFrame, cfg: PredictConfig,
                 methods: tuple[str, ...] = METHODS) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
-    """(labels, method -> aggregated P(FAKE), video names), videos sorted by name."""
-    groups = faces.groupby("video", sort=True)
-    y = groups["label"].first().to_numpy(dtype=int)
-    raw = {m: np.array([aggregate(g.to_numpy(), m, cfg) for _, g in groups["prob"]]) for m in methods}
-    return y, raw, list(groups.groups)
+    """(labels, method -> aggregated P(FAKE), video names), videos sorted by name
+    (``dfdc.aggregate.aggregate_videos``, training's per-video aggregation)."""
+    tables = {m: aggregate_videos(faces[["video", "label", "prob"]], m, cfg) for m in methods}
+    first = next(iter(tables.values()))
+    return first["label"].to_numpy(dtype=int), {m: t["pred"].to_numpy() for m, t in tables.items()}, \
+        first["video"].tolist()
 
 
 def run_unit(run_dir: Path) -> str:
