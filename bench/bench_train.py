@@ -46,7 +46,8 @@ from dfdc.config import load_config
 from dfdc.data import load_training_data, loader_rate
 from dfdc.io import atomic_write_json
 from dfdc.models import create_model
-from dfdc.train import FoldTrainer, _Dist, _set_cpu_threads
+from dfdc.distributed import Dist, set_cpu_threads
+from dfdc.train import FoldTrainer
 
 # Effective GPU throughput assumed for the CPU-side estimate, in TFLOPS: the one GPU training
 # measurement this kit has, B7 at 240 px, batch 96, bf16, fused AdamW: 524 images/s on an
@@ -126,8 +127,8 @@ def bench_one(profile: str, batch: int, steps: int, warm: int, tmp: Path, sets: 
         synthetic_faces(faces_dir, POOL, cfg.faces.size, fmt)
     data = load_training_data(faces_dir, faces_dir / "folds.csv")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ctx = _Dist(device=device)
-    _set_cpu_threads(cfg, ctx)  # dfdc train's rule: on a CPU, the cores less one per loader worker
+    ctx = Dist(device=device)
+    set_cpu_threads(cfg, ctx)  # dfdc train's rule: on a CPU, the cores less one per loader worker
     trainer = FoldTrainer(cfg, data, 0, tmp / "runs" / profile, ctx)
     trainer.build(resume=False)
     epoch = trainer.train_epoch(warm=warm)

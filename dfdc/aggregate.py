@@ -136,6 +136,28 @@ def finalize(probs: np.ndarray, cfg: PredictConfig) -> float:
     return clip(apply_temperature(ensemble_probability(probs, cfg.aggregation, cfg), cfg.temperature), cfg.clip)
 
 
+VIDEO_KEYS = ("video", "label", "fold")  # what names a video in a per-unit table (fold when present)
+
+
+def aggregate_videos(units: Any, rule: str, cfg: PredictConfig) -> Any:
+    """Per-unit predictions -> one row per video: ``video, label[, fold], pred, n_faces``.
+
+    ``units`` is a DataFrame with ``video``, ``label``, ``prob`` (and ``fold``): a video's
+    faces or tracks; ``pred`` is ``aggregate`` of its ``prob`` with ``rule``, ``n_faces``
+    counts its units. Rows sorted by video. Training's OOF files and validation, and the
+    calibration search, aggregate through this one function."""
+    import pandas as pd
+
+    keys = [k for k in VIDEO_KEYS if k in units.columns]
+    groups = units.groupby(keys, sort=True)["prob"]
+    pred = groups.agg(lambda p: aggregate(p.to_numpy(dtype=float), rule, cfg)).rename("pred")
+    table = pd.concat([pred, groups.size().rename("n_faces")], axis=1).reset_index()
+    table["label"] = table["label"].astype(int)
+    if "fold" in table.columns:
+        table["fold"] = table["fold"].astype(int)
+    return table[[*keys, "pred", "n_faces"]]
+
+
 # --------------------------------------------------------------------------- calibration.json
 
 

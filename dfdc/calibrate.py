@@ -130,6 +130,7 @@ def predict_held_out(
     from dfdc.predict import FACE_COLUMNS, predict_videos
 
     run_dir, data_root = Path(run_dir), Path(data_root)
+    check_run_folds(run_dir, folds_csv)
     checkpoints = dict(fold_checkpoints(run_dir))
     if not checkpoints:
         raise CalibrationError(f"{run_dir}: no fold*/best.pt checkpoints; train the run first (`dfdc train`)")
@@ -164,6 +165,19 @@ def predict_held_out(
                                f"({counts}); check the data and the run")
     atomic_write_csv(run_dir / CALIBRATION_FACES, table)
     return table, counts
+
+
+def check_run_folds(run_dir: Path, folds_csv: Path) -> None:
+    """The run's folds were trained on ``folds_csv`` (the fingerprint each fold recorded,
+    ``dfdc.runs``): a model predicting videos of another split may have trained on them."""
+    from dfdc.data import DataError, folds_fingerprint
+    from dfdc.runs import InputsChangedError, check_folds_of_run
+
+    try:
+        check_folds_of_run(run_dir, {"folds": folds_fingerprint(folds_csv)}, "calibrate",
+                           "pass the --folds the run was trained on, or retrain the run on this split")
+    except (DataError, InputsChangedError) as exc:
+        raise CalibrationError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- the search

@@ -143,7 +143,10 @@ class EmbedConfig:
 
     model: str = "efficientnet-b7"  # a registered model, a training run folder or a checkpoint; the
     # study embedded faces with its B7 (set model.pretrained for ImageNet weights)
-    size: int = 0  # input side; 0 = the checkpoint's own side, or a named model's default
+    size: int = 0  # input side; 0 = the checkpoint's own side, or a named model's default capped at the
+    # crops' side (B7's 600 px on 240-px crops: 6.25x the pixels, no new detail)
+    select: str = "all"  # the crops embedded: "all", or "identity": only what identity folds cluster (the
+    # REAL crops, at most folds.identity_crops evenly spaced per video; on DFDC ~190k of ~1.6 M crops)
     batch_size: int = 64  # crops per forward pass
     chunk_size: int = 2048  # crops per resumable chunk file: a kill loses at most one chunk's work
     dtype: str = "float16"  # array on disk: float16 halves it (130,000 x 512 -> 133 MB), float32

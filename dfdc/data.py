@@ -34,15 +34,15 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from dfdc.config import warn
+from dfdc.config import TrainConfig, warn
+from dfdc.faceindex import FILLED, INDEX, read_index
 from dfdc.io import read_table
 
 LABELS = {"REAL": 0, "FAKE": 1}
-FACES_COLUMNS = ("video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob")
 FOLDS_COLUMNS = ("video", "label", "fold")
-ROW_ORDER = ["video", "frame", "face"]  # the canonical order of the training table (unique per crop)
 FACES_FINGERPRINT = ("video", "label", "frame", "face", "track", "path")  # what training reads of the index
 FOLDS_FINGERPRINT = FOLDS_COLUMNS
+FOLDS_FIX = "build it with `python -m dfdc folds` (make folds)"
 SEED_MODULUS = 2**32  # numpy / albumentations seeds are 32-bit
 CROP_CHECK_SAMPLE = 1000  # crop files stat'ed at start-up (a seeded sample; all of them only on a miss)
 
@@ -51,8 +51,16 @@ class DataError(ValueError):
     """Training inputs (faces.csv, folds.csv, crops) that cannot be used."""
 
 
-def _read_csv(path: Path, needed: tuple[str, ...], what: str, fix: str) -> pd.DataFrame:
-    return read_table(path, needed, error=DataError, fix=fix, what=what, dtype={"video": str, "label": str, "path": str})
+def read_folds_table(folds_csv: Path) -> pd.DataFrame:
+    """``folds.csv`` as training reads it (``DataError`` naming the file and the fix)."""
+    return read_table(Path(folds_csv), FOLDS_COLUMNS, error=DataError, fix=FOLDS_FIX, what="folds table",
+                      dtype={"video": str, "label": str, "group": str, "original": str})
+
+
+def folds_fingerprint(folds_csv: Path) -> dict[str, Any]:
+    """The fingerprint training records of a folds table (``fingerprint``), e.g. for
+    ``dfdc calibrate`` to check that a run's folds are the ones it is given."""
+    return fingerprint(read_folds_table(folds_csv), FOLDS_FINGERPRINT, folds_csv)
 
 
 def fingerprint(table: pd.DataFrame, columns: tuple[str, ...], source: Path | str) -> dict[str, Any]:
@@ -73,41 +81,47 @@ class TrainingData:
     fingerprints: dict[str, dict[str, Any]]  # {"faces": ..., "folds": ...} (see ``fingerprint``)
 
 
-def _check_crop_files(table: pd.DataFrame, index_path: Path) -> pd.DataFrame:
-    """Stat a seeded sample of the crop files; on any miss stat all and drop the missing rows."""
+def missing_crop_files(files: np.ndarray) -> np.ndarray:
+    """Mask of the crop ``files`` that do not exist, without stat'ing 1.7 M files when none is
+    missing: a seeded sample of ``CROP_CHECK_SAMPLE`` is stat'ed, all of them only on a miss."""
+    files = np.asarray(files)
     rng = np.random.default_rng(0)
-    sample = rng.choice(len(table), size=min(CROP_CHECK_SAMPLE, len(table)), replace=False)
-    files = table["file"].to_numpy()
-    if all(Path(files[i]).is_file() for i in sample):
+    sample = rng.choice(len(files), size=min(CROP_CHECK_SAMPLE, len(files)), replace=False)
+    if all(os.path.isfile(files[i]) for i in sample):
+        return np.zeros(len(files), bool)
+    return np.fromiter((not os.path.isfile(f) for f in files), dtype=bool, count=len(files))
+
+
+def _check_crop_files(table: pd.DataFrame, index_path: Path) -> pd.DataFrame:
+    """Drop (with a warning) the rows whose crop file is missing (``missing_crop_files``)."""
+    missing = missing_crop_files(table["file"].to_numpy())
+    if not missing.any():
         return table
-    exists = np.fromiter((Path(f).is_file() for f in files), dtype=bool, count=len(table))
-    first = table.loc[~exists, "file"].iloc[0]
-    warn(f"{int((~exists).sum())} crop files listed in {index_path} are missing (first: {first}); "
+    first = table.loc[missing, "file"].iloc[0]
+    warn(f"{int(missing.sum())} crop files listed in {index_path} are missing (first: {first}); "
          "skipped (rerun `dfdc faces` to rebuild them)")
-    return table[exists]
+    return table[~missing]
 
 
 def load_training_data(faces_dir: Path, folds_csv: Path) -> TrainingData:
-    """faces.csv joined with folds.csv on ``video``; adds ``y`` (0/1), ``file`` (absolute path).
+    """The faces index (``dfdc.faceindex.read_index``: canonical order, defaults filled) joined
+    with folds.csv on ``video``; adds ``fold``, ``group`` (the folds table's group of the
+    video: what keeps a fake with its original, or an actor in one fold; the video itself when
+    the table has no group column), ``y`` (0/1) and ``file`` (absolute path).
 
     Videos without a fold are dropped with a warning, and so are crops whose file is missing
-    (see ``_check_crop_files``). The result is sorted by (video, frame, face) and has a fresh
-    0..n-1 index (the "row index" the dataset returns).
+    (see ``missing_crop_files``). The result has a fresh 0..n-1 index (the "row index" the
+    dataset returns).
     """
     faces_dir = Path(faces_dir)
-    index_path = faces_dir / "faces.csv"
-    faces = _read_csv(index_path, ("video", "label", "frame", "face", "path"), "faces table",
-                      "build it with `python -m dfdc faces` (make faces); after sharded runs "
-                      "`python -m dfdc faces --merge`")
-    folds = _read_csv(Path(folds_csv), FOLDS_COLUMNS, "folds table", "build it with `python -m dfdc folds` (make folds)")
-    bad = sorted(set(faces["label"].dropna()) - set(LABELS)) + (["<empty>"] if faces["label"].isna().any() else [])
-    if bad:
-        raise DataError(f"{index_path}: labels must be REAL or FAKE, found {', '.join(map(str, bad))}; rebuild it")
-    prints = {"faces": fingerprint(faces, FACES_FINGERPRINT, index_path),
+    index_path = faces_dir / INDEX
+    table = read_index(faces_dir, error=DataError)
+    folds = read_folds_table(folds_csv)
+    file_columns = table.drop(columns=table.attrs.get(FILLED, []))  # the fingerprint is of the file's content
+    prints = {"faces": fingerprint(file_columns, FACES_FINGERPRINT, index_path),
               "folds": fingerprint(folds, FOLDS_FINGERPRINT, folds_csv)}
-    fold_of = folds.drop_duplicates("video").set_index("video")["fold"]
-    table = faces.sort_values(ROW_ORDER, kind="mergesort")
-    table["fold"] = table["video"].map(fold_of)
+    per_video = folds.drop_duplicates("video").set_index("video")
+    table["fold"] = table["video"].map(per_video["fold"])
     unassigned = table["fold"].isna()
     if unassigned.all():
         raise DataError(f"no video of {index_path} is in {folds_csv}; were both built from the same data? "
@@ -117,9 +131,9 @@ def load_training_data(faces_dir: Path, folds_csv: Path) -> TrainingData:
               f"in {folds_csv}; skipped (rebuild the folds to include them)")
         table = table[~unassigned]
     table["fold"] = table["fold"].astype(int)
+    table["group"] = (table["video"].map(per_video["group"]).fillna(table["video"]) if "group" in per_video.columns
+                      else table["video"])
     table["y"] = table["label"].map(LABELS).astype(int)
-    if "track" not in table.columns:  # built before face tracks: the in-frame rank is the best guess
-        table["track"] = table["face"]
     table["file"] = str(faces_dir) + os.sep + table["path"]  # vectorised: 1.7 M rows on DFDC
     table = _check_crop_files(table, index_path)
     if table.empty:
@@ -148,6 +162,40 @@ def read_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def file_array(table: pd.DataFrame) -> np.ndarray:
+    """The ``file`` column as one contiguous numpy bytes array: loader workers share its pages
+    instead of touching the reference counts of 1.7 M Python strings (copy-on-write copies of
+    all of them). Read an entry with ``.decode("utf-8")``."""
+    return np.array([f.encode("utf-8") for f in table["file"]], dtype=np.bytes_)
+
+
+def sample_seed(seed: int | None, epoch: int, index: int, rank: int = 0) -> np.random.SeedSequence:
+    """The seed of one sample's random draws: (seed, epoch, index), plus the rank when > 0, so
+    DDP ranks never share a stream while rank 0 draws exactly what a single process draws."""
+    return np.random.SeedSequence([int(seed or 0), int(epoch), int(index)] + ([int(rank)] if rank else []))
+
+
+def is_random_pipeline(transform: Any) -> bool:
+    """An albumentations pipeline (random, reseedable) rather than ``dfdc.preprocess.Prepare``."""
+    return hasattr(transform, "set_random_state")
+
+
+def reseed(transform: Any, seq: np.random.SeedSequence) -> None:
+    """Reseed an albumentations pipeline from ``seq``: one generator shared by every step, so
+    the steps draw one after another from one stream -- independent of each other
+    (``set_random_seed`` would give each step the same seed, so all p=0.5 steps would fire
+    together) and of which loader worker reads the sample. ``Prepare`` is left alone."""
+    if is_random_pipeline(transform):
+        py_seed = int(seq.generate_state(1)[0]) % SEED_MODULUS
+        transform.set_random_state(np.random.default_rng(seq), random.Random(py_seed))
+
+
+def eval_batch_size(cfg: TrainConfig) -> int:
+    """Batch of the passes without gradients (validation, frozen features): ``val_batch_size``,
+    or 2 x ``batch_size`` (no gradients to hold)."""
+    return cfg.val_batch_size or 2 * cfg.batch_size
+
+
 class FaceDataset(Dataset):
     """Face crops of ``table`` (from ``load_training_data``) -> (uint8 tensor, label 0/1, row index).
 
@@ -160,9 +208,7 @@ class FaceDataset(Dataset):
 
     def __init__(self, table: pd.DataFrame, transform: Callable[..., Any], seed: int | None = None,
                  rank: int = 0) -> None:
-        # one contiguous bytes array: loader workers share its pages instead of touching the
-        # reference counts of 1.7 M Python strings (copy-on-write copies of all of them)
-        self.files = np.array([f.encode("utf-8") for f in table["file"]], dtype=np.bytes_)
+        self.files = file_array(table)
         self.labels = table["y"].to_numpy(dtype=np.int64)
         self.transform = transform
         self.seed = seed
@@ -177,21 +223,18 @@ class FaceDataset(Dataset):
         return len(self.files)
 
     def sample_seed(self, epoch: int, index: int) -> np.random.SeedSequence:
-        """The seed of one sample's augmentation: (seed, epoch, row), plus the rank when > 0."""
-        entropy = [int(self.seed or 0), int(epoch), int(index)] + ([self.rank] if self.rank else [])
-        return np.random.SeedSequence(entropy)
+        """The seed of one sample's augmentation (``sample_seed``: seed, epoch, row[, rank])."""
+        return sample_seed(self.seed, epoch, index, self.rank)
+
+    def read(self, index: int) -> np.ndarray:
+        """Crop ``index`` as an RGB uint8 image."""
+        return read_rgb(self.files[index].decode("utf-8"))
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
         epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
-        image = read_rgb(self.files[index].decode("utf-8"))
-        if self.seed is not None and hasattr(self.transform, "set_random_state"):
-            # One generator shared by every step of the pipeline, so the steps draw one after
-            # another from one stream: independent of each other (``set_random_seed`` would give
-            # each step the same seed, so all p=0.5 steps would fire together) and of which
-            # loader worker reads the sample.
-            seq = self.sample_seed(epoch, index)
-            py_seed = int(seq.generate_state(1)[0]) % SEED_MODULUS
-            self.transform.set_random_state(np.random.default_rng(seq), random.Random(py_seed))
+        image = self.read(index)
+        if self.seed is not None:
+            reseed(self.transform, self.sample_seed(epoch, index))
         return self.transform(image=image)["image"], int(self.labels[index]), index
 
 
@@ -254,12 +297,21 @@ class BalancedEpochSampler(Sampler[tuple[int, int]]):
         parts = [_draw(rng, self.indices[self.labels == c], k) for c, k in zip(self.classes, sizes)]
         return rng.permutation(np.concatenate(parts))
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def shard_draw(self) -> np.ndarray:
+        """This rank's rows of the epoch's draw (padded so every rank has ``len(self)``)."""
         draw = self.epoch_draw()
         total = len(self) * self.num_replicas
         if total > len(draw):
             draw = np.concatenate([draw, draw[: total - len(draw)]])
-        return iter([(self.epoch, row) for row in draw[self.rank::self.num_replicas].tolist()])
+        return draw[self.rank::self.num_replicas]
+
+    def keys(self, limit: int | None = None) -> list[tuple[int, int]]:
+        """The first ``limit`` (default all) ``(epoch, row)`` keys this rank yields this epoch."""
+        return [(self.epoch, row) for row in self.shard_draw()[:limit].tolist()]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, row) for row in self.shard_draw().tolist())
 
 
 def shard(indices: np.ndarray, num_replicas: int, rank: int) -> np.ndarray:

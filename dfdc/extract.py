@@ -63,9 +63,9 @@ import numpy as np
 import pandas as pd
 
 from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
-from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, remove_temps, shard_files
+from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, shard_files
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
-from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, read_table
+from dfdc.io import atomic_write_csv, atomic_write_json, read_table, remove_temp_files_of
 from dfdc.threads import available_cores, limit_threads
 from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
@@ -74,6 +74,7 @@ MANIFEST_COLUMNS = ROW_COLUMNS  # a crop row, in manifests and the faces index
 META_COLUMNS = ("video", "path", "part", "label", "original")
 FAILURE_COLUMNS = ["video", "part", "label", "reason"]
 IMAGE_FORMATS = ("png", "jpg", "webp")
+SHARED_CONFIG = "config.yaml"  # the faces folder's resolved configuration (written by every shard)
 # FacesConfig fields that change what is written: a rerun into the same folder must match.
 RESUME_KEYS = (
     "margin", "size", "frames_real", "frames_fake", "max_faces", "detect_short_side",
@@ -430,7 +431,7 @@ def process_unit(unit: Unit) -> list[Outcome]:
 
 
 def _check_resume(out_dir: Path, cfg: FacesConfig) -> None:
-    saved = out_dir / "config.yaml"
+    saved = out_dir / SHARED_CONFIG
     if not saved.is_file():
         return
     try:
@@ -447,12 +448,14 @@ def _check_resume(out_dir: Path, cfg: FacesConfig) -> None:
 
 def _clean_temps(out_dir: Path, units: list[Unit], shard: tuple[int, int]) -> int:
     """Remove the temp files a killed run of THIS shard left (manifests, boxes, its own
-    top-level files); another shard writing into the same folder keeps its own."""
+    top-level files); another shard writing into the same folder keeps its own. The folder's
+    ``config.yaml`` is every shard's: only an unsharded run (or ``merge_faces``) cleans its
+    temp files, so one shard starting never deletes another's config write in flight."""
     names = {f"{j.stem}.json" for u in units for j in u.jobs}
     parts = {j.part for u in units for j in u.jobs}
     folders = [out_dir / kind / part for kind in ("manifests", "boxes") for part in sorted(parts)]
-    own = {failures_name(shard), "config.yaml", *shard_files(shard)}
-    return remove_temps(folders, names, TEMP_MARK) + remove_temps([out_dir], own, TEMP_MARK)
+    own = {failures_name(shard), *shard_files(shard), *((SHARED_CONFIG,) if shard[1] == 1 else ())}
+    return remove_temp_files_of(folders, names) + remove_temp_files_of([out_dir], own)
 
 
 def _index_missed(index: ShardIndex, units: list[Unit], out_dir: Path) -> int:
@@ -466,14 +469,77 @@ def _index_missed(index: ShardIndex, units: list[Unit], out_dir: Path) -> int:
             path = manifest_path(out_dir, j.part, j.video)
             try:
                 data = json.loads(path.read_text())
+                rows, dropped = data["rows"], int(data.get("dropped_identical", 0))
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError):
-                path.unlink(missing_ok=True)  # a damaged manifest: redo the video
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                path.unlink(missing_ok=True)  # a damaged manifest (or one without rows): redo the video
                 continue
-            index.append(j.video, j.part, j.label, data["rows"], int(data.get("dropped_identical", 0)))
+            index.append(j.video, j.part, j.label, rows, dropped)
             added += 1
     return added
+
+
+class _Recorder:
+    """Takes the outcomes of finished work units: commits done videos to the index, counts
+    into the report, collects failure rows, moves the progress bar."""
+
+    def __init__(self, report: ExtractReport, index: ShardIndex, progress: bool) -> None:
+        self.report, self.index = report, index
+        self.failure_rows: list[dict[str, str]] = []
+        self.found = 0  # crops written by this run
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=report.videos, initial=report.skipped, unit="video", desc="faces", dynamic_ncols=True)
+
+    def __call__(self, outcomes: list[Outcome]) -> None:
+        report = self.report
+        for o in outcomes:
+            if o.status == "done":
+                report.done += 1
+                self.found += o.crops
+                if o.video not in self.index.done:  # (an original redone for its lost boxes is indexed already)
+                    self.index.append(o.video, o.part, o.label, o.rows, o.dropped)
+            elif o.status == "skipped":
+                report.skipped += 1
+            else:
+                report.failed += 1
+                report.failures.append((o.video, o.reason))
+                self.failure_rows.append({"video": o.video, "part": o.part, "label": o.label, "reason": o.reason})
+            if o.label == "FAKE" and o.detected and o.status == "done":
+                report.fakes_detected_on_self += 1
+        if self.bar is not None:
+            self.bar.update(len(outcomes))
+            self.bar.set_postfix(faces=self.found, failed=report.failed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run_units(todo: list[Unit], record: _Recorder, cfg: FacesConfig, out_dir: Path, workers: int,
+               device: str | None) -> None:
+    """Process the work units ``todo`` in this process or in ``workers`` worker processes."""
+    workers = max(1, min(int(workers), len(todo) or 1))
+    if workers == 1:
+        _init_worker(cfg, str(out_dir), device, threads=0)
+        for u in todo:
+            record(process_unit(u))
+        return
+    threads = max(1, available_cores() // workers)
+    ctx = multiprocessing.get_context("spawn")  # CUDA- and fork-safe
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(cfg, str(out_dir), device, threads)) as pool:  # fmt: skip
+        futures = {pool.submit(process_unit, u): u for u in todo}
+        for fut in cf.as_completed(futures):
+            try:
+                record(fut.result())
+            except Exception as exc:  # noqa: BLE001 - a dead worker fails its unit, not the run
+                u = futures[fut]
+                record([Outcome(j.video, j.part, j.label, "failed", f"worker error: {type(exc).__name__}: {exc}")
+                        for j in u.jobs if not j.done])  # fmt: skip
 
 
 def build_faces(
@@ -518,7 +584,7 @@ def build_faces(
     _check_resume(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     full = Config(faces=cfg) if config is None else dataclasses.replace(config, faces=cfg)
-    save_config(full, out_dir / "config.yaml")
+    save_config(full, out_dir / SHARED_CONFIG)
     _clean_temps(out_dir, units, shard)
     index = ShardIndex(out_dir, shard).open()
     missed = _index_missed(index, units, out_dir)
@@ -530,60 +596,15 @@ def build_faces(
     todo = [u for u in units if not all(j.done for j in u.jobs)]
     report.skipped = sum(len(u.jobs) for u in units if all(j.done for j in u.jobs))
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=report.videos, initial=report.skipped, unit="video", desc="faces", dynamic_ncols=True)
-    found = 0
-
-    def record(outcomes: list[Outcome]) -> None:
-        nonlocal found
-        for o in outcomes:
-            if o.status == "done":
-                report.done += 1
-                found += o.crops
-                if o.video not in index.done:  # (an original redone for its lost boxes is indexed already)
-                    index.append(o.video, o.part, o.label, o.rows, o.dropped)
-            elif o.status == "skipped":
-                report.skipped += 1
-            else:
-                report.failed += 1
-                report.failures.append((o.video, o.reason))
-                failure_rows.append({"video": o.video, "part": o.part, "label": o.label, "reason": o.reason})
-            if o.label == "FAKE" and o.detected and o.status == "done":
-                report.fakes_detected_on_self += 1
-        if bar is not None:
-            bar.update(len(outcomes))
-            bar.set_postfix(faces=found, failed=report.failed)
-
-    failure_rows: list[dict[str, str]] = []
-    workers = max(1, min(int(workers), len(todo) or 1))
+    recorder = _Recorder(report, index, progress)
     try:
-        if workers == 1:
-            _init_worker(cfg, str(out_dir), device, threads=0)
-            for u in todo:
-                record(process_unit(u))
-        else:
-            threads = max(1, available_cores() // workers)
-            ctx = multiprocessing.get_context("spawn")  # CUDA- and fork-safe
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(cfg, str(out_dir), device, threads)) as pool:  # fmt: skip
-                futures = {pool.submit(process_unit, u): u for u in todo}
-                for fut in cf.as_completed(futures):
-                    try:
-                        record(fut.result())
-                    except Exception as exc:  # noqa: BLE001 - a dead worker fails its unit, not the run
-                        u = futures[fut]
-                        record([Outcome(j.video, j.part, j.label, "failed", f"worker error: {type(exc).__name__}: {exc}")
-                                for j in u.jobs if not j.done])  # fmt: skip
+        _run_units(todo, recorder, cfg, out_dir, workers, device)
     finally:
-        if bar is not None:
-            bar.close()
+        recorder.close()
         _STATE.clear()
 
     failures_csv = out_dir / failures_name(shard)
-    atomic_write_csv(failures_csv, pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS))
+    atomic_write_csv(failures_csv, pd.DataFrame(recorder.failure_rows, columns=FAILURE_COLUMNS))
     totals = index.totals()
     report.real_crops, report.fake_crops, report.dropped_identical = totals["REAL"], totals["FAKE"], totals["dropped"]
     report.manifest, report.failures_csv = str(index.rows_path), str(failures_csv)
@@ -619,6 +640,7 @@ def merge_faces(meta: pd.DataFrame, out_dir: Path, shards: int = 0) -> MergeRepo
                            fix=f"rerun `dfdc faces --shard {i}/{shards}`", dtype={"video": str}) \
             if path.is_file() else pd.DataFrame(columns=FAILURE_COLUMNS)
         failed.append(set(table["video"].astype(str)))
+    remove_temp_files_of([out_dir], {SHARED_CONFIG})  # the shards are done: nobody writes it now
     try:
         return merge(out_dir, planned, failed)
     except FaceIndexError as exc:

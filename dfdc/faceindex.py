@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dfdc.io import atomic_write_bytes, atomic_write_csv
@@ -59,15 +58,20 @@ def _header() -> bytes:
     return (",".join(ROW_COLUMNS) + "\n").encode("utf-8")
 
 
+def committed(data: bytes) -> bytes:
+    """The committed lines of an append-only file's bytes: up to its last newline (a line
+    torn by a kill is not committed). The one reader of done files (``open`` and ``merge``)."""
+    return data[: data.rfind(b"\n") + 1]
+
+
 def _cut_torn_line(path: Path) -> bytes:
-    """The file's bytes up to its last newline; a torn last line is cut from the file too."""
+    """``committed`` bytes of the file; a torn last line is cut from the file too."""
     data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    if keep < len(data):
+    keep = committed(data)
+    if len(keep) < len(data):
         with open(path, "r+b") as handle:
-            handle.truncate(keep)
-        data = data[:keep]
-    return data
+            handle.truncate(len(keep))
+    return keep
 
 
 def read_done(data: bytes) -> pd.DataFrame:
@@ -163,6 +167,59 @@ def read_rows(data: bytes, source: Path) -> pd.DataFrame:
         raise FaceIndexError(f"{source}: unreadable faces index ({exc}); rerun `dfdc faces` on this folder") from None
 
 
+LABEL_NAMES = ("REAL", "FAKE")  # the labels a faces index may hold
+INDEX_NEEDED = ("video", "label", "frame", "path")  # columns no reader of the index can do without
+INDEX_FIX = "build it with `python -m dfdc faces` (make faces); after sharded runs `python -m dfdc faces --merge`"
+FILLED = "filled"  # ``read_index(...).attrs[FILLED]``: the columns the file lacked (filled with defaults)
+
+
+def read_index(faces_dir: Path, error: type[Exception] = FaceIndexError) -> pd.DataFrame:
+    """The faces index of a faces folder (``faces.csv``), one row per crop in canonical order
+    (``ROW_ORDER``: the order every reader uses; the file itself is appended as videos finish).
+
+    The one reader of ``faces.csv`` (training, embeddings, identity folds, leak reports), so
+    one rule fills what an older index lacks: ``original`` None, ``part`` "", ``face`` 0 and
+    ``track`` = ``face`` (an index built before face tracks: the in-frame rank, most confident
+    first, is the best guess of who is who). ``attrs[FILLED]`` names the filled columns (a
+    fingerprint of the file leaves them out). Problems raise ``error`` naming the file and fix.
+    """
+    from dfdc.io import read_table
+
+    path = Path(faces_dir) / INDEX
+    table = read_table(path, INDEX_NEEDED, error=error, what="faces table", fix=INDEX_FIX,
+                       dtype={"video": str, "label": str, "path": str, "part": str, "original": object})
+    bad = sorted(set(table["label"].dropna()) - set(LABEL_NAMES)) + (["<empty>"] if table["label"].isna().any() else [])
+    if bad:
+        raise error(f"{path}: labels must be REAL or FAKE, found {', '.join(map(str, bad))}; rebuild it ({INDEX_FIX})")
+    filled = [c for c in ("original", "part", "face", "track") if c not in table.columns]
+    defaults = {"original": None, "part": "", "face": 0}
+    for column in filled:
+        table[column] = table["face"] if column == "track" else defaults[column]
+    table["original"] = table["original"].where(table["original"].notna() & (table["original"] != ""), None)
+    table["part"] = table["part"].fillna("")
+    table["track"] = table["track"].fillna(table["face"]).astype(int)
+    table = table.sort_values(ROW_ORDER, kind="mergesort").reset_index(drop=True)
+    table.attrs[FILLED] = filled
+    return table
+
+
+def spaced_rows(index: pd.DataFrame, label: str, per_video: int) -> np.ndarray:
+    """Mask of the rows of ``label`` crops, at most ``per_video`` evenly spaced ones of each
+    video in index order (0 = all of them): what identity folds cluster (``label`` REAL,
+    ``folds.identity_crops``), so ``dfdc embed`` can embed exactly those."""
+    rows = np.flatnonzero((index["label"] == label).to_numpy())
+    if per_video <= 0:
+        keep = np.zeros(len(index), bool)
+        keep[rows] = True
+        return keep
+    keep = np.zeros(len(index), bool)
+    videos = index["video"].to_numpy()[rows]
+    for members in pd.Series(rows).groupby(videos, sort=False).indices.values():
+        members = rows[members]
+        keep[members[np.unique(np.linspace(0, len(members) - 1, min(per_video, len(members))).round().astype(int))]] = True
+    return keep
+
+
 @dataclass
 class MergeReport:
     shards: int = 0
@@ -202,7 +259,12 @@ def merge(out_dir: Path, planned: list[set[str]], failed: list[set[str]]) -> Mer
         if not index.rows_path.is_file():
             problems.append(f"{index.done_path.name} has no {index.rows_path.name}: rerun `dfdc faces --shard {i}/{n}`")
             continue
-        index.done = {str(r["video"]): r for r in read_done(index.done_path.read_bytes()).to_dict("records")}
+        try:  # committed lines only: a line torn by a kill leaves its video unindexed (rerun the shard)
+            done = read_done(committed(index.done_path.read_bytes()))
+        except (ValueError, pd.errors.ParserError) as exc:
+            problems.append(f"{index.done_path.name} is unreadable ({exc}): rerun `dfdc faces --shard {i}/{n}`")
+            continue
+        index.done = {str(r["video"]): r for r in done.to_dict("records")}
         missing = planned[i] - set(index.done) - failed[i]
         failures += len(failed[i] - set(index.done))
         if missing:
@@ -238,8 +300,6 @@ def _write_unsharded(out_dir: Path, table: pd.DataFrame, lines: dict[str, dict[s
     end offsets fit it, so a later unsharded run (``make train`` runs ``make faces``) finds
     every video indexed. The old done.csv goes first: a kill in between leaves faces.csv
     without done.csv, which the next run rebuilds from the manifests, never a mismatch."""
-    import numpy as np
-
     rows_name, done_name = shard_files((0, 1))
     (out_dir / done_name).unlink(missing_ok=True)
     data = table[ROW_COLUMNS].to_csv(index=False).encode("utf-8")
@@ -249,17 +309,3 @@ def _write_unsharded(out_dir: Path, table: pd.DataFrame, lines: dict[str, dict[s
     done = pd.DataFrame([{**line, "end": int(ends[last_row[v] + 1] if v in last_row else ends[0])}
                          for v, line in lines.items()], columns=DONE_COLUMNS)
     atomic_write_csv(out_dir / done_name, done.sort_values("end", kind="mergesort"))  # file order
-
-
-def remove_temps(folders: Iterable[Path], names: set[str], mark: str) -> int:
-    """Remove temp files (``.NAME<mark>XXXX``) of ``names`` in ``folders`` (not recursive):
-    only this shard's own, so shards sharing a folder never delete each other's."""
-    removed = 0
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for entry in os.scandir(folder):
-            if mark in entry.name and entry.name.startswith(".") and entry.name[1:].split(mark)[0] in names:
-                os.unlink(entry.path)
-                removed += 1
-    return removed

@@ -1,119 +1,182 @@
-"""Per-crop features of a frozen frame model, computed once and cached in a run folder (the
-frozen mode of the sequence models and the classical baselines read them).
+"""The frozen features of a training run: every crop's pooled features by the run's frozen
+backbone, computed once per run and cached in ``<run>/features/`` (the frozen mode of the
+sequence models and the classical baselines read them).
 
-``crop_features(model, files, batch_size, device)``: every crop through the one
-preprocessing path (``dfdc.preprocess.prepare`` at the model's input side) and
-``model.features`` (pooled backbone features of 0-255 images) in eval mode, without
-gradients -> ``float32`` n x D, rows in the order of ``files``.
+``frozen_backbone(cfg, spec)`` is the one builder of that backbone: the model's own
+``backbone`` as the fold models build it (``create_model``, random init seeded by
+``train.seed``, weights from ``model.pretrained``), in eval mode.
 
-``frozen_features(folder, files, model, identity, ...)``: the same, kept in ``folder``:
-``features.npy``, ``index.csv`` (the crop file of each row), ``extractor.pt`` (the frozen
-model's weights) and ``meta.json`` (what they were computed from: ``identity`` -- arch,
-weights source, input spec -- and a fingerprint of the crop files: path, size and mtime).
-A rerun with the same identity and crops reuses them and loads ``extractor.pt`` into
-``model``, so the features and the model saved with every fold always agree (a randomly
-initialised backbone included). Anything else is recomputed. ``meta.json`` is written last:
-it is the commit point, every file atomically.
+``run_features(cfg, table, run_dir, ctx, spec)`` computes or reuses the cache and returns a
+``FrozenFeatures``: the array (loaded with ``mmap_mode="r"``: ranks and loader workers share
+the pages; B7 on DFDC is ~1.6 M x 2560 float32, 16 GB) and the backbone's weights, which every
+fold's model takes, so the features and the saved models agree. The loop is
+``dfdc.embed.embed_chunks`` (``dfdc embed``'s): resumable chunks under ``features/chunks/``,
+sharded over the DDP ranks (chunk n on rank n mod world), fp16 autocast on CUDA when
+``predict.fp16`` (the precision the predictor runs the backbone at). A randomly initialised
+backbone first gets BatchNorm statistics of ``embed.bn_calibration`` crops
+(``dfdc.embed.calibrate_batchnorm``; without them its eval-mode features are constant); rank 0
+does that and saves the weights (``extractor.pt``), which the other ranks load.
+
+Files: ``features.npy``, ``index.csv`` (the crop file of each row), ``extractor.pt`` and
+``meta.json`` -- what the features were made from: the crop files' names (one hash of the
+list, no stat of 1.6 M files: the run's ``inputs.json`` fingerprints the faces index), the
+backbone's weights (a hash of its state dict as built), input spec, calibration, precision.
+``meta.json`` is written last (the commit point); a rerun with the same plan reuses the cache.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+import shutil
 import sys
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
-from dfdc.config import warn
-from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json
-from dfdc.preprocess import prepare
+from dfdc.config import Config
+from dfdc.data import eval_batch_size, file_array
+from dfdc.distributed import Dist, clear_failures, cores_per_process, cpu_workers, report_failure, wait_for_files
+from dfdc.embed import (
+    assemble_chunks, calibrate_on_crops, chunk_paths, embed_chunks, missing_chunks, read_json, state_fingerprint,
+)
+from dfdc.io import atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
+from dfdc.preprocess import InputSpec
 
 CACHE_DIR = "features"  # <run>/features/: where a run keeps its frozen features
 FEATURES_FILE = "features.npy"
 INDEX_FILE = "index.csv"
 EXTRACTOR_FILE = "extractor.pt"
 META_FILE = "meta.json"
-CONSTANT_SPREAD = 1e-6  # features whose every dimension varies less than this over the crops say nothing
-# (efficientnet-pytorch's B0 from random init in eval mode gives features of about 1e-13, measured)
+PLAN_FILE = ".plan.json"
+CHUNKS_DIR = "chunks"
+FEATURES_FORMAT = 2  # bump when the cache's layout or the meaning of a plan key changes
+FEATURES_DTYPE = "float32"  # what the heads and estimators are fitted on
 
 
-def crop_features(model: nn.Module, files: Sequence[str], batch_size: int, device: str | torch.device,
-                  progress: bool = True) -> np.ndarray:
-    """``model.features`` of every crop file (eval mode, no gradients): float32 len(files) x D."""
-    from tqdm import tqdm
+@dataclass
+class FrozenFeatures:
+    """A run's frozen features: row i = training table row i; and the extractor's weights."""
 
-    from dfdc.data import read_rgb
-
-    size = int(model.input_spec.size)
-    was_training = model.training
-    model.eval()
-    out: list[np.ndarray] = []
-    try:
-        with torch.inference_mode():
-            for start in tqdm(range(0, len(files), batch_size), desc="features", unit="batch",
-                              disable=not progress, leave=False, file=sys.stderr):
-                batch = np.stack([prepare(read_rgb(f), size) for f in files[start:start + batch_size]])
-                out.append(model.features(torch.from_numpy(batch).to(device)).float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not out:
-        return np.zeros((0, int(getattr(model, "feature_dim", 0))), np.float32)
-    return np.concatenate(out).astype(np.float32, copy=False)
+    array: np.ndarray  # n x D, read-only (memory-mapped)
+    state: dict[str, torch.Tensor]  # the frozen backbone's state dict (CPU)
 
 
-def _fingerprint(files: Sequence[str]) -> str:
-    digest = hashlib.sha256()
-    for f in files:
-        st = os.stat(f)
-        digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+def frozen_backbone(cfg: Config, spec: InputSpec) -> nn.Module:
+    """The run's frozen feature extractor: ``create_model(cfg.model)``'s ``backbone`` at input
+    ``spec`` (random init seeded by ``train.seed``), in eval mode; the global RNG is untouched."""
+    from dfdc.models import create_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        model = create_model(cfg.model, spec.size)
+    backbone = model.backbone
+    backbone.set_input_spec(spec)
+    return backbone.eval()
 
 
-def frozen_features(folder: Path, files: Sequence[str], model: nn.Module, identity: dict[str, Any],
-                    batch_size: int, device: str | torch.device, progress: bool = True) -> np.ndarray:
-    """``crop_features`` of ``files``, cached in ``folder`` (see the module docstring). On reuse
-    ``model`` gets the cached ``extractor.pt`` weights; on a fresh computation they are saved."""
-    folder = Path(folder)
-    meta = {"identity": identity, "input": model.input_spec.to_dict(), "rows": len(files),
-            "files": _fingerprint(files)}
-    meta = json.loads(json.dumps(meta))  # tuples -> lists, as read back from JSON
-    try:
-        saved = json.loads((folder / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        saved = None
-    if saved == meta:
+def _plan(cfg: Config, files: np.ndarray, backbone: nn.Module, spec: InputSpec, calibrate: int, half: bool) -> dict:
+    return {"format": FEATURES_FORMAT, "rows": int(len(files)),
+            "files": hashlib.sha256(b"\n".join(files.tolist())).hexdigest(),
+            "backbone": cfg.model.backbone, "weights": state_fingerprint(backbone), "input": spec.to_dict(),
+            "bn_calibration": calibrate, "precision": "fp16" if half else "fp32", "dtype": FEATURES_DTYPE,
+            "chunk_size": cfg.embed.chunk_size}
+
+
+def _load(folder: Path, backbone: nn.Module, rows: int) -> FrozenFeatures:
+    state = torch.load(folder / EXTRACTOR_FILE, map_location="cpu", weights_only=True)
+    backbone.load_state_dict(state)
+    array = np.load(folder / FEATURES_FILE, mmap_mode="r")
+    if array.shape[0] != rows:
+        raise ValueError(f"{folder / FEATURES_FILE}: {array.shape[0]} rows for {rows} crops")
+    return FrozenFeatures(array, state)
+
+
+def _workers(cfg: Config, ctx: Dist) -> int:
+    """Loader workers of the feature pass: the configured count; auto: on CUDA the process's
+    cores less one, on a CPU 1 (the cores run the backbone)."""
+    if cfg.train.loader_workers >= 0 or ctx.device.type != "cuda":
+        return cpu_workers(cfg)
+    return max(1, cores_per_process(ctx) - 1)
+
+
+def run_features(cfg: Config, table: pd.DataFrame, run_dir: Path, ctx: Dist, spec: InputSpec) -> FrozenFeatures:
+    """Every crop's frozen features for the run (module docstring). Every rank calls it; failures
+    on any rank stop all of them with the message (``Dist.agree``, and ``wait_for_files`` for
+    the ranks waiting on the others' chunks)."""
+    folder = Path(run_dir) / CACHE_DIR
+    chunks = folder / CHUNKS_DIR
+    files = file_array(table)
+    backbone = ctx.local_first(lambda: frozen_backbone(cfg, spec), "building the frozen backbone (pretrained weights)")
+    backbone.to(ctx.device)
+    random_init = str(cfg.model.pretrained).strip().lower() in ("none", "")
+    calibrate = cfg.embed.bn_calibration if random_init else 0
+    half = ctx.device.type == "cuda" and cfg.predict.fp16
+    plan = _plan(cfg, files, backbone, spec, calibrate, half)
+    chunk = cfg.embed.chunk_size
+
+    if read_json(folder / META_FILE) == plan:
         try:
-            features = np.load(folder / FEATURES_FILE)
-            state = torch.load(folder / EXTRACTOR_FILE, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-            if features.shape[0] == len(files):
-                print(f"features: reusing {folder} ({features.shape[0]} crops x {features.shape[1]})", file=sys.stderr)
-                return features
+            found = ctx.agree(lambda: _load(folder, backbone, len(files)), "reading the frozen features")
+            if ctx.main:
+                print(f"features: reusing {folder} ({found.array.shape[0]} crops x {found.array.shape[1]})",
+                      file=sys.stderr)
+            return found
         except (OSError, ValueError, RuntimeError):
-            pass  # damaged: recompute below
-    (folder / META_FILE).unlink(missing_ok=True)
-    features = crop_features(model, files, batch_size, device, progress)
-    spread = float(features.std(axis=0).max()) if len(features) > 1 else 1.0
-    if spread < CONSTANT_SPREAD:
-        warn(f"the frozen features of {identity.get('arch')} (weights: {identity.get('pretrained')}) are all but "
-             f"constant over {len(files)} crops (largest spread {spread:.2g}): a randomly initialised backbone in "
-             "eval mode carries no signal. Give it weights (model.pretrained=imagenet or a local file), or train "
-             "end to end (sequence.mode=finetune), or use baseline.features=pixels")
-    with atomic_open(folder / FEATURES_FILE, "wb") as handle:
-        np.save(handle, features)
-    atomic_write_csv(folder / INDEX_FILE, _index(files))
-    atomic_save_torch(folder / EXTRACTOR_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    atomic_write_json(folder / META_FILE, meta)
-    return features
+            pass  # damaged: recomputed below (every rank got the same error from the shared folder)
 
+    def prepare() -> None:  # rank 0: a clean folder for this plan, the extractor's weights
+        folder.mkdir(parents=True, exist_ok=True)
+        clear_failures(folder)
+        clean_temp_files(folder)
+        (folder / META_FILE).unlink(missing_ok=True)
+        if read_json(folder / PLAN_FILE) != plan:
+            shutil.rmtree(chunks, ignore_errors=True)
+        if calibrate:
+            calibrate_on_crops(backbone, files, calibrate, spec.size, 1.0, eval_batch_size(cfg.train), ctx.device)
+        atomic_save_torch(folder / EXTRACTOR_FILE, {k: v.detach().cpu() for k, v in backbone.state_dict().items()})
+        atomic_write_json(folder / PLAN_FILE, plan)
 
-def _index(files: Sequence[str]) -> Any:
-    import pandas as pd
+    ctx.agree(prepare if ctx.main else (lambda: None), "preparing the frozen features")
+    state = ctx.agree(lambda: torch.load(folder / EXTRACTOR_FILE, map_location="cpu", weights_only=True),
+                      "reading the frozen extractor")
+    backbone.load_state_dict(state)  # rank 0's calibrated statistics on every rank
 
-    return pd.DataFrame({"row": np.arange(len(files)), "file": list(files)})
+    def missing() -> str | None:
+        left = missing_chunks(chunks, len(files), chunk)
+        return f"{len(left)} of {len(chunk_paths(chunks, len(files), chunk))} chunks" if left else None
+
+    def committed() -> str | None:
+        return None if read_json(folder / META_FILE) == plan else "rank 0 assembling the chunks"
+
+    def compute() -> None:
+        try:
+            if ctx.main:
+                print(f"features: {len(files)} crops through the frozen {cfg.model.backbone} at {spec.size} px"
+                      f"{f' on {ctx.world} ranks' if ctx.world > 1 else ''} -> {folder}", file=sys.stderr)
+            rows = embed_chunks(backbone, files, spec.size, chunks, chunk_size=chunk,
+                                batch_size=eval_batch_size(cfg.train), workers=_workers(cfg, ctx), device=ctx.device,
+                                half=half, dtype=FEATURES_DTYPE, shard=(ctx.rank, ctx.world))
+            if cfg.train.debug_dir:  # which rank computed how many crops (DDP tests)
+                Path(cfg.train.debug_dir).mkdir(parents=True, exist_ok=True)
+                with open(Path(cfg.train.debug_dir) / f"features_rank{ctx.rank}.txt", "a", encoding="utf-8") as log:
+                    log.write(f"{rows}\n")
+            if not ctx.main:
+                wait_for_files(committed, folder, "computing the frozen features", ctx)
+                return
+            wait_for_files(missing, folder, "computing the frozen features", ctx)
+            assemble_chunks(chunks, len(files), chunk, folder / FEATURES_FILE)
+            atomic_write_csv(folder / INDEX_FILE, pd.DataFrame({"row": np.arange(len(files)), "file": table["file"]}))
+            atomic_write_json(folder / META_FILE, plan)  # the commit point
+            shutil.rmtree(chunks, ignore_errors=True)
+            (folder / PLAN_FILE).unlink(missing_ok=True)
+        except Exception as exc:
+            report_failure(folder, ctx, exc)
+            raise
+
+    ctx.agree(compute, "computing the frozen features")
+    return ctx.agree(lambda: _load(folder, backbone, len(files)), "reading the frozen features")
+

@@ -55,18 +55,6 @@ class IdentityReport:
                 f"{self.merged_originals()} originals in multi-video identities")
 
 
-def _per_original(index: pd.DataFrame, crops: int) -> np.ndarray:
-    """Mask of the REAL rows to cluster: at most ``crops`` evenly spaced ones per video (0 = all)."""
-    real = (index["label"] == "REAL").to_numpy()
-    if crops <= 0:
-        return real
-    keep = np.zeros(len(index), bool)
-    for rows in index.index[real].to_series().groupby(index.loc[real, "video"].to_numpy()).groups.values():
-        rows = np.asarray(rows)
-        keep[rows[np.unique(np.linspace(0, len(rows) - 1, min(crops, len(rows))).round().astype(int))]] = True
-    return keep
-
-
 def cluster_identities(embeddings: np.ndarray, index: pd.DataFrame, cfg: AnalyzeConfig,
                        min_cluster: int = 0, crops: int = 0) -> IdentityReport:
     """Identity of every original (REAL) video in ``index`` from its crops' embeddings.
@@ -76,8 +64,10 @@ def cluster_identities(embeddings: np.ndarray, index: pd.DataFrame, cfg: Analyze
     (evenly spaced; 0 = all)."""
     from dfdc.analyze import NOISE, embed_map
 
+    from dfdc.faceindex import spaced_rows
+
     index = index.reset_index(drop=True)
-    real = _per_original(index, crops)
+    real = spaced_rows(index, "REAL", crops)  # the rule `dfdc embed` (embed.select identity) embeds by
     if real.sum() == 0:
         raise IdentityError("the embeddings hold no crop of a REAL video: identities come from the originals' faces")
     videos = index.loc[real, "video"].astype(str).to_numpy()
@@ -101,10 +91,17 @@ def cluster_identities(embeddings: np.ndarray, index: pd.DataFrame, cfg: Analyze
 
 
 def identities_from_embeddings(path: Path, cfg: AnalyzeConfig, min_cluster: int = 0, crops: int = 0) -> IdentityReport:
-    """``cluster_identities`` of an embeddings folder written by ``dfdc embed``."""
-    from dfdc.embed import load_embeddings
+    """``cluster_identities`` of an embeddings folder written by ``dfdc embed`` (all crops, or
+    with ``embed.select`` identity the ones clustered here: a selection of fewer crops per
+    video than ``crops`` is named in a warning)."""
+    from dfdc.config import warn
+    from dfdc.embed import embeddings_meta, load_embeddings
 
     array, index = load_embeddings(path)
+    kept = embeddings_meta(path).get("selection", {}).get("per_video", 0)
+    if kept and (crops <= 0 or kept < crops):
+        warn(f"{path} holds at most {kept} REAL crops per video (embed.select identity), fewer than "
+             f"folds.identity_crops={crops or 'all'}: clustering those; re-embed to use more")
     return cluster_identities(array, index, cfg, min_cluster, crops)
 
 

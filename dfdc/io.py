@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,6 +81,21 @@ def clean_temp_files(folder: Path | str) -> int:
         if tmp.is_file():
             tmp.unlink()
             removed += 1
+    return removed
+
+
+def remove_temp_files_of(folders: Iterable[Path], names: set[str]) -> int:
+    """Remove the temp files (``.NAME.tmp-XXXX``) of the files ``names`` in ``folders`` (not
+    recursive), leaving every other temp file alone: writers sharing a folder (extraction
+    shards) clean only their own. Returns how many were removed."""
+    removed = 0
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if entry.name.startswith(".") and TEMP_MARK in entry.name and entry.name[1:].split(TEMP_MARK)[0] in names:
+                os.unlink(entry.path)
+                removed += 1
     return removed
 
 

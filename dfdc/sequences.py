@@ -25,7 +25,6 @@ default: one swapped face makes the video FAKE; ``dfdc.aggregate``).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,12 +33,13 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from dfdc.config import ConfigError, SequenceConfig, warn
+from dfdc.config import Config, ConfigError, SequenceConfig, warn
+from dfdc.data import file_array, is_random_pipeline, read_rgb, reseed, sample_seed
 
 UNIT_COLUMNS = ("video", "track", "label", "y", "fold", "n")  # one row per (video, track)
 EVAL_PHASE = 0.5  # validation and prediction: positions centred in their strides
-SEED_MODULUS = 2**32  # numpy / albumentations seeds are 32-bit
 MODES = ("frozen", "finetune")
+PHASE_STREAM = 1  # the frame phase's draw: a stream of its own beside the augmentation's
 
 
 def min_length(cfg: SequenceConfig) -> int:
@@ -47,13 +47,24 @@ def min_length(cfg: SequenceConfig) -> int:
     return cfg.min_len or cfg.seq_len
 
 
-def check_sequence_config(cfg: SequenceConfig) -> None:
+def check_track_settings(cfg: SequenceConfig) -> None:
+    """The ``sequence`` section: lengths and mode, with a clear error."""
     if cfg.seq_len < 1:
         raise ConfigError(f"sequence.seq_len={cfg.seq_len}: must be at least 1")
     if not 0 <= cfg.min_len <= cfg.seq_len:
         raise ConfigError(f"sequence.min_len={cfg.min_len}: use 0 (= seq_len) or 1 .. seq_len ({cfg.seq_len})")
     if cfg.mode not in MODES:
         raise ConfigError(f"sequence.mode={cfg.mode!r}: use one of {', '.join(MODES)}")
+
+
+def check_frozen_trainable(cfg: Config) -> None:
+    """``model.trainable`` (which backbone layers train) means nothing to a frozen backbone:
+    refused rather than silently trained as ``head``."""
+    if cfg.sequence.mode == "frozen" and str(cfg.model.trainable).strip().lower() != "all":
+        raise ConfigError(f"model.trainable={cfg.model.trainable!r} trains part of the backbone, but "
+                          "sequence.mode=frozen keeps the whole backbone frozen (only the recurrent head trains on "
+                          "cached features): set sequence.mode=finetune to train the top of the backbone, or leave "
+                          "model.trainable=all")
 
 
 def frame_positions(n: int, seq_len: int, phase: float = EVAL_PHASE) -> np.ndarray:
@@ -73,21 +84,46 @@ def select_tracks(lengths: Sequence[int], min_len: int) -> list[int]:
     return [int(np.argmax(lengths))]
 
 
-def track_units(table: pd.DataFrame) -> tuple[pd.DataFrame, list[np.ndarray]]:
-    """One unit per (video, track) of a faces table (``dfdc.data.load_face_table`` rows):
-    ``units`` (``UNIT_COLUMNS``, index 0..n-1) and, per unit, the table rows of its crops in
-    frame order (an array of row positions)."""
-    track = table["track"] if "track" in table.columns else table["face"]  # built before tracks: rank
-    frame = table.assign(_track=track.astype(int).to_numpy(), _pos=np.arange(len(table)))
-    rows: list[np.ndarray] = []
-    records = []
-    for (video, tid), group in frame.groupby(["video", "_track"], sort=True):
-        group = group.sort_values(["frame", "_pos"])
-        rows.append(group["_pos"].to_numpy(dtype=np.int64))
-        first = group.iloc[0]
-        records.append((video, int(tid), first["label"], int(first["y"]), int(first["fold"]), len(group)))
-    units = pd.DataFrame(records, columns=list(UNIT_COLUMNS))
-    return units, rows
+class Ragged:
+    """Per-unit row arrays as one flat array and offsets: ``rows[i]`` is unit i's rows (a
+    view). One array instead of 150k small ones on DFDC: loader workers share its pages."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat, self.offsets = np.asarray(flat, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.flat[self.offsets[i]: self.offsets[i + 1]]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def track_units(table: pd.DataFrame) -> tuple[pd.DataFrame, Ragged]:
+    """One unit per (video, track) of a faces table (``dfdc.data.load_training_data`` rows,
+    whose ``track`` column ``dfdc.faceindex.read_index`` always fills): ``units``
+    (``UNIT_COLUMNS``, index 0..n-1, sorted by video and track) and, per unit, the table rows
+    of its crops in frame order (``Ragged``). One sort, no Python loop over the groups."""
+    order = pd.DataFrame({"video": table["video"].to_numpy(), "track": table["track"].to_numpy(dtype=np.int64),
+                          "frame": table["frame"].to_numpy(), "pos": np.arange(len(table))})
+    order = order.sort_values(["video", "track", "frame", "pos"], kind="mergesort")
+    flat = order["pos"].to_numpy(dtype=np.int64)
+    video, track = order["video"].to_numpy(), order["track"].to_numpy()
+    new = np.ones(len(flat), bool)
+    new[1:] = (video[1:] != video[:-1]) | (track[1:] != track[:-1])
+    starts = np.flatnonzero(new)
+    offsets = np.append(starts, len(flat))
+    first = table.iloc[flat[starts]]
+    units = pd.DataFrame({"video": video[starts], "track": track[starts].astype(int),
+                          "label": first["label"].to_numpy(), "y": first["y"].to_numpy(dtype=int),
+                          "fold": first["fold"].to_numpy(dtype=int), "n": np.diff(offsets).astype(int)},
+                         columns=list(UNIT_COLUMNS))
+    return units, Ragged(flat, offsets)
 
 
 def training_units(units: pd.DataFrame, indices: np.ndarray, cfg: SequenceConfig) -> np.ndarray:
@@ -102,35 +138,34 @@ def training_units(units: pd.DataFrame, indices: np.ndarray, cfg: SequenceConfig
 
 
 def validation_units(units: pd.DataFrame, indices: np.ndarray, cfg: SequenceConfig) -> np.ndarray:
-    """The validation part's units read as the predictor reads a video (``select_tracks``)."""
-    keep: list[int] = []
-    part = units.loc[np.asarray(indices, dtype=np.int64)]
-    for _, group in part.groupby("video", sort=True):
-        chosen = select_tracks(group["n"].tolist(), min_length(cfg))
-        keep += [int(group.index[i]) for i in chosen]
-    return np.array(sorted(keep), dtype=np.int64)
+    """The validation part's units read as the predictor reads a video (``select_tracks``,
+    vectorised: the tracks with at least ``min_len`` crops, else the video's longest, the
+    first of equals)."""
+    part = units.loc[np.sort(np.asarray(indices, dtype=np.int64))]
+    if part.empty:
+        return np.zeros(0, dtype=np.int64)
+    long = part["n"] >= min_length(cfg)
+    has_long = long.groupby(part["video"]).transform("any")
+    longest = part.groupby("video", sort=False)["n"].idxmax()  # the first of equals, in track order
+    fallback = longest[longest.index.isin(part.loc[~has_long, "video"])].to_numpy()
+    return np.sort(np.concatenate([part.index[long].to_numpy(), fallback]).astype(np.int64))
 
 
-def _reseed(transform: Any, seed: int, epoch: int, index: int) -> None:
-    """Reseed an albumentations pipeline from (seed, epoch, index): one generator for all its
-    steps, independent of the loader worker (as ``dfdc.data.FaceDataset`` does)."""
-    if hasattr(transform, "set_random_state"):
-        seq = np.random.SeedSequence([seed, epoch, index])
-        transform.set_random_state(np.random.default_rng(seq), random.Random(int(seq.generate_state(1)[0]) % SEED_MODULUS))
-
-
-def _phase(seed: int | None, epoch: int, index: int) -> float:
+def _phase(seed: int | None, epoch: int, index: int, rank: int = 0) -> float:
+    """The frame phase of a training sample (``sample_seed`` and its own stream), 0.5 unseeded."""
     if seed is None:
         return EVAL_PHASE
-    return float(np.random.default_rng([seed, epoch, index, 1]).random())
+    entropy = sample_seed(seed, epoch, index, rank).entropy
+    return float(np.random.default_rng([*entropy, PHASE_STREAM]).random())
 
 
 class _TrackDatasetBase(Dataset):
-    def __init__(self, units: pd.DataFrame, rows: list[np.ndarray], seq_len: int, seed: int | None) -> None:
+    def __init__(self, units: pd.DataFrame, rows: Ragged, seq_len: int, seed: int | None, rank: int = 0) -> None:
         self.rows = rows
         self.labels = units["y"].to_numpy(dtype=np.int64)
         self.seq_len = int(seq_len)
         self.seed = seed
+        self.rank = int(rank)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -147,7 +182,7 @@ class _TrackDatasetBase(Dataset):
     def crop_rows(self, epoch: int, index: int) -> np.ndarray:
         """The table rows of the ``seq_len`` crops this sample reads (random phase when seeded)."""
         rows = self.rows[index]
-        return rows[frame_positions(len(rows), self.seq_len, _phase(self.seed, epoch, index))]
+        return rows[frame_positions(len(rows), self.seq_len, _phase(self.seed, epoch, index, self.rank))]
 
 
 class TrackDataset(_TrackDatasetBase):
@@ -155,31 +190,31 @@ class TrackDataset(_TrackDatasetBase):
 
     ``transform``: an albumentations pipeline (``dfdc.augment.train_transform``; the same
     draw for every frame of a sequence, so a flip or shift does not flicker) or
-    ``dfdc.preprocess.Prepare``; with ``seed`` set, reseeded per (seed, epoch, unit) and
-    the frame phase drawn at random (``frame_positions``)."""
+    ``dfdc.preprocess.Prepare``; with ``seed`` set, reseeded per (seed, epoch, unit[, rank])
+    as ``dfdc.data.FaceDataset`` is (``sample_seed``: DDP ranks draw their own streams) and
+    the frame phase drawn at random (``frame_positions``). The crop files are one numpy bytes
+    array (``dfdc.data.file_array``), as in ``FaceDataset``."""
 
-    def __init__(self, table: pd.DataFrame, units: pd.DataFrame, rows: list[np.ndarray], seq_len: int,
+    def __init__(self, table: pd.DataFrame, units: pd.DataFrame, rows: Ragged, seq_len: int,
                  transform: Callable[..., Any], seed: int | None = None,
-                 read: Callable[[str], np.ndarray] | None = None) -> None:
-        super().__init__(units, rows, seq_len, seed)
-        from dfdc.data import read_rgb
-
-        self.files = table["file"].tolist()
+                 read: Callable[[str], np.ndarray] | None = None, rank: int = 0) -> None:
+        super().__init__(units, rows, seq_len, seed, rank)
+        self.files = file_array(table)
         self.transform = transform
         self.read = read or read_rgb
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
         epoch, index = self.key(key)
-        frames = [self.read(self.files[r]) for r in self.crop_rows(epoch, index)]
+        frames = [self.read(self.files[r].decode("utf-8")) for r in self.crop_rows(epoch, index)]
         if self.seed is not None:
-            _reseed(self.transform, self.seed, epoch, index)
+            reseed(self.transform, sample_seed(self.seed, epoch, index, self.rank))
         return frames_to_tensor(self.transform, frames), int(self.labels[index]), index
 
 
 def frames_to_tensor(transform: Callable[..., Any], frames: list[np.ndarray]) -> torch.Tensor:
     """A sequence of RGB crops through one transform: ``uint8`` T x 3 x S x S. An albumentations
     pipeline draws once for all frames (``images=``); ``Prepare`` maps each frame."""
-    if hasattr(transform, "set_random_state"):  # albumentations Compose
+    if is_random_pipeline(transform):  # albumentations Compose
         same = len({f.shape for f in frames}) == 1
         if same:
             return transform(images=np.stack(frames))["images"]
@@ -189,9 +224,9 @@ def frames_to_tensor(transform: Callable[..., Any], frames: list[np.ndarray]) ->
 class TrackFeatureDataset(_TrackDatasetBase):
     """Tracks as cached backbone features (frozen mode): ``(float32 seq_len x D, label, unit index)``."""
 
-    def __init__(self, features: np.ndarray, units: pd.DataFrame, rows: list[np.ndarray], seq_len: int,
-                 seed: int | None = None) -> None:
-        super().__init__(units, rows, seq_len, seed)
+    def __init__(self, features: np.ndarray, units: pd.DataFrame, rows: Ragged, seq_len: int,
+                 seed: int | None = None, rank: int = 0) -> None:
+        super().__init__(units, rows, seq_len, seed, rank)
         self.features = features
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:

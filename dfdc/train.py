@@ -8,7 +8,8 @@ fold k -- all its videos, or a seeded sample of ``train.val_max_videos`` -- at v
 improvement. With a validation sample, the best epoch predicts all the fold's videos once
 at the end for the OOF files.
 
-Outputs under ``<runs_dir>/<name>/`` (rank 0 only, every file written atomically)::
+Outputs under ``<runs_dir>/<name>/`` (rank 0 only, every file written atomically; the run
+folder's bookkeeping -- inputs, status, metrics, OOF files -- is ``dfdc.runs``)::
 
     config.yaml            the resolved configuration
     .rank0-marker.json     written by rank 0 at start; every rank must see it (shared folder)
@@ -19,22 +20,28 @@ Outputs under ``<runs_dir>/<name>/`` (rank 0 only, every file written atomically
     fold{k}/oof.csv, oof_faces.csv   this fold's validation predictions of its best epoch
     metrics.csv            fold, epoch, train_loss, val_loss, val_logloss, val_auc, lr, seconds
     curves.png             loss curves per fold
-    oof.csv                video, label, fold, pred, n_faces (out-of-fold, all trained folds)
+    oof.csv                video, label, fold, pred, n_faces (out-of-fold, every finished fold)
     oof_faces.csv          video, label, fold, frame, face, prob (per-face OOF, for calibration)
+    features/              sequence models in frozen mode: every crop's frozen features (dfdc.features)
 
 Resuming: a killed run (even kill -9) restarts from the last finished epoch of the fold it
 was in; with fixed seeds on a CPU the result equals an uninterrupted run's exactly (the
 epoch draw, the augmentation and dropout are all seeded or restored). A fold whose recorded
 input fingerprints differ from today's folds table or faces index is neither resumed,
-skipped nor merged into the OOF files: the run stops and says what changed.
+skipped nor merged into the OOF files: the run stops before any training and says what
+changed. ``resume=False`` (``--no-resume``) retrains the chosen folds: each one's old state
+is removed before its new fingerprints are written (``dfdc.runs.reset_fold``), so a retrain
+killed early never leaves old weights or OOF files under new fingerprints.
 
-DDP: launched by ``torchrun --nproc_per_node=N [--nnodes ...] -m dfdc train ...``; NCCL on
-GPUs, gloo on CPU. Each rank trains on a disjoint shard of the same balanced epoch draw
-with its own dropout and augmentation seeds, validation is sharded and gathered, only rank
-0 writes. The learning rate follows ``train.lr_scaling`` over the global batch. The run
-folder must be shared by all nodes: every rank checks that it sees rank 0's marker.
-Failures that can hit one rank alone (inputs, weights, the shared folder) are agreed on by
-all ranks, so every rank stops with the message instead of the others hanging.
+DDP (``dfdc.distributed``): launched by ``torchrun --nproc_per_node=N [--nnodes ...] -m dfdc
+train ...``; NCCL on GPUs, gloo on CPU. Each rank trains on a disjoint shard of the same
+balanced epoch draw with its own dropout and augmentation seeds, validation is sharded and
+gathered, only rank 0 writes. The learning rate follows ``train.lr_scaling`` over the global
+batch. The run folder must be shared by all nodes: every rank checks that it sees rank 0's
+marker. Failures that can hit one rank alone (inputs, weights, the shared folder, the frozen
+features) are agreed on by all ranks, so every rank stops with the message instead of the
+others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
+under torchrun they are refused.
 
 The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
 the ones ``bench/bench_train.py`` times.
@@ -44,16 +51,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
-import os
-import random
-import socket
 import sys
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,60 +65,30 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dfdc.aggregate import METHODS, aggregate
-from dfdc.aggregate import clip as clip_probability
+from dfdc.aggregate import METHODS, TRACK_METHODS, aggregate_videos
 from dfdc.augment import train_transform
 from dfdc.config import Config, ConfigError, save_config
 from dfdc.data import (
-    BalancedEpochSampler, FaceDataset, TrainingData, load_training_data, loader_rate, sample_videos, shard, split_fold,
+    BalancedEpochSampler, FaceDataset, TrainingData, eval_batch_size, load_training_data, loader_rate, sample_videos,
+    shard, split_fold,
 )
-from dfdc.io import atomic_open, atomic_save_torch, atomic_write_csv, atomic_write_json, clean_temp_files
-from dfdc.metrics import log_loss
+from dfdc.distributed import (
+    Dist, check_shared_run_dir, cores_per_process, cpu_workers, launched_world, rank_seed, rng_state, seed_everything,
+    set_cpu_threads, set_rng_state, setup_distributed,
+)
+from dfdc.features import FrozenFeatures, run_features
+from dfdc.io import atomic_save_torch, clean_temp_files
 from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
-from dfdc.models.checkpoint import FOLD_DIR
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
-from dfdc.threads import available_cores
+from dfdc.runs import (
+    OOF_FACES, OOF_TRACKS, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
+    merge_oof, parse_folds, reset_fold, skipped_result, update_metrics, video_logloss, write_fold_oof,
+)
 
-METRICS_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_logloss", "val_auc", "lr", "seconds"]
-OOF_COLUMNS = ["video", "label", "fold", "pred", "n_faces"]
-OOF_FACES_COLUMNS = ["video", "label", "fold", "frame", "face", "prob"]
-OOF_TRACKS_COLUMNS = ["video", "label", "fold", "track", "prob"]  # sequence models: one row per track read
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
-MARKER = ".rank0-marker.json"  # rank 0's proof that the run folder is one folder for all ranks
-INPUTS = "inputs.json"  # per fold: fingerprints of the folds table and faces index it trained on
-INPUT_NAMES = {"folds": "folds table", "faces": "faces index"}
-LOADER_RATE_SAMPLES = 32  # crops read + augmented at start-up to measure one loader worker (auto workers)
-SHARED_DIR_POLL_S = 0.5  # seconds between looks for rank 0's marker
-
-
-class RunDirError(ConfigError):
-    """The run folder is not shared by every rank, or a rank failed where the others cannot go on."""
-
-
-class InputsChangedError(ConfigError):
-    """A fold recorded other input fingerprints than today's folds table / faces index."""
-
-
-@dataclass
-class FoldResult:
-    fold: int
-    best_logloss: float
-    best_epoch: int
-    epochs_run: int
-    skipped: bool = False  # finished in an earlier invocation
-    finished: bool = True  # False when stop_after_epochs ended the invocation inside this fold
-
-
-@dataclass
-class TrainReport:
-    run_dir: Path
-    folds: list[FoldResult] = field(default_factory=list)
-    oof_logloss: float | None = None  # over every fold's OOF videos, clipped at val_clip
-    oof_auc: float | None = None
-    oof_videos: int = 0
-    stopped_early: bool = False  # stop_after_epochs ended this invocation before all folds finished
+LOADER_RATE_SAMPLES = 32  # units read + augmented at start-up to measure one loader worker (auto workers)
 
 
 @dataclass
@@ -132,123 +103,37 @@ class EpochStats:
     steady_images_per_s: float  # images/s over all ranks from step ``warm`` on (nan if too few steps)
 
 
-# ----------------------------------------------------------------------------- processes
+# ----------------------------------------------------------------------------- settings
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
+def check_settings(cfg: Config) -> None:
+    """Settings a fold would otherwise find wrong only after an epoch (or the frozen features)
+    was spent: checked before any work."""
+    from dfdc.sequences import check_frozen_trainable, check_track_settings
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's ``obj``, in rank order (a list of one without DDP)."""
-        if self.world == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-    def agree(self, work: Callable[[], Any], what: str) -> Any:
-        """Run ``work`` on this rank, then stop every rank if it failed on any: the failing
-        ranks raise their own error, the others a ``RunDirError`` naming the rank and host
-        that failed -- instead of waiting forever in the next collective call."""
-        try:
-            result, error = work(), None
-        except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks hear of it
-            result, error = None, exc
-        if self.world == 1:
-            if error is not None:
-                raise error
-            return result
-        failures = [(r, host, msg) for r, (host, msg) in
-                    enumerate(self.gather((socket.gethostname(), None if error is None else str(error))))
-                    if msg is not None]
-        if error is not None:
-            raise error
-        if failures:
-            r, host, msg = failures[0]
-            raise RunDirError(f"{what} failed on rank {r} (host {host}): {msg}")
-        return result
+    t = cfg.train
+    if t.amp not in (*AMP_DTYPES, "none"):
+        raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
+    if t.val_aggregation not in METHODS:
+        raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
+    if t.steps_per_epoch < 0 or t.val_max_videos < 0:
+        raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
+    if is_sequence_model(cfg.model.arch):
+        check_track_settings(cfg.sequence)
+        if cfg.sequence.aggregation not in TRACK_METHODS:
+            raise ConfigError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
+        check_frozen_trainable(cfg)
 
 
-def _setup_distributed() -> _Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if world <= 1:
-        return _Dist(device=device)
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        owns = True
-    return _Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank,
-                 local_world=local_world, device=device, owns_group=owns)
-
-
-def _cores_per_process(ctx: _Dist) -> int:
-    return max(1, available_cores() // max(1, ctx.local_world))
-
-
-def _cpu_workers(cfg: Config) -> int:
-    """Loader workers on a CPU device: the configured count, or 1 for auto."""
-    return cfg.train.loader_workers if cfg.train.loader_workers >= 0 else 1
-
-
-def _set_cpu_threads(cfg: Config, ctx: _Dist) -> None:
-    """On a CPU, give each process its share of the cores, leaving one per loader worker."""
-    if ctx.device.type != "cpu":
-        return
-    threads = cfg.train.cpu_threads or max(1, _cores_per_process(ctx) - _cpu_workers(cfg))
-    torch.set_num_threads(threads)
-
-
-def check_shared_run_dir(run_dir: Path, ctx: _Dist, timeout: float) -> None:
-    """Every rank must see the marker rank 0 wrote into ``run_dir`` (one folder, shared by all
-    nodes); if any does not within ``timeout`` seconds, every rank raises ``RunDirError``."""
-    if ctx.world == 1:
-        return
-    box = [uuid.uuid4().hex if ctx.main else None]
-    dist.broadcast_object_list(box, src=0)
-    token = box[0]
-    marker = Path(run_dir) / MARKER
-    if ctx.main:
-        atomic_write_json(marker, {"token": token, "host": socket.gethostname(), "world": ctx.world})
-    ctx.barrier()
-    deadline = time.monotonic() + timeout
-    seen = False
-    while True:
-        with contextlib.suppress(OSError, ValueError):
-            seen = json.loads(marker.read_text()).get("token") == token
-        if seen or time.monotonic() >= deadline:
-            break
-        time.sleep(SHARED_DIR_POLL_S)
-    views = ctx.gather((seen, socket.gethostname(), str(Path(run_dir).absolute())))
-    blind = [(r, host, path) for r, (ok, host, path) in enumerate(views) if not ok]
-    if blind:
-        host0 = views[0][1]
-        who = ", ".join(f"rank {r} on {host} ({path})" for r, host, path in blind[:8])
-        raise RunDirError(
-            f"the run folder is not shared: rank 0 on {host0} wrote {marker}, but {who} "
-            f"did not see it within {timeout:g} s (train.shared_dir_timeout). Every node must see "
-            "one run folder: put train.runs_dir on a file system all nodes mount at the same path "
-            "(NFS, Lustre, ...), e.g. --set train.runs_dir=/shared/runs")
+def amp_dtype(cfg: Config, device: torch.device) -> str | None:
+    """The autocast dtype of training on ``device`` (None: fp32): ``train.amp`` on CUDA; bf16
+    becomes fp16 (with a GradScaler) on a GPU without native bfloat16 (compute capability < 8:
+    T4, V100, P100). ``is_bf16_supported()`` alone answers True there too: it counts emulation."""
+    if device.type != "cuda" or cfg.train.amp not in AMP_DTYPES:
+        return None
+    if cfg.train.amp == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        return "fp16"
+    return cfg.train.amp
 
 
 def scaled_lr(cfg: Config, world: int) -> tuple[float, str]:
@@ -266,103 +151,6 @@ def scaled_lr(cfg: Config, world: int) -> tuple[float, str]:
     rule = {"none": "unscaled", "linear": f"x {ratio:.3g}", "sqrt": f"x sqrt({ratio:.3g})"}[t.lr_scaling]
     return lr, (f"lr {lr:.3g} = train.lr {t.lr:g} {rule} (train.lr_scaling={t.lr_scaling}; global batch "
                 f"{batch} = {t.batch_size} x {world} processes, reference {t.lr_reference_batch})")
-
-
-def rank_seed(seed: int, rank: int) -> int:
-    """The torch/numpy/python seed of ``rank`` after the model is built: ``seed`` itself on
-    rank 0 (a single process is unchanged), a SeedSequence child of it on the others, so
-    dropout differs between ranks."""
-    if rank == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if device.type == "cuda":  # this rank's GPU only (get_rng_state_all would touch every GPU)
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and device.type == "cuda":
-        cuda = state["cuda"]
-        torch.cuda.set_rng_state(cuda[0] if isinstance(cuda, list) else cuda, device)
-
-
-def _read_inputs(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / INPUTS).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _inputs_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two input fingerprint records, in words."""
-    changes = []
-    for key, name in INPUT_NAMES.items():
-        a, b = old.get(key) or {}, new.get(key) or {}
-        if a.get("sha256") != b.get("sha256"):
-            changes.append(f"the {name} {b.get('file')} had {a.get('rows')} rows of {a.get('videos')} videos "
-                           f"(sha256 {a.get('sha256')}), now {b.get('rows')} rows of {b.get('videos')} videos "
-                           f"(sha256 {b.get('sha256')})")
-    return changes
-
-
-def _check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str) -> None:
-    """Refuse to ``doing`` (resume, skip, merge) a fold trained on other inputs."""
-    old = _read_inputs(folder)
-    if old is None:
-        return  # a fold of an older kit version: nothing recorded to compare
-    changes = _inputs_changes(old, current)
-    if changes:
-        raise InputsChangedError(
-            f"cannot {doing} fold {fold} of {folder.parent}: it was trained on other inputs -- "
-            + "; ".join(changes) + ". Mixing them would train or score one model on two splits or crop "
-            "sets: use another --name (a new run), or --no-resume to retrain the fold(s) on today's inputs")
-
-
-def _video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
-    """(clipped log loss, ROC AUC or nan) of video predictions ``pred`` against ``label``."""
-    from sklearn.metrics import roc_auc_score
-
-    pred = clip_probability(videos["pred"].to_numpy(dtype=float), clip)
-    label = videos["label"].to_numpy(dtype=int)
-    auc = float(roc_auc_score(label, pred)) if len(set(label.tolist())) == 2 else float("nan")
-    return log_loss(label, pred), auc
-
-
-def _aggregate_videos(faces: pd.DataFrame, cfg: Config, rule: str | None = None) -> pd.DataFrame:
-    """Per-video prediction from per-unit ``prob`` with ``rule`` (default ``train.val_aggregation``);
-    ``n_faces`` counts the units (faces, or tracks)."""
-    rows = []
-    for (video, label, fold), group in faces.groupby(["video", "label", "fold"], sort=True):
-        probs = group["prob"].to_numpy(dtype=float)
-        pred = float(aggregate(probs, rule or cfg.train.val_aggregation, cfg.predict))
-        rows.append((video, int(label), int(fold), pred, len(probs)))
-    return pd.DataFrame(rows, columns=OOF_COLUMNS)
-
-
-def _parse_folds(spec: str, available: list[int]) -> list[int]:
-    if spec.strip().lower() == "all":
-        return available
-    try:
-        wanted = [int(x) for x in spec.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"train.folds={spec!r}: expected 'all' or a comma list such as 0,1") from None
-    unknown = sorted(set(wanted) - set(available))
-    if unknown or not wanted:
-        raise ConfigError(f"train.folds={spec!r}: folds {unknown or wanted} not in the folds table (has {available})")
-    return wanted
 
 
 def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
@@ -388,41 +176,6 @@ def _optimizer(model: nn.Module, cfg: Config, lr: float, device: torch.device) -
     if t.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
     raise ConfigError(f"train.optimizer={t.optimizer!r}: expected adamw or sgd")
-
-
-def _write_curves(metrics: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for fold, rows in metrics.groupby("fold"):
-        axes[0].plot(rows["epoch"], rows["train_loss"], "--", label=f"fold {fold} train")
-        axes[0].plot(rows["epoch"], rows["val_loss"], "-", label=f"fold {fold} val (faces)")
-        axes[1].plot(rows["epoch"], rows["val_logloss"], "o-", label=f"fold {fold}")
-    axes[1].axhline(math.log(2), color="grey", lw=0.8, ls=":", label="constant 0.5")
-    axes[0].set(title="cross-entropy per face", xlabel="epoch", ylabel="loss")
-    axes[1].set(title="video-level validation log loss", xlabel="epoch", ylabel="log loss")
-    for ax in axes:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
-
-
-def _update_metrics(run_dir: Path, fold: int, history: list[dict[str, Any]]) -> pd.DataFrame:
-    path = run_dir / "metrics.csv"
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=METRICS_COLUMNS)
-    old = old[old["fold"] != fold]
-    new = pd.DataFrame(history, columns=METRICS_COLUMNS)
-    table = new if old.empty else pd.concat([old, new], ignore_index=True)
-    table = table.sort_values(["fold", "epoch"]).reset_index(drop=True)
-    atomic_write_csv(path, table)
-    _write_curves(table, run_dir / "curves.png")
-    return table
 
 
 def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device: torch.device,
@@ -456,31 +209,30 @@ class FoldTrainer:
     """
 
     UNIT_COLUMNS = ["video", "y", "fold", "frame", "face"]  # what names a unit in the OOF file
-    OOF_UNITS = ("oof_faces.csv", OOF_FACES_COLUMNS)  # the per-unit OOF file and its columns
+    OOF_UNITS = OOF_FACES  # the per-unit OOF file and its columns
 
-    def __init__(self, cfg: Config, data: TrainingData, fold: int, run_dir: Path, ctx: _Dist) -> None:
+    IMAGES_PER_UNIT = 1  # images a unit puts through the backbone (auto loader workers)
+
+    def __init__(self, cfg: Config, data: TrainingData, fold: int, run_dir: Path, ctx: Dist,
+                 frozen: FrozenFeatures | None = None) -> None:
         self.cfg, self.data, self.table, self.fold, self.ctx = cfg, data, data.table, fold, ctx
-        self.dir = run_dir / f"fold{fold}"
+        self.dir = fold_dir(run_dir, fold)
         self.run_dir = run_dir
+        self.frozen = frozen
         t = cfg.train
-        if t.amp not in (*AMP_DTYPES, "none"):
-            raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
-        if t.val_aggregation not in METHODS:  # checked before an epoch is spent, not after
-            raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
-        if t.steps_per_epoch < 0 or t.val_max_videos < 0:
-            raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
+        check_settings(cfg)
         self.lr, self.lr_note = scaled_lr(cfg, ctx.world)
         self.input = default_input(cfg.model, t.size)  # side: train.size, else the model's own
         self.val_rule = t.val_aggregation  # units -> video
-        self.use_amp = ctx.device.type == "cuda" and t.amp in AMP_DTYPES
-        self.amp = t.amp
-        if self.use_amp and t.amp == "bf16" and not torch.cuda.is_bf16_supported():
-            self.amp = "fp16"  # e.g. a P100: no bfloat16, so fp16 with a GradScaler
-            if ctx.main:
-                print("warning: this GPU has no bfloat16; training with train.amp=fp16", file=sys.stderr)
+        self.amp = amp_dtype(cfg, ctx.device)
+        self.use_amp = self.amp is not None
+        if self.use_amp and self.amp != t.amp and ctx.main:
+            print(f"warning: this GPU has no native bfloat16 (compute capability "
+                  f"{'.'.join(map(str, torch.cuda.get_device_capability(ctx.device)))}); training with train.amp=fp16 "
+                  "and a GradScaler", file=sys.stderr)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
-        self.val_batch = t.val_batch_size or 2 * t.batch_size
+        self.val_batch = eval_batch_size(t)
         self.fixed_shapes = ctx.device.type == "cuda" and t.cudnn_benchmark
         self._datasets()
 
@@ -520,19 +272,20 @@ class FoldTrainer:
 
     def _loader_workers(self) -> int:
         """``train.loader_workers``, or (-1, CUDA) enough for ``feed_images_per_s`` at the
-        faces/s one worker is measured to deliver here, capped by this process's cores."""
+        images/s one worker is measured to deliver here (units/s x ``IMAGES_PER_UNIT``),
+        capped by this process's cores."""
         t, ctx = self.cfg.train, self.ctx
         if t.loader_workers >= 0 or ctx.device.type != "cuda":
-            return _cpu_workers(self.cfg)
+            return cpu_workers(self.cfg)
         self.sampler.set_epoch(0)
-        keys = list(self.sampler)[:LOADER_RATE_SAMPLES]
-        rate = loader_rate(self.train_ds, keys)
-        cap = max(1, _cores_per_process(ctx) - 1)
+        keys = self.sampler.keys(LOADER_RATE_SAMPLES)
+        rate = loader_rate(self.train_ds, keys) * self.IMAGES_PER_UNIT
+        cap = max(1, cores_per_process(ctx) - 1)
         workers = max(1, min(cap, math.ceil(t.feed_images_per_s / rate)))
         if ctx.main:
-            print(f"loader: {rate:.0f} faces/s per worker (measured on {len(keys)} crops) -> {workers} workers per "
-                  f"GPU for {t.feed_images_per_s:g} images/s (train.feed_images_per_s; at most {cap} = cores - 1)",
-                  file=sys.stderr)
+            print(f"loader: {rate:.0f} images/s per worker (measured on {len(keys)} units of {self.IMAGES_PER_UNIT} "
+                  f"images) -> {workers} workers per GPU for {t.feed_images_per_s:g} images/s "
+                  f"(train.feed_images_per_s; at most {cap} = cores - 1)", file=sys.stderr)
         return workers
 
     # -- state ---------------------------------------------------------------------------
@@ -541,7 +294,7 @@ class FoldTrainer:
         last = self.dir / "last.pt"
         state = None
         if resume and last.is_file():
-            _check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
+            check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
             try:  # our own file (holds numpy RNG state), so the full unpickler is needed
                 state = torch.load(last, map_location="cpu", weights_only=False)
             except TORCH_LOAD_ERRORS as exc:
@@ -549,11 +302,10 @@ class FoldTrainer:
             if state.get("arch") != self.cfg.model.arch:
                 raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
                                   "use another --name or pass --no-resume")
-        if state is None and ctx.main:  # a fresh start: an older "finished" mark is void
-            (self.dir / "status.json").unlink(missing_ok=True)
-            atomic_write_json(self.dir / INPUTS, self.data.fingerprints)
+        if state is None and ctx.main:  # a fresh start: the old state goes, then the new fingerprints
+            reset_fold(self.dir, self.data.fingerprints)
         ctx.barrier()
-        _seed_everything(t.seed + self.fold)  # the same initial weights on every rank
+        seed_everything(t.seed + self.fold)  # the same initial weights on every rank
         model_cfg = self.cfg.model
         if state is not None:  # its weights replace any pretrained ones: do not fetch them
             from copy import deepcopy
@@ -562,18 +314,11 @@ class FoldTrainer:
             model_cfg.pretrained = "none"
         # the first process of each node fetches / loads pretrained weights (into that node's
         # cache) while the others wait; then the others build theirs from the cache
-        holder: list[nn.Module] = []
-
-        def make(first: bool) -> None:
-            if (ctx.local_rank == 0) == first:
-                holder.append(create_model(model_cfg, self.input.size))
-
-        ctx.agree(lambda: make(True), "building the model (pretrained weights)")
-        ctx.agree(lambda: make(False), "building the model (pretrained weights)")
-        self.model = holder[0].to(ctx.device, memory_format=self.memory_format)
+        model = ctx.local_first(lambda: create_model(model_cfg, self.input.size), "building the model (pretrained weights)")
+        self.model = model.to(ctx.device, memory_format=self.memory_format)
         self._prepare_model(self.model)
         if ctx.rank:  # dropout differs between ranks; rank 0 goes on as a single process does
-            _seed_everything(rank_seed(t.seed + self.fold, ctx.rank))
+            seed_everything(rank_seed(t.seed + self.fold, ctx.rank))
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.optimizer = _optimizer(self.model, self.cfg, self.lr, ctx.device)
@@ -610,18 +355,18 @@ class FoldTrainer:
         ctx = self.ctx
         states = saved if isinstance(saved, list) else [saved]
         if len(states) == ctx.world:
-            _set_rng_state(states[ctx.rank], ctx.device)
+            set_rng_state(states[ctx.rank], ctx.device)
             return
-        _set_rng_state(states[0], ctx.device)
+        set_rng_state(states[0], ctx.device)
         if ctx.rank:  # another world size than the saved run: a fresh per-rank stream
-            _seed_everything(rank_seed(self.cfg.train.seed + self.fold + self.epoch, ctx.rank))
+            seed_everything(rank_seed(self.cfg.train.seed + self.fold + self.epoch, ctx.rank))
         if ctx.main:
             print(f"warning: {self.dir / 'last.pt'} was saved by {len(states)} processes, resumed by {ctx.world}; "
                   "the run goes on but is not an exact continuation", file=sys.stderr)
 
     def save_last(self, finished: bool) -> None:
         """Write ``last.pt`` (every rank must call it: the RNG states are gathered)."""
-        rngs = self.ctx.gather(_rng_state(self.ctx.device))
+        rngs = self.ctx.gather(rng_state(self.ctx.device))
         if not self.ctx.main:
             return
         state = {
@@ -728,9 +473,7 @@ class FoldTrainer:
                 seen_log.close()
         self._sync()
         end = time.perf_counter()
-        stats = torch.tensor([float(total), float(images)], dtype=torch.float64)
-        if ctx.world > 1:
-            dist.all_reduce(stats)
+        stats = ctx.sum_over_ranks(total, images)  # on this process's device: NCCL reduces CUDA tensors only
         steady = (images - steady_images) * ctx.world / (end - steady_start) if steps > warm else float("nan")
         return EpochStats(loss=float(stats[0] / max(stats[1], 1.0)), steps=steps, images=images,
                           seconds=end - start, first_step_seconds=first, steady_images_per_s=steady)
@@ -769,12 +512,11 @@ class FoldTrainer:
                   f"{self.units.loc[self.full_val_idx, 'video'].nunique()} videos of the fold", file=sys.stderr)
         faces = self.predict(self._val_loader(self.full_val_idx))
         if self.ctx.main:
-            self._write_oof(faces, _aggregate_videos(faces, self.cfg, self.val_rule))
+            write_fold_oof(self.dir, faces, self.videos(faces), self.OOF_UNITS)
 
-    def _write_oof(self, units: pd.DataFrame, videos: pd.DataFrame) -> None:
-        atomic_write_csv(self.dir / "oof.csv", videos)
-        name, columns = self.OOF_UNITS
-        atomic_write_csv(self.dir / name, units[columns])
+    def videos(self, units: pd.DataFrame) -> pd.DataFrame:
+        """Per-video predictions of per-unit ones (``val_rule``; ``dfdc.aggregate.aggregate_videos``)."""
+        return aggregate_videos(units, self.val_rule, self.cfg.predict)
 
     def run(self, resume: bool) -> FoldResult:
         t, ctx = self.cfg.train, self.ctx
@@ -792,8 +534,8 @@ class FoldTrainer:
                       file=sys.stderr)
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
-            videos = _aggregate_videos(faces, self.cfg, self.val_rule)
-            val_logloss, val_auc = _video_logloss(videos, t.val_clip)
+            videos = self.videos(faces)
+            val_logloss, val_auc = video_logloss(videos, t.val_clip)
             improved = val_logloss < self.best
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = val_logloss, self.epoch, 0
@@ -810,10 +552,10 @@ class FoldTrainer:
             if ctx.main and improved:
                 save_checkpoint(self.dir / "best.pt", self.model, self.cfg,
                                 {"fold": self.fold, "epoch": self.epoch - 1, "val_logloss": val_logloss})
-                self._write_oof(faces, videos)
+                write_fold_oof(self.dir, faces, videos, self.OOF_UNITS)
             self.save_last(finished)
             if ctx.main:
-                _update_metrics(self.run_dir, self.fold, self.history)
+                update_metrics(self.run_dir, self.fold, self.history)
                 print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {stats.loss:.4f} "
                       f"val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}{' *' if improved else ''}",
                       file=sys.stderr)
@@ -822,8 +564,7 @@ class FoldTrainer:
         if finished:  # also after a kill between last.pt and status.json
             self._full_oof()
             if ctx.main:
-                atomic_write_json(self.dir / "status.json", {
-                    "finished": True, "best_logloss": self.best, "best_epoch": self.best_epoch, "epochs_run": self.epoch})
+                finish_fold(self.dir, self.best, self.best_epoch, self.epoch)
         ctx.barrier()
         return FoldResult(self.fold, self.best, self.best_epoch, self.epoch, finished=finished)
 
@@ -833,23 +574,18 @@ class TrackFoldTrainer(FoldTrainer):
     ``sequence.seq_len`` frames (``dfdc.sequences``: equal length for REAL and FAKE, a
     balanced draw over tracks, validation read as the predictor reads a video), aggregated to
     a video with ``sequence.aggregation``. ``sequence.mode`` frozen: the backbone's features of
-    every crop are computed once (``dfdc.features``, cached in ``<run>/features/``), the
-    backbone is frozen with exactly those weights and only the recurrent head trains on the
-    cached features; finetune: the backbone trains inside the model on augmented crops."""
+    every crop are the run's (``dfdc.features``, computed once per run before the first fold,
+    cached in ``<run>/features/``); the backbone is frozen with exactly those weights and only
+    the recurrent head trains on the cached features; finetune: the backbone trains inside the
+    model on augmented crops."""
 
     UNIT_COLUMNS = ["video", "y", "fold", "track"]
-    OOF_UNITS = ("oof_tracks.csv", OOF_TRACKS_COLUMNS)
+    OOF_UNITS = OOF_TRACKS
 
     def _units(self) -> None:
-        from dfdc.aggregate import TRACK_METHODS
-        from dfdc.sequences import (
-            TrackDataset, TrackFeatureDataset, check_sequence_config, track_units, training_units, validation_units,
-        )
+        from dfdc.sequences import TrackDataset, TrackFeatureDataset, track_units, training_units, validation_units
 
         t, s, ctx = self.cfg.train, self.cfg.sequence, self.ctx
-        check_sequence_config(s)
-        if s.aggregation not in TRACK_METHODS:
-            raise ConfigError(f"sequence.aggregation={s.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
         self.val_rule = s.aggregation
         self.units, rows = track_units(self.table)
         is_val = (self.units["fold"] == self.fold).to_numpy()
@@ -860,13 +596,15 @@ class TrackFoldTrainer(FoldTrainer):
         self.full_val_idx = validation_units(self.units, np.flatnonzero(is_val), s)
         self.val_idx = sample_videos(self.units, self.full_val_idx, t.val_max_videos, seed)
         if s.mode == "frozen":
-            self.features, self.backbone_state = frozen_backbone_features(self.cfg, self.table, self.input,
-                                                                          self.run_dir, self.ctx)
-            self.train_ds = TrackFeatureDataset(self.features, self.units, rows, s.seq_len, seed=seed)
-            self.val_ds = TrackFeatureDataset(self.features, self.units, rows, s.seq_len)
+            if self.frozen is None:
+                raise ConfigError("sequence.mode=frozen: the run's frozen features (dfdc.features.run_features) "
+                                  "must be given to the fold trainer")
+            self.train_ds = TrackFeatureDataset(self.frozen.array, self.units, rows, s.seq_len, seed=seed, rank=ctx.rank)
+            self.val_ds = TrackFeatureDataset(self.frozen.array, self.units, rows, s.seq_len)
         else:
+            self.IMAGES_PER_UNIT = s.seq_len
             self.train_ds = TrackDataset(self.table, self.units, rows, s.seq_len,
-                                         train_transform(self.input.size, t.augment), seed=seed)
+                                         train_transform(self.input.size, t.augment), seed=seed, rank=ctx.rank)
             self.val_ds = TrackDataset(self.table, self.units, rows, s.seq_len, Prepare(self.input.size))
         self.sampler = BalancedEpochSampler(self.units["y"].to_numpy(), self.train_idx, seed=seed,
                                             num_replicas=ctx.world, rank=ctx.rank,
@@ -874,73 +612,13 @@ class TrackFoldTrainer(FoldTrainer):
 
     def _prepare_model(self, model: nn.Module) -> None:
         if self.cfg.sequence.mode == "frozen":  # the weights the cached features came from
-            model.backbone.load_state_dict(self.backbone_state)
+            model.backbone.load_state_dict(self.frozen.state)
             model.freeze_backbone()
-
-
-def frozen_backbone_features(cfg: Config, table: pd.DataFrame, spec: Any, run_dir: Path,
-                             ctx: _Dist) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-    """Every crop's features by the frozen backbone ``model.backbone`` (weights
-    ``model.pretrained``, random init seeded by ``train.seed``), computed once per run by rank
-    0 and cached in ``<run>/features/`` (``dfdc.features``); returns them and the backbone's
-    weights, which every fold's model takes so the features and the saved model agree."""
-    from dfdc.features import CACHE_DIR, frozen_features
-    from dfdc.models import create_backbone
-
-    with torch.random.fork_rng(devices=[]):  # the fold's global RNG is left as it was
-        torch.manual_seed(cfg.train.seed)
-        backbone = create_backbone(cfg.model)
-    backbone.set_input_spec(spec)
-    backbone.to(ctx.device)
-    identity = {"arch": cfg.model.backbone, "pretrained": cfg.model.pretrained, "seed": cfg.train.seed}
-    batch = cfg.train.val_batch_size or 2 * cfg.train.batch_size
-    files = table["file"].tolist()
-    folder = run_dir / CACHE_DIR
-    features = None
-    if ctx.main:
-        features = frozen_features(folder, files, backbone, identity, batch, ctx.device, progress=True)
-    ctx.barrier()
-    if features is None:  # other ranks: rank 0's cache (same identity and crops)
-        features = frozen_features(folder, files, backbone, identity, batch, ctx.device, progress=False)
-    return features, {k: v.detach().cpu() for k, v in backbone.state_dict().items()}
-
-
-def _fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
-    folder = run_dir / f"fold{fold}"
-    status = folder / "status.json"
-    if not (status.is_file() and (folder / "best.pt").is_file()):
-        return None
-    try:
-        data = json.loads(status.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if data.get("finished") else None
 
 
 def _trainer(cfg: Config) -> type[FoldTrainer]:
     """The fold trainer of the model's unit: face crops, or face tracks for sequence models."""
     return TrackFoldTrainer if is_sequence_model(cfg.model.arch) else FoldTrainer
-
-
-def _merge_oof(run_dir: Path, cfg: Config, fingerprints: dict[str, Any]) -> tuple[float | None, float | None, int]:
-    """Concatenate every fold's OOF files into the run's oof.csv and per-unit file (oof_faces.csv,
-    or oof_tracks.csv of a sequence model) -- only folds trained on today's inputs: another
-    fold stops the merge with what changed."""
-    name, columns = _trainer(cfg).OOF_UNITS
-    videos, units = [], []
-    for folder in sorted(run_dir.glob("fold*")):
-        match = FOLD_DIR.fullmatch(folder.name)
-        if match and (folder / "oof.csv").is_file() and (folder / name).is_file():
-            _check_inputs(folder, int(match.group(1)), fingerprints, "merge the OOF predictions of")
-            videos.append(pd.read_csv(folder / "oof.csv", dtype={"video": str}))
-            units.append(pd.read_csv(folder / name, dtype={"video": str}))
-    if not videos:
-        return None, None, 0
-    oof = pd.concat(videos, ignore_index=True)[OOF_COLUMNS].sort_values(["fold", "video"])
-    atomic_write_csv(run_dir / "oof.csv", oof)
-    atomic_write_csv(run_dir / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
-    loss, auc = _video_logloss(oof, cfg.train.val_clip)
-    return loss, auc, len(oof)
 
 
 # ----------------------------------------------------------------------------- entry
@@ -953,52 +631,64 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
     ``faces_dir`` holds faces.csv and the crops; ``folds_csv`` is folds/folds.csv. ``folds``
     (default: ``cfg.train.folds``) picks the folds to train. With ``resume`` a fold that
     finished earlier is skipped and an interrupted one continues from its ``last.pt``;
-    ``resume=False`` retrains every selected fold from scratch. Under torchrun (WORLD_SIZE > 1)
-    every rank calls this; only rank 0 writes files.
+    ``resume=False`` retrains every selected fold from scratch. Every fold whose state is used
+    (resumed, skipped, merged) is checked against today's inputs before any training. Under
+    torchrun (WORLD_SIZE > 1) every rank calls this; only rank 0 writes files.
     """
-    from dfdc.baselines import is_baseline, train_baselines  # it writes this module's run outputs
+    from dfdc.baselines import is_baseline, train_baselines
 
-    if is_baseline(cfg.model.arch):  # scikit-learn estimators: fitted, not trained by this loop
+    if is_baseline(cfg.model.arch):  # scikit-learn estimators: fitted in one process, not by this loop
+        if launched_world() > 1:
+            raise ConfigError(f"model.arch={cfg.model.arch} is a scikit-learn baseline: it fits in one process; "
+                              f"run it without torchrun (make train GPUS=1), not on {launched_world()} processes")
         return train_baselines(Path(faces_dir), Path(folds_csv), cfg, folds, resume)
-    ctx = _setup_distributed()
+    check_settings(cfg)
+    ctx = setup_distributed()
     threads = torch.get_num_threads()
-    _set_cpu_threads(cfg, ctx)
+    set_cpu_threads(cfg, ctx)
     try:
         data = ctx.agree(lambda: load_training_data(Path(faces_dir), Path(folds_csv)), "reading the training inputs")
         available = sorted(int(f) for f in data.table["fold"].unique())
-        chosen = folds if folds is not None else _parse_folds(cfg.train.folds, available)
+        chosen = folds if folds is not None else parse_folds(cfg.train.folds, available)
         missing = sorted(set(chosen) - set(available))
         if missing:
             raise ConfigError(f"folds {missing} have no crops (folds present: {available})")
         run_dir = Path(cfg.train.runs_dir) / cfg.train.name
 
         def prepare_run_dir() -> None:
+            check_run(run_dir, data.fingerprints, available, retrained=set() if resume else set(chosen),
+                      resumed=set(chosen) if resume else set())
             if ctx.main:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 clean_temp_files(run_dir)
                 save_config(cfg, run_dir / "config.yaml")
 
-        ctx.agree(prepare_run_dir, "creating the run folder")
+        ctx.agree(prepare_run_dir, "checking and creating the run folder")
         check_shared_run_dir(run_dir, ctx, cfg.train.shared_dir_timeout)
         report = TrainReport(run_dir=run_dir)
+        done = {fold: fold_status(run_dir, fold) if resume else None for fold in chosen}
+        frozen = None
+        if is_sequence_model(cfg.model.arch) and cfg.sequence.mode == "frozen" and None in done.values():
+            frozen = run_features(cfg, data.table, run_dir, ctx, default_input(cfg.model, cfg.train.size))
         for fold in chosen:
-            status = _fold_status(run_dir, fold) if resume else None
-            if status is not None:
-                _check_inputs(run_dir / f"fold{fold}", fold, data.fingerprints, "skip (as finished)")
-                report.folds.append(FoldResult(fold, float(status["best_logloss"]), int(status["best_epoch"]),
-                                               int(status["epochs_run"]), skipped=True))
+            if done[fold] is not None:
+                report.folds.append(skipped_result(fold, done[fold]))
                 if ctx.main:
-                    print(f"fold {fold}: finished earlier (best log loss {status['best_logloss']:.4f}); skipped",
+                    print(f"fold {fold}: finished earlier (best log loss {done[fold]['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx).run(resume)
+            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen).run(resume)
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True
                 break
-        merged = ctx.agree(lambda: _merge_oof(run_dir, cfg, data.fingerprints) if ctx.main else (None, None, 0),
-                           "merging the OOF predictions")
-        report.oof_logloss, report.oof_auc, report.oof_videos = merged
+
+        def merge() -> tuple[float | None, float | None, int]:
+            if not ctx.main:
+                return None, None, 0
+            return merge_oof(run_dir, _trainer(cfg).OOF_UNITS, cfg.train.val_clip, data.fingerprints, available)
+
+        report.oof_logloss, report.oof_auc, report.oof_videos = ctx.agree(merge, "merging the OOF predictions")
         return report
     finally:
         torch.set_num_threads(threads)

@@ -67,7 +67,10 @@ def test_fit_per_fold_and_predict_through_the_checkpoint(arch: str, tiny, tmp_pa
 
 
 def test_pixel_features_and_the_feature_cache(tiny, tmp_path: Path) -> None:
-    faces, folds = tiny
+    import shutil
+
+    faces = shutil.copytree(tiny[0], tmp_path / "faces")  # its index is changed below
+    folds = tiny[1]
     cfg = _cfg(tmp_path, "logreg", "baseline.features=pixels", "model.pretrained=imagenet")
     assert resolve_config(cfg).model.backbone == "pixels" and resolve_config(cfg).model.pretrained == "none"
     train_baselines(faces, folds, cfg)
@@ -76,14 +79,55 @@ def test_pixel_features_and_the_feature_cache(tiny, tmp_path: Path) -> None:
     model, meta = load_checkpoint(run / "fold0" / "best.pt")
     assert meta["config"]["model"]["backbone"] == "pixels" and model.feature_dim == 768
     stamp = (run / "features" / META_FILE).stat().st_mtime_ns
+    crops = {str(faces / p) for p in pd.read_csv(faces / "faces.csv")["path"]}
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        if str(path) in crops:
+            stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    from dfdc.data import load_training_data
+    from dfdc.distributed import Dist
+    from dfdc.features import run_features
+
+    data = load_training_data(faces, folds)
+    spec = load_checkpoint(run / "fold0" / "best.pt")[0].input_spec
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "stat", counting)
+        reused = run_features(resolve_config(cfg), data.table, run, Dist(), spec)  # no stat of 48 (1.6 M) crops
+    assert not stats and reused.array.shape == (48, 768) and not reused.array.flags.writeable  # memory-mapped
     train_baselines(faces, folds, cfg, resume=False)  # refit: the features are reused
     assert (run / "features" / META_FILE).stat().st_mtime_ns == stamp
-    victim = faces / pd.read_csv(faces / "faces.csv")["path"].iloc[0]
-    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))  # a crop was rewritten
+    pd.read_csv(faces / "faces.csv").iloc[:-2].to_csv(faces / "faces.csv", index=False)  # other crops
     train_baselines(faces, folds, cfg, resume=False)
     assert (run / "features" / META_FILE).stat().st_mtime_ns != stamp  # ... so they are recomputed
+    assert np.load(run / "features" / FEATURES_FILE).shape == (46, 768)
 
 
 def test_bad_feature_choice_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="baseline.features='hog'"):
         resolve_config(_cfg(tmp_path, "svm", "baseline.features=hog"))
+
+
+def test_svm_platt_folds_group_by_the_folds_tables_group(tiny, tmp_path: Path, monkeypatch) -> None:
+    """Identity folds keep an actor's originals in one group: the svm's calibration folds must
+    group by the folds table's ``group`` too, not re-derive each fake's original."""
+    import dfdc.baselines as baselines_module
+
+    faces, folds = tiny
+    table = pd.read_csv(folds)
+    table["group"] = "actor" + (table["group"].str[4:7].astype(int) // 2).astype(str)  # two originals per actor
+    table.to_csv(tmp_path / "folds.csv", index=False)
+    seen = []
+    real_fit = baselines_module.fit_estimator
+
+    def spy(name, x, y, groups, *args, **kwargs):  # noqa: ANN001, ANN202
+        seen.append(set(np.asarray(groups).tolist()))
+        return real_fit(name, x, y, groups, *args, **kwargs)
+
+    monkeypatch.setattr(baselines_module, "fit_estimator", spy)
+    train_baselines(faces, tmp_path / "folds.csv", _cfg(tmp_path, "svm", "train.folds=0"))
+    train_part = table[table["fold"] != 0]
+    assert seen == [set(train_part["group"])] and all(g.startswith("actor") for g in seen[0])

@@ -65,6 +65,28 @@ def test_table_joins_folds_and_labels(tiny: tuple[Path, Path]) -> None:
     train_idx, val_idx = split_fold(table, 1)
     assert set(table.loc[val_idx, "fold"]) == {1} and set(table.loc[train_idx, "fold"]) == {0}
     assert len(train_idx) + len(val_idx) == len(table)
+    folds = pd.read_csv(folds_csv).set_index("video")
+    assert table["group"].tolist() == folds.loc[table["video"], "group"].tolist()  # the folds table's group
+    pd.read_csv(folds_csv).drop(columns="group").to_csv(folds_csv, index=False)
+    assert load_face_table(faces_dir, folds_csv)["group"].tolist() == table["video"].tolist()  # none: the video
+
+
+def test_datasets_reseed_per_rank_with_one_rule(tiny: tuple[Path, Path]) -> None:
+    """Frame crops and track sequences reseed alike (dfdc.data.sample_seed): rank 0 draws what a
+    single process draws, other ranks their own streams."""
+    from dfdc.sequences import TrackDataset, track_units
+
+    faces_dir, folds_csv = tiny
+    table = load_face_table(faces_dir, folds_csv)
+    single, rank1 = FaceDataset(table, train_transform(32), seed=5), FaceDataset(table, train_transform(32), seed=5, rank=1)
+    assert single.sample_seed(0, 3).entropy == [5, 0, 3]  # rank 0 = a single process: (seed, epoch, row)
+    assert any(not torch.equal(single[k][0], rank1[k][0]) for k in range(6))
+    units, rows = track_units(table)
+    seq = {r: TrackDataset(table, units, rows, 2, train_transform(32), seed=5, rank=r) for r in (0, 1)}
+    assert any(not torch.equal(seq[0][(0, u)][0], seq[1][(0, u)][0]) for u in range(6))
+    real = int(np.flatnonzero(units["n"].to_numpy() == 4)[0])
+    assert any(not np.array_equal(seq[0].crop_rows(e, real), seq[1].crop_rows(e, real)) for e in range(8))  # phase
+    assert isinstance(seq[0].files, np.ndarray) and seq[0].files.dtype.kind == "S"  # one bytes array, as FaceDataset
 
 
 def test_missing_crop_is_skipped_with_warning(tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +124,10 @@ def test_dataset_items_and_seeded_augmentation(tiny: tuple[Path, Path]) -> None:
     ds.set_epoch(1)
     assert any(not torch.equal(ds[k][0], FaceDataset(table, train_transform(32), seed=5)[k][0]) for k in range(8))
     val = FaceDataset(table, Prepare(32))
-    assert torch.equal(val[0][0], val[0][0])
+    from dfdc.data import read_rgb
+    from dfdc.preprocess import prepare
+
+    assert torch.equal(val[0][0], torch.from_numpy(prepare(read_rgb(table.loc[0, "file"]), 32)))  # the predictor's path
     (faces_dir / table.loc[0, "path"]).write_bytes(b"not a png")
     with pytest.raises(DataError, match=str(table.loc[0, "path"])):
         val[0]

@@ -115,3 +115,51 @@ def test_unshared_run_folder_stops_every_rank_with_a_message(tmp_path: Path) -> 
     assert all(done.returncode != 0 for done in ranks)
     assert "faces table" in ranks[1].stderr
     assert "reading the training inputs failed on rank 1" in ranks[0].stderr and "faces table" in ranks[0].stderr
+
+
+def test_two_ranks_share_the_frozen_features_of_a_sequence_model(tmp_path: Path) -> None:
+    """The run's frozen features are computed once, before the folds, sharded over the ranks
+    (review data 1.4): each rank embeds its chunks, rank 0 assembles one cache both read."""
+    import torch
+
+    from dfdc.config import load_config
+    from dfdc.data import load_training_data
+    from dfdc.distributed import Dist
+    from dfdc.features import FEATURES_FILE, run_features
+    from dfdc.models import default_input
+
+    from test_sequences import make_track_faces
+
+    faces, folds = make_track_faces(tmp_path, n_real=4, fakes_per_real=1)
+    runs, debug = tmp_path / "runs", tmp_path / "debug"
+    sets = ["model.arch=lstm", "model.backbone=tiny-cnn", "model.pretrained=none", "model.rnn_hidden=128",
+            "model.head_hidden=32", "train.size=24", "train.loader_workers=0", "sequence.seq_len=4",
+            "embed.chunk_size=16", f"train.runs_dir={runs}", f"train.debug_dir={debug}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dfdc", "train",
+           "--profile", "smoke", "--faces", str(faces), "--folds", str(folds), "--name", "seq", "--epochs", "1",
+           "--batch-size", "4", *[x for item in sets for x in ("--set", item)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("OOF log loss") == 1
+    computed = {r: sum(int(x) for x in (debug / f"features_rank{r}.txt").read_text().split()) for r in (0, 1)}
+    data = load_training_data(faces, folds)
+    assert computed[0] > 0 and computed[1] > 0 and computed[0] + computed[1] == len(data.table)  # each its share
+    assert done.stderr.count("features: ") == 1  # said once, by rank 0
+    cached = np.load(runs / "seq" / "features" / FEATURES_FILE)
+    cfg = load_config("smoke", [*[s for s in sets if not s.startswith(("train.runs_dir", "train.debug_dir"))],
+                                "train.batch_size=4"])  # the BatchNorm calibration's batches are the run's
+    torch.set_num_threads(1)
+    alone = run_features(cfg, data.table, tmp_path / "alone", Dist(), default_input(cfg.model, 24))
+    np.testing.assert_allclose(cached, alone.array, rtol=1e-4, atol=1e-5)  # = one process's features
+
+
+def test_a_rank_waiting_on_files_stops_when_another_fails(tmp_path: Path) -> None:
+    import pytest
+
+    from dfdc.distributed import Dist, RunDirError, report_failure, wait_for_files
+
+    report_failure(tmp_path, Dist(rank=1, world=2), OSError("disk full"))
+    with pytest.raises(RunDirError, match="features failed on rank 1 .*OSError: disk full"):
+        wait_for_files(lambda: "3 chunks", tmp_path, "features", Dist(world=2), poll=0.01)
+    wait_for_files(lambda: None, tmp_path / "elsewhere", "features", Dist(world=2))  # nothing missing: no wait

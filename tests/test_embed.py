@@ -36,7 +36,7 @@ def test_embeds_every_crop_with_its_index(faces: Path, tmp_path: Path) -> None:
     assert array.shape == (len(table), 64) and array.dtype == np.float32 and report.rows == len(table)
     assert list(index.columns) == INDEX_COLUMNS
     assert index["video"].tolist() == table["video"].tolist() and index["path"].tolist() == table["path"].tolist()
-    assert (index["track"] == -1).all()  # faces.csv without a track column
+    assert (index["track"] == index["face"]).all()  # faces.csv without a track column: read_index's one rule
     assert np.isfinite(array).all() and array.std(0).max() > 0
     stored, _ = load_embeddings(tmp_path / "emb", dtype=None)
     assert stored.dtype == np.float16  # embed.dtype default
@@ -141,3 +141,38 @@ def test_cli(faces: Path, tmp_path: Path, capsys) -> None:
     assert main(argv) == 0 and "nothing to do" in capsys.readouterr().out
     assert main(["embed", "--faces", str(faces), "--model", "tiny-cnn", "--profile", "smoke"]) == 1
     assert "made otherwise" in capsys.readouterr().err
+
+
+def test_a_model_over_a_backbone_embeds_with_its_backbone(faces: Path, tmp_path: Path) -> None:
+    """lstm / gru (and the baselines) have no features of their own: their backbone's are used."""
+    cfg = _cfg("model.backbone=tiny-cnn", "model.rnn_hidden=128")
+    report = embed_faces(faces, "lstm", tmp_path / "lstm", cfg)
+    plain = embed_faces(faces, "tiny-cnn", tmp_path / "tiny", cfg)
+    assert report.dim == plain.dim == 64
+    assert "its backbone tiny-cnn" in embed_module.embeddings_meta(tmp_path / "lstm")["arch"]
+    gru = _cfg("model.arch=gru", "model.backbone=tiny-cnn", "model.rnn_hidden=128")
+    run = tmp_path / "runs" / "seq"
+    save_checkpoint(run / "fold0" / "best.pt", create_model(gru.model, 32), gru, {"fold": 0})
+    assert embed_faces(faces, str(run), tmp_path / "run", cfg).dim == 64
+
+
+def test_identity_selection_and_the_default_side(faces: Path, tmp_path: Path) -> None:
+    """embed.select identity embeds what identity folds cluster (REAL crops, at most
+    folds.identity_crops per video); a named model's side is capped at the crops' (32 px here)."""
+    from dfdc.identity import cluster_identities, identities_from_embeddings
+
+    cfg = _cfg("embed.size=0", "embed.select=identity", "folds.identity_crops=3")
+    embed_faces(faces, "efficientnet-b0", tmp_path / "b0", cfg)  # its own side is 224
+    meta = embed_module.embeddings_meta(tmp_path / "b0")
+    assert meta["input"]["size"] == 32 and meta["selection"] == {"select": "identity", "label": "REAL", "per_video": 3}
+    embed_faces(faces, "pixels", tmp_path / "sel", cfg)  # no BatchNorm: features independent of the selection
+    array, index = load_embeddings(tmp_path / "sel")
+    assert set(index["label"]) == {"REAL"} and index.groupby("video").size().tolist() == [3, 3, 3]  # of 4 REAL crops
+    embed_faces(faces, "pixels", tmp_path / "all", _cfg("embed.size=0"))
+    whole, whole_index = load_embeddings(tmp_path / "all")
+    assert len(whole_index) == 18
+    keep = whole_index["path"].isin(set(index["path"])).to_numpy()
+    np.testing.assert_array_equal(whole[keep], array)  # the same rows, the same features
+    analyze = load_config("smoke", ["analyze.threads=1"]).analyze
+    pd.testing.assert_frame_equal(identities_from_embeddings(tmp_path / "sel", analyze, crops=3).table,
+                                  cluster_identities(whole, whole_index, analyze, crops=3).table)

@@ -288,13 +288,19 @@ def test_merge_refuses_missing_and_duplicated(built, meta: pd.DataFrame, tmp_pat
         build_faces(meta, out, CFG, shard=(i, 2), progress=False, device="cpu")
     merge_faces(meta, out)
     ok = (out / "faces.csv").read_bytes()
-    victim = next(v for v in ("fakeswapaa.mp4", "fakeorphan.mp4", "fakeofbadx.mp4"))
+    victim = "fakeswapaa.mp4"
     shard = next(i for i in (0, 1) if victim in (out / f"done_{i}of2.csv").read_text())
     lines = (out / f"done_{shard}of2.csv").read_text().splitlines(keepends=True)
     (out / f"done_{shard}of2.csv").write_text("".join(x for x in lines if not x.startswith(victim)))
     with pytest.raises(ValueError, match=f"shard {shard}/2 is missing 1 of its .* videos .*{victim}"):
         merge_faces(meta, out)
     assert (out / "faces.csv").read_bytes() == ok  # nothing written
+    line = next(x for x in lines if x.startswith(victim))
+    torn = "".join(x for x in lines if x != line) + line[: line.rfind(",") + 1]  # killed while writing its end
+    (out / f"done_{shard}of2.csv").write_text(torn)
+    with pytest.raises(ValueError, match=f"shard {shard}/2 is missing 1 .*{victim}\\): rerun `dfdc faces --shard {shard}/2`"):
+        merge_faces(meta, out)  # a torn line commits nothing
+    assert (out / "faces.csv").read_bytes() == ok
     (out / f"done_{shard}of2.csv").write_text("".join(lines))
     other = 1 - shard
     with open(out / f"done_{other}of2.csv", "a") as handle:  # the same video claimed by the other shard too
@@ -384,3 +390,34 @@ def test_subtle_swap_inside_the_face_is_kept(tmp_path: Path) -> None:
     table, _ = load_metadata(tmp_path / "data")
     report = build_faces(table, tmp_path / "faces", CFG, progress=False, device="cpu")
     assert report.dropped_identical == 0 and report.fake_crops == CFG.frames_fake
+
+
+def test_shard_start_up_cleans_only_its_own_temp_files(meta: pd.DataFrame, tmp_path: Path) -> None:
+    """Shards sharing a faces folder start together: one must not delete another's config.yaml
+    write in flight; an unsharded run or the merge clears a stale one."""
+    from dfdc.extract import _clean_temps
+
+    out = tmp_path / "faces"
+    out.mkdir()
+    config_temp, own, other = (out / ".config.yaml.tmp-abcd", out / ".done_0of2.csv.tmp-1234",
+                               out / ".done_1of2.csv.tmp-5678")
+    for path in (config_temp, own, other):
+        path.write_text("x")
+    units = [u for u in plan_units(meta) if unit_shard(u.key, 2) == 0]
+    assert _clean_temps(out, units, (0, 2)) == 1 and not own.exists() and other.exists() and config_temp.exists()
+    assert _clean_temps(out, plan_units(meta), (0, 1)) == 1  # an unsharded run: the folder's config is its own
+    assert not config_temp.exists() and other.exists()
+
+
+def test_a_manifest_without_rows_is_redone(meta: pd.DataFrame, tmp_path: Path) -> None:
+    from dfdc.extract import _index_missed
+    from dfdc.faceindex import ShardIndex
+
+    out = tmp_path / "faces"
+    units = plan_units(meta)
+    job = units[0].jobs[0]
+    path = manifest_path(out, job.part, job.video)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"video": job.video}))  # written by another kit version, or damaged
+    index = ShardIndex(out).open()
+    assert _index_missed(index, units, out) == 0 and not path.exists() and job.video not in index.done

@@ -16,7 +16,7 @@ from dfdc.config import ConfigError, SequenceConfig
 from dfdc.data import BalancedEpochSampler, load_face_table, split_fold
 from dfdc.preprocess import Prepare
 from dfdc.sequences import (
-    TrackDataset, TrackFeatureDataset, check_sequence_config, frame_positions, select_tracks, track_units,
+    TrackDataset, TrackFeatureDataset, check_track_settings, frame_positions, select_tracks, track_units,
     training_units, validation_units, video_sequences,
 )
 
@@ -176,6 +176,6 @@ def test_predictor_side_groups_faces_by_track() -> None:
 
 def test_bad_settings_are_named() -> None:
     with pytest.raises(ConfigError, match="sequence.min_len"):
-        check_sequence_config(SequenceConfig(seq_len=4, min_len=5))
+        check_track_settings(SequenceConfig(seq_len=4, min_len=5))
     with pytest.raises(ConfigError, match="sequence.mode"):
-        check_sequence_config(SequenceConfig(mode="cached"))
+        check_track_settings(SequenceConfig(mode="cached"))

@@ -197,7 +197,7 @@ def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
     import dfdc.train as train_module
 
     losses = iter([0.60, 0.50, 0.55, 0.56, 0.40, 0.30])  # best at epoch 1, then two worse epochs
-    monkeypatch.setattr(train_module, "_video_logloss", lambda videos, clip: (next(losses), 0.5))
+    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip: (next(losses), 0.5))
     cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=1")
     report = train(tiny[0], tiny[1], cfg)
     (fold,) = report.folds
@@ -243,7 +243,7 @@ def test_bounded_epochs_and_validation_sample(tiny: tuple[Path, Path], tmp_path:
 
 
 def test_changed_inputs_are_refused(tiny: tuple[Path, Path], tmp_path: Path) -> None:
-    from dfdc.train import InputsChangedError
+    from dfdc.runs import InputsChangedError
 
     faces, folds = tiny
     part = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.stop_after_epochs=1")
@@ -257,12 +257,129 @@ def test_changed_inputs_are_refused(tiny: tuple[Path, Path], tmp_path: Path) -> 
     moved.to_csv(folds, index=False)
     with pytest.raises(InputsChangedError, match="skip .*fold 0.*folds table .* now .*--no-resume"):
         train(faces, folds, part)
+    # retraining fold 1 alone would end in an OOF mixing two splits: refused before any training
+    run = tmp_path / "runs" / "t"
+    stamp = (run / "fold1" / "best.pt").stat().st_mtime_ns
     with pytest.raises(InputsChangedError, match="merge the OOF predictions of fold 0"):
         train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=1"), resume=False)
+    assert (run / "fold1" / "best.pt").stat().st_mtime_ns == stamp and (run / "fold1" / "status.json").is_file()
+    # the advised way out: --no-resume on every fold trained on the old split
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1"), resume=False)
+    oof = pd.read_csv(run / "oof.csv")
+    assert report.oof_videos == len(moved) and dict(zip(oof["video"], oof["fold"])) == dict(zip(moved["video"], moved["fold"]))
     table.to_csv(folds, index=False)
     pd.read_csv(faces / "faces.csv").iloc[:-2].to_csv(faces / "faces.csv", index=False)
     with pytest.raises(InputsChangedError, match="faces index .* had 48 rows .* now 46 rows"):
         train(faces, folds, part)
+
+
+def test_no_resume_killed_in_its_first_epoch_leaves_no_old_state(tiny: tuple[Path, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """--no-resume on a changed split, killed inside epoch 0: the next plain run must neither
+    resume the old split's last.pt nor merge its OOF (review data 1.2)."""
+    from dfdc.runs import InputsChangedError
+    from dfdc.train import FoldTrainer
+
+    faces, folds = tiny
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0")
+    train(faces, folds, cfg)
+    run = tmp_path / "runs" / "t" / "fold0"
+    table = pd.read_csv(folds)
+    table.loc[table["video"].str.startswith(("real000", "fake000")), "fold"] = 1
+    table.to_csv(folds, index=False)
+    with pytest.raises(InputsChangedError):
+        train(faces, folds, cfg)
+
+    def killed(self, warm=1):  # noqa: ANN001, ANN202
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(FoldTrainer, "train_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(faces, folds, cfg, resume=False)
+    assert sorted(p.name for p in run.iterdir()) == ["inputs.json"]  # the old split's state went first
+    capsys.readouterr()
+    report = train(faces, folds, cfg)
+    assert "resuming" not in capsys.readouterr().err and report.folds[0].epochs_run == 2
+    oof = pd.read_csv(run / "oof.csv")
+    assert set(oof["video"]) == set(table.loc[table["fold"] == 0, "video"])  # today's fold 0, not the old one
+
+
+def test_only_finished_folds_of_todays_table_are_merged(tiny: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    faces, folds = tiny
+    stopped = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.stop_after_epochs=1", "train.val_max_videos=2")
+    report = train(faces, folds, stopped)
+    run = tmp_path / "runs" / "t"
+    assert (run / "fold0" / "oof.csv").is_file() and not report.folds[0].finished
+    assert report.oof_logloss is None and report.oof_videos == 0 and not (run / "oof.csv").exists()  # unfinished
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.folds=0"))
+    assert report.oof_videos == 9
+    shutil.copytree(run / "fold0", run / "fold4")  # left by an earlier split with more folds
+    capsys.readouterr()
+    again = train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.folds=0"))
+    assert again.oof_videos == 9 and "fold4 is not a fold of today's folds table" in capsys.readouterr().err
+
+
+def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 / V100 answers is_bf16_supported() with True (emulation); natively it has none."""
+    from dfdc.train import amp_dtype
+
+    cfg = load_config("smoke", ["train.amp=bf16"])
+    cuda = torch.device("cuda", 0)
+
+    def pre_ampere(including_emulation: bool = True) -> bool:
+        return including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", pre_ampere)
+    assert amp_dtype(cfg, cuda) == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_dtype(cfg, cuda) == "bf16"
+    assert amp_dtype(load_config("smoke", ["train.amp=fp16"]), cuda) == "fp16"
+    assert amp_dtype(cfg, torch.device("cpu")) is None and amp_dtype(load_config("smoke", ["train.amp=none"]), cuda) is None
+
+
+def test_epoch_loss_is_summed_over_ranks_on_the_process_device(tiny: tuple[Path, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL reduces CUDA tensors only (review data 1.1): the epoch's sums go through
+    ``Dist.sum_over_ranks``, which builds them on the process's device."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    from dfdc.data import load_training_data
+    from dfdc.distributed import Dist
+    from dfdc.train import FoldTrainer
+
+    reduced: list[torch.device] = []
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: reduced.append(tensor.device))
+    meta = Dist(world=2, device=torch.device("meta"))
+    total = torch.zeros((), dtype=torch.float64, device=meta.device)
+    assert meta.sum_over_ranks(total, 7).device.type == "meta" and reduced == [torch.device("meta")]
+    # ... and the training epoch reduces through it
+    faces, folds = tiny
+    trainer = FoldTrainer(_cfg(tmp_path, "train.steps_per_epoch=1"), load_training_data(faces, folds), 0,
+                          tmp_path / "runs" / "t", Dist())
+    trainer.build(resume=False)
+    calls: list[tuple] = []
+    real = Dist.sum_over_ranks
+    monkeypatch.setattr(Dist, "sum_over_ranks", lambda self, *v: calls.append(v) or real(self, *v))
+    trainer.ctx = dataclasses.replace(trainer.ctx, world=2)
+    reduced.clear()
+    stats = trainer.train_epoch()
+    assert len(calls) == 1 and reduced == [torch.device("cpu")] and stats.images == 8
+
+
+def test_baselines_refuse_torchrun(tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dfdc.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="scikit-learn baseline: it fits in one process"):
+        train(*tiny, _cfg(tmp_path, "model.arch=logreg", "model.backbone=tiny-cnn"))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_compile_option_keeps_plain_checkpoints(tiny: tuple[Path, Path], tmp_path: Path,

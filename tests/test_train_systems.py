@@ -103,3 +103,45 @@ def test_baselines_come_through_dfdc_train(faces, tmp_path: Path) -> None:
     faces_dir, folds_csv = faces
     report = train(faces_dir, folds_csv, _cfg(tmp_path, "logreg", "train.epochs=1"))
     assert report.oof_videos == 12 and (tmp_path / "runs" / "logreg" / "fold1" / "estimator.joblib").is_file()
+
+
+def test_frozen_features_are_computed_once_per_run_before_the_folds(faces, tmp_path: Path, monkeypatch) -> None:
+    import dfdc.train as train_module
+    from dfdc.train import TrackFoldTrainer
+
+    events: list[str] = []
+    real_features, real_init = train_module.run_features, TrackFoldTrainer.__init__
+    monkeypatch.setattr(train_module, "run_features", lambda *a, **k: events.append("features") or real_features(*a, **k))
+    monkeypatch.setattr(TrackFoldTrainer, "__init__",
+                        lambda self, *a, **k: events.append(f"fold {a[2]}") or real_init(self, *a, **k))
+    faces_dir, folds_csv = faces
+    cfg = _cfg(tmp_path, "lstm", "train.epochs=1")
+    train(faces_dir, folds_csv, cfg)
+    assert events == ["features", "fold 0", "fold 1"]
+    events.clear()
+    assert all(f.skipped for f in train(faces_dir, folds_csv, cfg).folds) and events == []  # nothing to train
+
+
+def test_trainable_with_a_frozen_backbone_is_refused(faces, tmp_path: Path) -> None:
+    from dfdc.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.trainable='top50'.*sequence.mode=finetune"):
+        train(*faces, _cfg(tmp_path, "lstm", "model.trainable=top50"))
+    assert not (tmp_path / "runs").exists()  # refused before any work
+
+
+def test_auto_loader_workers_count_a_sequence_as_seq_len_images(faces, tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+
+    import dfdc.distributed as distributed
+    import dfdc.train as train_module
+    from dfdc.data import load_training_data
+    from dfdc.distributed import Dist
+    from dfdc.train import TrackFoldTrainer
+
+    cfg = _cfg(tmp_path, "gru", "sequence.mode=finetune", "train.loader_workers=-1", "train.feed_images_per_s=800")
+    trainer = TrackFoldTrainer(cfg, load_training_data(*faces), 0, tmp_path / "runs" / "gru", Dist())
+    monkeypatch.setattr(train_module, "loader_rate", lambda dataset, keys: 10.0)  # sequences/s of one worker
+    monkeypatch.setattr(distributed, "available_cores", lambda: 64)
+    trainer.ctx = dataclasses.replace(trainer.ctx, device=torch.device("cuda"))
+    assert trainer._loader_workers() == 20  # 800 images/s / (10 sequences/s x 4 images)
