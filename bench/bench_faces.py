@@ -56,7 +56,7 @@ SHAPE_KEYS = ("videos", "test_videos", "parts", "width", "height", "seconds", "f
 SEED_DETECT_EVERY = 10  # the seed study's starting point: MTCNN on every 10th frame
 TARGET_A_OVER_B = 10.0  # (b) should be at least 10x faster than (a)
 TARGET_B_OVER_C = 1.5  # ... and within 1.5x of decoding alone
-# Crops of the full DFDC with the recipe (DFDC.md): ~19k REAL videos x 40 frames + ~100k FAKE x 8,
+# Crops of the full DFDC with the recipe: ~19k REAL videos x 40 frames + ~100k FAKE x 8,
 # one face per frame (two-person videos add, dropped identical fakes remove some)
 DFDC_CROPS = 19_000 * 40 + 100_000 * 8
 TARGET_DFDC_GB = 60.0  # the default crop format's projected size for the full DFDC must fit this

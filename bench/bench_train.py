@@ -51,16 +51,16 @@ from dfdc.train import FoldTrainer
 
 # Effective GPU throughput assumed for the CPU-side estimate, in TFLOPS: the one GPU training
 # measurement this kit has, B7 at 240 px, batch 96, bf16, fused AdamW: 524 images/s on an
-# H200 (DFDC.md, an earlier session) x 3 x 11.26 GFLOPs forward per image = 17.7 TFLOPS
+# H200 (a synthetic-batch step of the model and optimizer, not yet the kit's loop) x 3 x 11.26 GFLOPs forward per image = 17.7 TFLOPS
 # effective. Depthwise convolutions keep EfficientNet far below the card's peak. Pass
 # --gpu-tflops to assume another card. Derived from that measurement, it cannot check it: the
 # B7-at-240 line it gives IS the measurement restated (throughput_basis says so in the output).
 ASSUMED_GPU_TFLOPS = 17.7
-MEASURED_GPU = "524 img/s, B7 240 px batch 96 bf16 fused AdamW on an H200 (DFDC.md)"
+MEASURED_GPU = "524 img/s, B7 240 px batch 96 bf16 fused AdamW on an H200 (synthetic batches)"
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward is about 3 forward passes (standard rule of thumb)
 BF16_BYTES_RATIO = 0.5  # bf16 activations take half the bytes of fp32 ones
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weight + grad + AdamW's two moments
-GPU_BATCHES = {"b7": (12, 48, 96)}  # the recipe's 12 and the batches DFDC.md measured on an H200
+GPU_BATCHES = {"b7": (12, 48, 96)}  # the recipe's 12 and the batches measured on an H200 (synthetic)
 CPU_BATCHES = {"b7": (4,)}  # B7 steps take seconds on a CPU: one small batch
 POOL = 256  # distinct synthetic crops; epochs draw from them (with repeats when more are needed)
 

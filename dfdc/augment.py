@@ -19,7 +19,7 @@ from albumentations.pytorch import ToTensorV2
 
 from dfdc.preprocess import PAD_FILL, Prepare, resize_pad
 
-# --- the seed recipe (DFDC.md: augmentation) ---
+# --- the seed recipe (as the study published its augmentation) ---
 JPEG_QUALITY = (60, 100)  # ImageCompression quality 60-100 ...
 JPEG_P = 0.5  # ... with p=0.5
 # GaussNoise p=0.1 with albumentations 1.x's default var_limit=(10, 50) on the 0-255 scale;

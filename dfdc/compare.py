@@ -53,6 +53,8 @@ import yaml
 
 from dfdc.aggregate import clip as clip_probability
 from dfdc.config import Config, ConfigError, FacesConfig, apply_override, config_from_dict
+from dfdc.data import folds_fingerprint
+from dfdc.faceindex import INDEX
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, read_table
 from dfdc.metrics import read_labels, score_submission, video_metrics
 
@@ -62,8 +64,9 @@ INT_COLUMNS = {"params": "Int64", "folds": "Int64"}
 OOF_COLUMNS = ("video", "label", "fold", "pred")  # what a system's train returns (dfdc.train's oof.csv has them)
 RESULT_FILE = "result.json"  # per system, in out_dir/<system>/: its row, per-fold figures, fingerprint
 STARTED_FILE = "compare.json"  # per system, in its run dir: the fingerprint it was started with
+HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input file
 CSV_NAME, PNG_NAME = "compare.csv", "compare.png"
-NOT_GIVEN = "not given"  # a study's figure that /work/shared/DFDC.md does not give
+NOT_GIVEN = "not given"  # a study's figure that the study does not publish
 
 
 # ----------------------------------------------------------------------------- the system contract
@@ -122,7 +125,7 @@ class System:
     overrides: tuple[str, ...] = ()  # section.key=value over the compare profile
     kind: str = "frame"  # frame | sequence | baseline (informational)
     study: str = ""  # the reference study it comes from
-    reported: str = NOT_GIVEN  # the study's own figure, from DFDC.md, or NOT_GIVEN
+    reported: str = NOT_GIVEN  # the study's own published figure, or NOT_GIVEN
     description: str = ""
 
 
@@ -203,7 +206,7 @@ def frame_system(arch: str, study: str, reported: str = NOT_GIVEN, extra: tuple[
 
 
 MIN_SIDE_75 = ("train.size=80",)  # Inception stems have no padding: at least 75 px (the profile's 64 is less)
-STUDIES = "reference studies"  # DFDC.md lists these backbones without saying which study file used which
+STUDIES = "reference studies"  # the studies list these backbones without saying which study file used which
 
 frame_system("custom-cnn", "000", description="2-5 conv layers, width rule ascending/descending/constant")
 frame_system("reseption-v1", "001", extra=MIN_SIDE_75, description="Inception-V3 stem, wide residual inception blocks")
@@ -282,8 +285,32 @@ def system_config(base: Config, system: System, runs_dir: Path) -> Config:
     return cfg
 
 
-def _fingerprint(cfg: Config, *paths: Path | None) -> str:
-    data = {"config": cfg.to_dict(), "inputs": [str(p) if p is not None else None for p in paths]}
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a file's bytes (None: no such file)."""
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def inputs_digest(faces_dir: Path, folds_csv: Path, videos_dir: Path | None, sample: Path | None,
+                  labels_path: Path | None) -> dict[str, Any]:
+    """What the systems are trained and scored on, by content: the folds table and faces
+    index as training fingerprints them (``dfdc.data.folds_fingerprint``: a remade split
+    changes it), the sample submission's and labels' bytes, the held-out videos' names and
+    sizes. A comparison result is reused only while this is unchanged."""
+    videos = (sorted((p.name, p.stat().st_size) for p in Path(videos_dir).iterdir() if p.is_file())
+              if videos_dir is not None and Path(videos_dir).is_dir() else None)
+    return {"folds": folds_fingerprint(folds_csv)["sha256"], "faces": _file_digest(Path(faces_dir) / INDEX),
+            "videos": videos, "sample": _file_digest(Path(sample)) if sample is not None else None,
+            "labels": _file_digest(Path(labels_path)) if labels_path is not None else None}
+
+
+def _fingerprint(cfg: Config, inputs: dict[str, Any]) -> str:
+    data = {"config": cfg.to_dict(), "inputs": inputs}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -313,12 +340,12 @@ def _faces_config(cfg: Config, faces_dir: Path) -> Config:
 
 def _run_system(system: System, base: Config, faces_dir: Path, folds_csv: Path, runs_dir: Path, out_dir: Path,
                 videos_dir: Path | None, sample: Path | None, labels: pd.DataFrame | None,
-                labels_path: Path | None, resume: bool) -> tuple[dict[str, Any], bool]:
+                inputs: dict[str, Any], resume: bool) -> tuple[dict[str, Any], bool]:
     """Train, score and predict one system; returns its result and whether it was reused."""
     cfg = system_config(base, system, runs_dir)
     folder = out_dir / system.name
     run_dir = runs_dir / system.name
-    fingerprint = _fingerprint(cfg, faces_dir, folds_csv, videos_dir, sample, labels_path)
+    fingerprint = _fingerprint(cfg, inputs)
     done = _read_json(folder / RESULT_FILE)
     if resume and done is not None and done.get("fingerprint") == fingerprint:
         return done, True
@@ -370,13 +397,14 @@ def compare(systems: list[System], faces_dir: Path, folds_csv: Path, cfg: Config
                fix="make it with `python -m dfdc folds` (make folds)")
     base = _faces_config(config_from_dict(cfg.to_dict()), faces_dir)
     label_table = read_labels(labels) if labels is not None else None
+    inputs = inputs_digest(faces_dir, folds_csv, videos_dir, sample_submission, labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, folds, report = [], {}, CompareReport(pd.DataFrame(columns=COLUMNS), out_dir / CSV_NAME, out_dir / PNG_NAME)
     for system in systems:
         print(f"== {system.name} ({system.kind}, study {system.study or '-'})", file=sys.stderr)
         try:
             result, reused = _run_system(system, base, faces_dir, folds_csv, runs_dir, out_dir, videos_dir,
-                                         sample_submission, label_table, labels, resume)
+                                         sample_submission, label_table, inputs, resume)
         except (ValueError, RuntimeError, OSError) as exc:  # one broken system must not stop the others
             print(f"{system.name}: failed ({type(exc).__name__}: {exc}); the other systems go on", file=sys.stderr)
             report.failed.append(system.name)

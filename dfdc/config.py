@@ -236,12 +236,12 @@ class TrainConfig:
     # for feed_images_per_s at the faces/s one worker is measured to deliver at start-up (capped by the
     # cores per process), on a CPU 1 (the cores train the model)
     feed_images_per_s: float = 800.0  # images/s the auto loader must deliver per GPU: the 524 img/s of a
-    # B7 240-px training step at batch 96 with fused AdamW (H200, DFDC.md) with 1.5x headroom
+    # B7 240-px training step at batch 96 with fused AdamW (H200, synthetic batches) with 1.5x headroom
     persistent_workers: bool = True  # keep loader workers across epochs (no re-spawn and re-import per
     # epoch; the epoch travels with each sample key, so augmentation stays exact)
     pin_memory: bool = True  # page-locked host batches for asynchronous copies (CUDA only)
     fused_optimizer: bool = True  # torch's fused AdamW kernel on CUDA: 84 vs 54 img/s at batch 12, 524 vs
-    # 377 at batch 96 (B7 240 px, bf16, H200; DFDC.md); the CPU keeps the default implementation
+    # 377 at batch 96 (B7 240 px, bf16, H200, synthetic batches); the CPU keeps the default implementation
     compile: bool = False  # torch.compile the training forward/backward (first steps pay the compile)
     compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" or "max-autotune"
     cudnn_benchmark: bool = True  # cuDNN autotune per input shape (CUDA only); every training batch has

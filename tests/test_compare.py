@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -93,7 +94,29 @@ def test_oof_scores_pool_and_spread_over_folds() -> None:
     assert scores["auc_std"] == pytest.approx(0.25)
     assert scores["logloss"] == pytest.approx((scores["folds"][0]["logloss"] + scores["folds"][1]["logloss"]) / 2)
     assert scores["folds"][1]["logloss"] > scores["folds"][0]["logloss"]
-    assert scores["logloss"] < 5  # the 1.0 is clipped to 0.99, not a 34.5 penalty
+    wrong = oof_scores(oof.assign(pred=[1.0, 0.9, 0.2, 0.4, 0.6, 1.0]), clip=0.01)  # a REAL video at 1.0
+    want = -(np.log(0.01) + np.log(0.9) + np.log(0.8)) / 3  # the 1.0 scored as 0.99: -log(0.01), not 34.5
+    assert wrong["folds"][0]["logloss"] == pytest.approx(want)
+
+
+def test_a_remade_split_is_not_served_from_the_old_results(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """compare's reuse is keyed on the folds' content, not their path: the same folds.csv
+    rewritten with another split trains the system again."""
+    folds = tmp_path / "folds.csv"
+    table = pd.read_csv(inputs["folds"])
+    table.to_csv(folds, index=False)
+    cfg = load_config("compare", TINY)
+
+    def run() -> list[str]:
+        CALLS.clear()
+        report = compare(resolve_systems("test-constant"), inputs["faces"], folds, cfg, tmp_path / "out",
+                         tmp_path / "runs")
+        return report.skipped
+
+    assert run() == [] and CALLS == ["train test-constant"]
+    assert run() == ["test-constant"] and CALLS == []  # unchanged inputs: reused
+    table.assign(fold=1 - table["fold"]).to_csv(folds, index=False)  # the same path, another split
+    assert run() == [] and CALLS == ["train test-constant"]
 
 
 def test_compare_writes_the_table_resumes_and_isolates_failures(inputs: dict[str, Path]) -> None:
