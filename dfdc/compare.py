@@ -22,17 +22,19 @@ Models go to ``runs_dir/<system>/`` (``runs/compare/``); a frame system keeps ea
 scratch. A system that fails (bad weights, a crash) is reported in the ``error`` column
 and the others go on; a rerun retries it.
 
-Adding a system is one ``register_system`` call (frame classifiers: ``frame_system``)::
+Adding a system is one ``register_system`` call (frame classifiers: ``frame_system``); any
+model ``dfdc train`` takes is selected by ``model.arch`` in its overrides, e.g.::
 
-    register_system(System("lstm", kind="sequence", study="000, 002",
-                           overrides=("sequence.arch=lstm",), train=train_lstm, predict=predict_lstm))
+    register_system(System("gru-2layer", train=train_frame, predict=predict_frame, kind="sequence",
+                           study="000", overrides=("model.arch=gru", "model.rnn_layers=2", *HEAD_STEPS)))
 
-with ``train(job: SystemJob) -> Trained`` (write models under ``job.run_dir``; return the
-OOF video predictions ``video, label, fold, pred`` and the parameter count) and
-``predict(job: SystemJob, heldout: HeldOut) -> Predicted`` (write ``heldout.out_csv`` as
-``filename,label`` for every video of ``heldout.videos_dir`` / its sample submission;
-return the number of videos and, optionally, seconds per stage). ``overrides`` are ``section.key=value`` strings applied over
-the compare profile and the command's ``--set``.
+A system with its own code supplies ``train(job: SystemJob) -> Trained`` (write models under
+``job.run_dir``; return the OOF video predictions ``video, label, fold, pred`` and the
+parameter count) and ``predict(job: SystemJob, heldout: HeldOut) -> Predicted`` (write
+``heldout.out_csv`` as ``filename,label`` for every video of ``heldout.videos_dir`` / its
+sample submission; return the number of videos and, optionally, seconds per stage).
+``overrides`` are ``section.key=value`` strings applied over the compare profile and the
+command's ``--set``.
 """
 
 from __future__ import annotations
