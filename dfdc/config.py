@@ -378,9 +378,10 @@ class KernelConfig:
     dataset_poll: float = 15.0  # seconds between two `kaggle datasets status` calls
     local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
     # -- the kernel's own run --
-    max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that are
-    # not the video's own fault (import, CUDA, model errors, dead or hung workers, time budget): the
-    # kernel prints "STATUS: failed" and exits non-zero after writing the fallback submission
+    max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that say the
+    # system broke (import, CUDA, model errors, dead or hung workers; not the video's own fault, not the
+    # time budget, which makes it "ok (degraded ...)"): the kernel prints "STATUS: failed" and exits
+    # non-zero after writing the fallback submission
     video_timeout: float = 60.0  # predict.video_timeout in the kernel: ~7x the ~8 s per video that the
     # 9 h limit allows for 4,000 videos
     workers: int = 3  # decode + detect worker processes on a GPU machine (T4 x2 has 4 CPUs: 3 workers,

@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the faces folder's sibling embeddings/)")
     parser.add_argument("--pretrained", default=None, metavar="PATH|none|imagenet", help="weights of a named model")
     parser.add_argument("--fold", type=int, default=None, help="fold checkpoint of a run folder (default the lowest)")
-    parser.add_argument("--size", type=int, default=None, help="input side (default: the checkpoint's, or the named model's own)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input side (default: the checkpoint's, or the named model's own capped at the crops' side)")
     parser.add_argument("--center", type=float, default=None,
                         help="keep this central fraction of each crop (1 / (1 + margin) = the face box alone)")
     parser.add_argument("--batch-size", type=int, default=None, help="crops per forward pass")
