@@ -31,6 +31,9 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_faces.py beside this file, however it is loaded
+from bench_faces import BENCH_SYNTH, SHAPE_KEYS  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out" / "predict"
 SHARED = HERE / "out" / "faces" / "data"  # bench_faces.py caches the same videos here
@@ -39,12 +42,8 @@ TARGET_RATIO = 1.15  # total within this factor of the slowest stage
 
 
 def bench_config():
-    from dfdc.config import SynthConfig
-
-    return SynthConfig(videos=6, test_videos=0, parts=1, width=1920, height=1080, seconds=10, fps=30)
-
-
-SHAPE_KEYS = ("videos", "test_videos", "parts", "width", "height", "seconds", "fps", "seed")
+    """bench_faces.py's videos (DFDC-like bitrate), so both benches share one cache."""
+    return BENCH_SYNTH
 
 
 def bench_videos() -> Path:

@@ -144,8 +144,9 @@ def aggregate_videos(units: Any, rule: str, cfg: PredictConfig) -> Any:
 
     ``units`` is a DataFrame with ``video``, ``label``, ``prob`` (and ``fold``): a video's
     faces or tracks; ``pred`` is ``aggregate`` of its ``prob`` with ``rule``, ``n_faces``
-    counts its units. Rows sorted by video. Training's OOF files and validation, and the
-    calibration search, aggregate through this one function."""
+    counts its units. Rows sorted by video. Training's OOF files and validation aggregate
+    through this one function; calibration and the predictor apply the rule per model, then
+    average the models (``ensemble_probability``)."""
     import pandas as pd
 
     keys = [k for k in VIDEO_KEYS if k in units.columns]

@@ -142,11 +142,6 @@ def register_system(system: System) -> System:
     return system
 
 
-def list_systems() -> list[str]:
-    """Registered systems in registration order (the table's order)."""
-    return list(SYSTEMS)
-
-
 def resolve_systems(spec: str) -> list[System]:
     """``all`` or a comma list of registered names."""
     if spec.strip().lower() == "all":

@@ -273,19 +273,21 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def embed_chunks(net: torch.nn.Module, files: Sequence[Any], size: int, chunks_dir: Path, *, chunk_size: int,
                  batch_size: int, workers: int, device: torch.device, center: float = 1.0, half: bool = False,
-                 dtype: str = "float32", shard: tuple[int, int] = (0, 1), bar: Any = None) -> int:
+                 dtype: str = "float32", shard: tuple[int, int] = (0, 1), bar: Any = None,
+                 cores: int | None = None) -> int:
     """THE embedding loop: ``net.features`` of the crops ``files`` (prepared at ``size``, their
     central ``center`` fraction), in eval mode without gradients, fp16 autocast on CUDA with
     ``half``; chunk n (rows ``n * chunk_size ...``) goes to ``chunks_dir`` as a ``dtype`` array,
     written atomically. Only the chunks of ``shard`` = (i, N) (n mod N = i) that are not on
     disk yet are computed; returns the rows computed. Reading runs in ``workers`` loader
-    processes (a CPU run gives torch the other cores)."""
+    processes (a CPU run gives torch the other cores: of the machine, or of ``cores``, this
+    process's share when several processes share the machine)."""
     was_training = net.training
     net.eval()
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda" and half)
     # CPU: one core per loader worker, the rest to torch (more threads than free cores makes
     # OpenMP spin: 5-10x slower, measured in training); 0 leaves a GPU run's setting alone
-    threads = spare_cores(workers) if device.type == "cpu" else 0
+    threads = (spare_cores(workers) if cores is None else max(1, cores - workers)) if device.type == "cpu" else 0
     computed = 0
     try:
         with torch_threads(threads):

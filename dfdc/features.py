@@ -159,7 +159,8 @@ def run_features(cfg: Config, table: pd.DataFrame, run_dir: Path, ctx: Dist, spe
                       f"{f' on {ctx.world} ranks' if ctx.world > 1 else ''} -> {folder}", file=sys.stderr)
             rows = embed_chunks(backbone, files, spec.size, chunks, chunk_size=chunk,
                                 batch_size=eval_batch_size(cfg.train), workers=_workers(cfg, ctx), device=ctx.device,
-                                half=half, dtype=FEATURES_DTYPE, shard=(ctx.rank, ctx.world))
+                                half=half, dtype=FEATURES_DTYPE, shard=(ctx.rank, ctx.world),
+                                cores=cores_per_process(ctx))  # ranks on one machine share its cores
             if cfg.train.debug_dir:  # which rank computed how many crops (DDP tests)
                 Path(cfg.train.debug_dir).mkdir(parents=True, exist_ok=True)
                 with open(Path(cfg.train.debug_dir) / f"features_rank{ctx.rank}.txt", "a", encoding="utf-8") as log:

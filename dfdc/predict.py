@@ -130,11 +130,6 @@ def fallback_kind(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def is_video_fault(reason: str) -> bool:
-    """True when the video itself is to blame (missing, empty, unreadable, no face)."""
-    return fallback_kind(reason) in VIDEO_FAULTS
-
-
 @dataclass
 class PredictReport:
     """The result of ``predict_videos``."""

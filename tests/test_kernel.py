@@ -648,6 +648,10 @@ def test_cpu_plan_with_a_calibration_fitted_at_more_frames(tmp_path: Path) -> No
 
     applied = apply_calibration(cpu.cfg.predict, calibration, cpu.explicit)  # what predict_videos does with it
     assert (applied.aggregation, applied.temperature, applied.clip) == ("mean", 1.4, 0.02)
+    uncalibrated = plan_run(cfg, [], folds, budget=1000.0, calibration=None)  # predict.aggregation: confident
+    assert uncalibrated.cfg.predict.aggregation == "mean" and uncalibrated.explicit == {"aggregation"}
+    at_eight = {**calibration, "frames": 8}  # fitted at the CPU plan's own frames: its choice stands
+    assert plan_run(cfg, [], folds, budget=1000.0, calibration=at_eight).explicit == set()
 
 
 def test_cuda_probe_reports_why_a_device_fails(monkeypatch: pytest.MonkeyPatch) -> None:

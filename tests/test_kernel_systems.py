@@ -1,6 +1,7 @@
 """The Kaggle kernel bundles the other systems and runs them offline (make kernel-local, in
 the image-like interpreter): a sequence model reading face tracks over an efficientnet-pytorch
-backbone (whose wheel the bundle must ship for it) and a scikit-learn baseline."""
+backbone (whose wheel the bundle must ship for it), a scikit-learn baseline and a timm model
+(its pinned timm wheel wins over the image's copy)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("arch,extra", [("lstm", ["model.backbone=efficientnet-b0"]),
-                                        ("logreg", ["baseline.features=pixels", "model.backbone=pixels"])])
-def test_local_kernel_runs_a_sequence_model_and_a_baseline(arch: str, extra: list[str], mini_dfdc: Path,
+                                        ("logreg", ["baseline.features=pixels", "model.backbone=pixels"]),
+                                        ("resnet50", [])])
+def test_local_kernel_runs_a_sequence_model_a_baseline_and_a_timm_model(arch: str, extra: list[str], mini_dfdc: Path,
                                                            tmp_path: Path, image_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Relative folders, as `make kernel-local` passes them (the kernel runs in another cwd)."""
@@ -59,6 +61,8 @@ def test_local_kernel_runs_a_sequence_model_and_a_baseline(arch: str, extra: lis
     assert report.status == "ok" and report.fallback_rows == 0, log
     if arch == "lstm":  # the backbone's library came from the bundle (the image has none)
         assert "efficientnet_pytorch 0.7.1 from" in log and "the library of model lstm" in log, log
+    if arch == "resnet50":  # timm from the bundle, not the image's
+        assert "timm 1.0.31 from" in log and "the library of model resnet50" in log, log
     predictions = pd.read_csv(tmp_path / "local" / "working" / "predictions.csv", keep_default_na=False)
     assert (predictions["reason"] == "").all() and (predictions["n_faces"] > 0).all(), log
     assert predictions["raw"].between(0, 1).all()

@@ -226,4 +226,5 @@ def submit_kernel(build_dir: Path, cfg: Config, message: str | None = None, vers
                               f"https://www.kaggle.com/code/{kernel_id} and run make submit again when it is complete")
     text = message or f"dfdc-kit {kernel_id} v{version}"
     return _kaggle(["competitions", "submit", "-c", competition, "-k", kernel_id, "-v", str(version),
-                    "-f", SUBMISSION_FILE, "-m", text], cfg.kernel.push_timeout, success="")
+                    "-f", SUBMISSION_FILE, "-m", text], cfg.kernel.push_timeout, success="",
+                   names=(kernel_id, kernel_id.split("/")[-1], text))  # our words echoed back are no refusal

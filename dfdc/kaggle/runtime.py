@@ -115,15 +115,19 @@ def plan_run(cfg: Config, devices: list[str], checkpoints: list[Path], budget: f
     mismatch = frames_mismatch(calibration, predict.frames)
     if mismatch:
         notes.append(f"calibration: {mismatch}; its temperature and clip are kept")
-        face_rule = (calibration or {}).get("unit") != TRACK_UNIT
-        rule = str((calibration or {}).get("aggregation", predict.aggregation)) if face_rule else ""
-        floor = int((calibration or {}).get("confident_min_count", predict.confident_min_count))
-        if rule == "confident" and predict.frames <= floor:
-            predict = dataclasses.replace(predict, aggregation="mean")
-            explicit.add("aggregation")
-            notes.append(f"calibration: aggregation mean instead of confident: with {predict.frames} frames a one-face "
-                         f"video cannot have more than confident_min_count={floor} confident faces, so only the "
-                         "confident rule's REAL side could fire")
+    # The rule in force: the calibration's (face units), else predict.aggregation. With no more
+    # frames than confident_min_count its FAKE side cannot fire for a one-face video; unless a
+    # calibration fitted at these very frames chose it anyway, the kernel uses the plain mean.
+    face_rule = (calibration or {}).get("unit") != TRACK_UNIT
+    rule = str((calibration or {}).get("aggregation", predict.aggregation)) if face_rule else ""
+    floor = int((calibration or {}).get("confident_min_count", predict.confident_min_count))
+    fitted_here = calibration is not None and not mismatch and calibration.get("frames") == predict.frames
+    if rule == "confident" and predict.frames <= floor and not fitted_here:
+        predict = dataclasses.replace(predict, aggregation="mean")
+        explicit.add("aggregation")
+        notes.append(f"aggregation mean instead of confident: with {predict.frames} frames a one-face video cannot "
+                     f"have more than confident_min_count={floor} confident faces, so only the confident rule's "
+                     "REAL side could fire")
     notes.append(f"time budget {predict.time_budget:.0f} s, per-video timeout {predict.video_timeout:g} s, "
                  f"{predict.frames} frames per video")
     return KernelPlan(dataclasses.replace(cfg, predict=predict), checkpoints, device, notes, explicit)
