@@ -50,7 +50,7 @@ class SynthConfig:
     # this -> test identity (targets and donors of test videos), never used in training
     videos_per_identity: int = 2  # REAL (original) videos per filmed identity, each with its own
     # camera path, lighting and background: DFDC filmed every paid actor in many videos, so folds
-    # grouped by original alone let an actor's face into training and validation (issue 10)
+    # grouped by original alone let an actor's face into training and validation
     # -- camera and scene --
     face_height: float = 0.35  # face box height / frame height (an ~80 px face at 240 px:
     # enough for MTCNN and the 128-px crops of the smoke profile)
