@@ -176,3 +176,27 @@ def test_identity_selection_and_the_default_side(faces: Path, tmp_path: Path) ->
     analyze = load_config("smoke", ["analyze.threads=1"]).analyze
     pd.testing.assert_frame_equal(identities_from_embeddings(tmp_path / "sel", analyze, crops=3).table,
                                   cluster_identities(whole, whole_index, analyze, crops=3).table)
+
+
+def test_the_loop_gives_torch_this_process_share_of_the_cores(faces: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ranks sharing a machine (the frozen features under torchrun) pass their share of the
+    cores; torch gets that share less the loader workers, not the whole machine's spare cores."""
+    import contextlib
+
+    asked: list[int] = []
+
+    @contextlib.contextmanager
+    def record(threads: int):
+        asked.append(threads)
+        yield
+
+    monkeypatch.setattr(embed_module, "torch_threads", record)
+    monkeypatch.setattr(embed_module, "spare_cores", lambda workers: 64 - workers)  # a big machine
+    net = create_model(_cfg().model).eval()
+    files = sorted(str(p) for p in faces.rglob("*.png"))[:4]
+    assert len(files) == 4
+    kwargs = dict(chunk_size=4, batch_size=4, workers=0, device=torch.device("cpu"))
+    embed_module.embed_chunks(net, files, 32, tmp_path / "alone", **kwargs)
+    embed_module.embed_chunks(net, files, 32, tmp_path / "shared", cores=3, **kwargs)
+    assert asked == [64, 3]
