@@ -196,7 +196,30 @@ def eval_batch_size(cfg: TrainConfig) -> int:
     return cfg.val_batch_size or 2 * cfg.batch_size
 
 
-class FaceDataset(Dataset):
+class KeyedDataset(Dataset):
+    """Samples with labels, read by ``(epoch, index)`` keys (a ``BalancedEpochSampler``'s) or a
+    plain index (then the epoch of ``set_epoch``); ``seed`` and ``rank`` seed each sample's
+    augmentation (``sample_seed``). Shared by ``FaceDataset`` and the track datasets."""
+
+    def __init__(self, labels: np.ndarray, seed: int | None, rank: int) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.seed = seed
+        self.rank = int(rank)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of plain-index keys (a sampler's ``(epoch, index)`` keys carry their own)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def key(self, key: tuple[int, int] | int) -> tuple[int, int]:
+        """``(epoch, index)`` of a sample key."""
+        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
+
+
+class FaceDataset(KeyedDataset):
     """Face crops of ``table`` (from ``load_training_data``) -> (uint8 tensor, label 0/1, row index).
 
     ``transform`` is an albumentations Compose (``dfdc.augment.train_transform``) or
@@ -208,19 +231,9 @@ class FaceDataset(Dataset):
 
     def __init__(self, table: pd.DataFrame, transform: Callable[..., Any], seed: int | None = None,
                  rank: int = 0) -> None:
+        super().__init__(table["y"].to_numpy(dtype=np.int64), seed, rank)
         self.files = file_array(table)
-        self.labels = table["y"].to_numpy(dtype=np.int64)
         self.transform = transform
-        self.seed = seed
-        self.rank = int(rank)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """The epoch of plain-row keys (a sampler's ``(epoch, row)`` keys carry their own)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.files)
 
     def sample_seed(self, epoch: int, index: int) -> np.random.SeedSequence:
         """The seed of one sample's augmentation (``sample_seed``: seed, epoch, row[, rank])."""
@@ -231,7 +244,7 @@ class FaceDataset(Dataset):
         return read_rgb(self.files[index].decode("utf-8"))
 
     def __getitem__(self, key: tuple[int, int] | int) -> tuple[torch.Tensor, int, int]:
-        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
+        epoch, index = self.key(key)
         image = self.read(index)
         if self.seed is not None:
             reseed(self.transform, self.sample_seed(epoch, index))

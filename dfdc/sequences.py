@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from dfdc.config import Config, ConfigError, SequenceConfig, warn
-from dfdc.data import file_array, is_random_pipeline, read_rgb, reseed, sample_seed
+from dfdc.data import KeyedDataset, file_array, is_random_pipeline, read_rgb, reseed, sample_seed
 
 UNIT_COLUMNS = ("video", "track", "label", "y", "fold", "n")  # one row per (video, track)
 EVAL_PHASE = 0.5  # validation and prediction: positions centred in their strides
@@ -159,25 +158,11 @@ def _phase(seed: int | None, epoch: int, index: int, rank: int = 0) -> float:
     return float(np.random.default_rng([*entropy, PHASE_STREAM]).random())
 
 
-class _TrackDatasetBase(Dataset):
+class _TrackDatasetBase(KeyedDataset):
     def __init__(self, units: pd.DataFrame, rows: Ragged, seq_len: int, seed: int | None, rank: int = 0) -> None:
+        super().__init__(units["y"].to_numpy(dtype=np.int64), seed, rank)
         self.rows = rows
-        self.labels = units["y"].to_numpy(dtype=np.int64)
         self.seq_len = int(seq_len)
-        self.seed = seed
-        self.rank = int(rank)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def key(self, key: tuple[int, int] | int) -> tuple[int, int]:
-        """``(epoch, unit)`` of a sample key: a sampler's ``(epoch, unit)`` or a plain unit index
-        (then the epoch of ``set_epoch``)."""
-        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
 
     def crop_rows(self, epoch: int, index: int) -> np.ndarray:
         """The table rows of the ``seq_len`` crops this sample reads (random phase when seeded)."""
