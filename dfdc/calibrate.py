@@ -128,12 +128,14 @@ def predict_held_out(
     """
     from dfdc.models import fold_checkpoints
     from dfdc.predict import FACE_COLUMNS, predict_videos
+    from dfdc.runs import warn_unfinished
 
     run_dir, data_root = Path(run_dir), Path(data_root)
     check_run_folds(run_dir, folds_csv)
     checkpoints = dict(fold_checkpoints(run_dir))
     if not checkpoints:
         raise CalibrationError(f"{run_dir}: no fold*/best.pt checkpoints; train the run first (`dfdc train`)")
+    warn_unfinished(run_dir, sorted(checkpoints), "calibration predicts with")
     chosen = held_out_videos(data_root, folds_csv, sorted(checkpoints), cfg.calibrate.max_videos, cfg.calibrate.seed)
     raw = dataclasses.replace(cfg, predict=dataclasses.replace(cfg.predict, calibration="none", time_budget=0.0))
     faces, counts = [], {"videos": 0}

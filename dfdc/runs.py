@@ -167,6 +167,20 @@ def fold_status(run_dir: Path, fold: int) -> dict[str, Any] | None:
     return data if data.get("finished") else None
 
 
+def warn_unfinished(run_dir: Path, folds: list[int], use: str) -> list[int]:
+    """Warn (stderr) about the ``folds`` of ``run_dir`` whose training has not finished (stopped
+    by ``train.stop_after_epochs``, killed, or still running): ``use`` takes their best epoch
+    so far. Returns them."""
+    from dfdc.config import warn
+
+    unfinished = [fold for fold in folds if fold_status(run_dir, fold) is None]
+    if unfinished:
+        warn(f"{run_dir}: fold(s) {', '.join(map(str, unfinished))} have not finished training (no finished "
+             f"status.json); {use} their best epoch so far. Finish them with `dfdc train` (it resumes) or remove "
+             "their folders")
+    return unfinished
+
+
 def finish_fold(folder: Path, best_logloss: float, best_epoch: int, epochs_run: int) -> None:
     """Mark a fold finished (its state is complete): later runs skip and merge it."""
     atomic_write_json(Path(folder) / STATUS, {"finished": True, "best_logloss": best_logloss,

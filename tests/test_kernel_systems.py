@@ -30,7 +30,8 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                         ("resnet50", [])])
 def test_local_kernel_runs_a_sequence_model_a_baseline_and_a_timm_model(arch: str, extra: list[str], mini_dfdc: Path,
                                                            tmp_path: Path, image_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Relative folders, as `make kernel-local` passes them (the kernel runs in another cwd)."""
     cfg = load_config("smoke", [f"model.arch={arch}", "model.rnn_hidden=128", "model.head_hidden=32",
                                 "train.size=48", "predict.frames=6", "predict.workers=0", "kernel.cpu_workers=0",
@@ -47,6 +48,7 @@ def test_local_kernel_runs_a_sequence_model_a_baseline_and_a_timm_model(arch: st
         mp.setenv("PIP_CACHE_DIR", os.environ.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip"))
         mp.chdir(tmp_path)
         bundle = build_bundle(Path("runs") / arch, Path("build"), cfg, "alice")
+    assert "fold(s) 0 have not finished training" in capsys.readouterr().err  # saved without a finished status
     data = tmp_path / "data"
     (data / "test_videos").mkdir(parents=True)
     videos = sorted(p.name for p in (mini_dfdc / "test_videos").glob("*.mp4"))[:2]

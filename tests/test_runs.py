@@ -46,3 +46,19 @@ def test_reset_removes_the_state_before_new_fingerprints(tmp_path: Path) -> None
     check_run(tmp_path / "run", old, [0], resumed={0})
     reset_fold(folder, new)
     assert sorted(p.name for p in folder.iterdir()) == [INPUTS] and not has_state(folder)
+
+
+def test_a_fold_that_has_not_finished_is_named_before_it_is_used(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A fold stopped early keeps a best.pt; calibrate and the bundle use it, and say so."""
+    from dfdc.runs import finish_fold, warn_unfinished
+
+    for fold in (0, 1):
+        (tmp_path / f"fold{fold}").mkdir()
+        (tmp_path / f"fold{fold}" / "best.pt").write_text("weights")
+    finish_fold(tmp_path / "fold0", 0.3, 2, 3)
+    assert warn_unfinished(tmp_path, [0, 1], "the bundle ships") == [1]
+    said = capsys.readouterr().err
+    assert "fold(s) 1 have not finished training" in said and "the bundle ships their best epoch so far" in said
+    finish_fold(tmp_path / "fold1", 0.3, 2, 3)
+    assert warn_unfinished(tmp_path, [0, 1], "the bundle ships") == [] and capsys.readouterr().err == ""

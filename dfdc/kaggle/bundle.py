@@ -85,6 +85,7 @@ def _check_slugs(cfg: Config, username: str) -> None:
 
 def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     from dfdc.models import fold_checkpoints
+    from dfdc.runs import warn_unfinished
 
     found = fold_checkpoints(run_dir)
     if not found:
@@ -92,6 +93,7 @@ def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
             f"{run_dir}: no fold*/best.pt checkpoints; train first (`make train`) "
             "or point --models at a run folder such as runs/b7"
         )
+    warn_unfinished(run_dir, [fold for fold, _ in found], "the bundle ships")
     return found
 
 
