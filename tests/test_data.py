@@ -19,11 +19,15 @@ from dfdc.data import BalancedEpochSampler, DataError, FaceDataset, load_face_ta
 
 
 def make_tiny_faces(root: Path, n_real: int = 6, fakes_per_real: int = 2, crops_real: int = 4, crops_fake: int = 2,
-                    size: int = 32, n_folds: int = 2, seed: int = 0) -> tuple[Path, Path]:
+                    size: int = 32, n_folds: int = 2, seed: int = 0, *, blur: int = 7, frame_step: int = 1,
+                    two_person_every: int = 0, shuffle: bool = False) -> tuple[Path, Path]:
     """Write a tiny faces folder (faces.csv + PNG crops) and a folds.csv; returns their paths.
 
-    REAL crops are sharp noise, FAKE crops a blurred, brighter version: learnable in a few
-    steps. A fake shares its original's fold, as dfdc.folds guarantees.
+    REAL crops are sharp noise, FAKE crops a ``blur``-blurred, brighter version: learnable in
+    a few steps. A fake shares its original's fold, as dfdc.folds guarantees. With
+    ``two_person_every`` > 0 the index has a ``track`` column and every such original has a
+    second person (track 1) in every other frame, whose fakes inherit both tracks;
+    ``shuffle`` writes the index rows in a random order.
     """
     rng = np.random.default_rng(seed)
     faces_dir = root / "faces"
@@ -32,19 +36,23 @@ def make_tiny_faces(root: Path, n_real: int = 6, fakes_per_real: int = 2, crops_
     for r in range(n_real):
         real = f"real{r:03d}.mp4"
         fold = r % n_folds
+        two = two_person_every > 0 and r % two_person_every == 0
         videos = [(real, "REAL", "", crops_real)] + [
             (f"fake{r:03d}_{k}.mp4", "FAKE", real, crops_fake) for k in range(fakes_per_real)]
         for video, label, original, crops in videos:
             folds.append({"video": video, "part": 0, "label": label, "original": original, "group": real, "fold": fold})
             for frame in range(crops):
-                image = rng.integers(0, 160, (size, size, 3), dtype=np.uint8)
-                if label == "FAKE":
-                    image = cv2.GaussianBlur(image, (7, 7), 0) + 80
-                rel = f"crops/{video[:-4]}_{frame}_0.png"
-                cv2.imwrite(str(faces_dir / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                rows.append({"video": video, "part": 0, "label": label, "original": original, "frame": frame,
-                             "face": 0, "path": rel, "box": "0 0 10 10", "prob": 0.99})
-    pd.DataFrame(rows).to_csv(faces_dir / "faces.csv", index=False)
+                for face in ([0, 1] if two and frame % 2 == 0 else [0]):
+                    image = rng.integers(0, 160, (size, size, 3), dtype=np.uint8)
+                    if label == "FAKE":
+                        image = cv2.GaussianBlur(image, (blur, blur), 0) + 80
+                    rel = f"crops/{video[:-4]}_{frame}_{face}.png"
+                    cv2.imwrite(str(faces_dir / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+                    rows.append({"video": video, "part": 0, "label": label, "original": original,
+                                 "frame": frame * frame_step, "face": face, "path": rel, "box": "0 0 10 10",
+                                 "prob": 0.99, **({"track": face} if two_person_every > 0 else {})})
+    table = pd.DataFrame(rows)
+    (table.sample(frac=1.0, random_state=0) if shuffle else table).to_csv(faces_dir / "faces.csv", index=False)
     folds_csv = root / "folds" / "folds.csv"
     folds_csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(folds).to_csv(folds_csv, index=False)

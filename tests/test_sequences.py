@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_data import make_tiny_faces
 from torch.utils.data import DataLoader
 
 from dfdc.augment import train_transform
 from dfdc.config import ConfigError, SequenceConfig
-from dfdc.data import BalancedEpochSampler, load_face_table, split_fold
+from dfdc.data import BalancedEpochSampler, load_face_table
 from dfdc.preprocess import Prepare
 from dfdc.sequences import (
     TrackDataset, TrackFeatureDataset, check_track_settings, frame_positions, select_tracks, track_units,
@@ -26,34 +26,9 @@ def make_track_faces(root: Path, n_real: int = 4, fakes_per_real: int = 2, crops
     """A faces folder with tracks: REAL videos keep ``crops_real`` frames, FAKE ones
     ``crops_fake`` (the recipe's 40 / 8 imbalance, scaled down); every ``two_person_every``-th
     original has a second person (track 1) seen in half of the frames, whose fakes inherit
-    both tracks. REAL crops are noise, FAKE crops blurred and brighter."""
-    rng = np.random.default_rng(seed)
-    faces_dir = root / "faces"
-    (faces_dir / "crops").mkdir(parents=True, exist_ok=True)
-    rows, folds = [], []
-    for r in range(n_real):
-        real = f"real{r:03d}.mp4"
-        fold = r % n_folds
-        two = r % two_person_every == 0
-        videos = [(real, "REAL", "", crops_real)] + [(f"fake{r:03d}_{k}.mp4", "FAKE", real, crops_fake)
-                                                     for k in range(fakes_per_real)]
-        for video, label, original, crops in videos:
-            folds.append({"video": video, "part": 0, "label": label, "original": original, "group": real, "fold": fold})
-            for frame in range(crops):
-                people = [0, 1] if two and frame % 2 == 0 else [0]
-                for face, track in enumerate(people):
-                    image = rng.integers(0, 160, (size, size, 3), dtype=np.uint8)
-                    if label == "FAKE":
-                        image = cv2.GaussianBlur(image, (5, 5), 0) + 80
-                    rel = f"crops/{video[:-4]}_{frame}_{face}.png"
-                    cv2.imwrite(str(faces_dir / rel), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-                    rows.append({"video": video, "part": 0, "label": label, "original": original, "frame": frame * 3,
-                                 "face": face, "track": track, "path": rel, "box": "0 0 10 10", "prob": 0.99})
-    pd.DataFrame(rows).sample(frac=1.0, random_state=0).to_csv(faces_dir / "faces.csv", index=False)  # any order
-    folds_csv = root / "folds" / "folds.csv"
-    folds_csv.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(folds).to_csv(folds_csv, index=False)
-    return faces_dir, folds_csv
+    both tracks. REAL crops are noise, FAKE crops blurred and brighter; rows in any order."""
+    return make_tiny_faces(root, n_real, fakes_per_real, crops_real, crops_fake, size, n_folds, seed, blur=5,
+                           frame_step=3, two_person_every=two_person_every, shuffle=True)
 
 
 @pytest.fixture
