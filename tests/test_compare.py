@@ -25,17 +25,23 @@ STUDY_SYSTEMS = ("custom-cnn", "reseption-v1", "reseption-v2", "xception", "ince
                  "resnet50", "resnet152", "resnext101", "vgg16", "efficientnet-b5", "tf-efficientnet-b7-ns")
 
 
+def make_heldout(root: Path, frames: int) -> tuple[Path, Path]:
+    """Two held-out videos (``root/test_videos``) of ``frames`` frames and their labels (a REAL, b FAKE)."""
+    videos = root / "test_videos"
+    videos.mkdir()
+    make_clip(videos / "a.mp4", astronaut_frames(frames, seed=1))
+    make_clip(videos / "b.mp4", astronaut_frames(frames, seed=2))
+    labels = root / "labels.csv"
+    pd.DataFrame({"filename": ["a.mp4", "b.mp4"], "label": [0, 1]}).to_csv(labels, index=False)
+    return videos, labels
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny crops + 2 folds, and two held-out videos with labels."""
     root = tmp_path_factory.mktemp("compare")
     faces, folds = make_tiny_faces(root)
-    videos = root / "test_videos"
-    videos.mkdir()
-    make_clip(videos / "a.mp4", astronaut_frames(4, seed=1))
-    make_clip(videos / "b.mp4", astronaut_frames(4, seed=2))
-    labels = root / "labels.csv"
-    pd.DataFrame({"filename": ["a.mp4", "b.mp4"], "label": [0, 1]}).to_csv(labels, index=False)
+    videos, labels = make_heldout(root, 4)
     return {"root": root, "faces": faces, "folds": folds, "videos": videos, "labels": labels}
 
 

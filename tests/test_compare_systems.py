@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_compare import make_heldout
 from test_sequences import make_track_faces
-from test_video import astronaut_frames, make_clip
 
 from dfdc.compare import SYSTEMS, compare, oof_scores, resolve_systems
 from dfdc.config import load_config
@@ -25,12 +25,7 @@ def test_sequence_models_and_baselines_are_systems() -> None:
 def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     faces, folds = make_track_faces(tmp_path, n_real=4, fakes_per_real=2, crops_real=12, crops_fake=6, size=32)
-    videos = tmp_path / "test_videos"
-    videos.mkdir()
-    make_clip(videos / "a.mp4", astronaut_frames(6, seed=1))
-    make_clip(videos / "b.mp4", astronaut_frames(6, seed=2))
-    labels = tmp_path / "labels.csv"
-    pd.DataFrame({"filename": ["a.mp4", "b.mp4"], "label": [0, 1]}).to_csv(labels, index=False)
+    videos, labels = make_heldout(tmp_path, 6)
     cfg = load_config("compare", ["train.size=32", "train.batch_size=4", "train.folds=all", "predict.frames=6",
                                   "predict.workers=0", "model.rnn_hidden=128"])
     report = compare(resolve_systems("lstm,logreg"), faces, folds, cfg, tmp_path / "out", tmp_path / "runs", videos,
