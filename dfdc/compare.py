@@ -295,10 +295,10 @@ def _file_digest(path: Path) -> str | None:
 
 def inputs_digest(faces_dir: Path, folds_csv: Path, videos_dir: Path | None, sample: Path | None,
                   labels_path: Path | None) -> dict[str, Any]:
-    """What the systems are trained and scored on, by content: the folds table and faces
-    index as training fingerprints them (``dfdc.data.folds_fingerprint``: a remade split
-    changes it), the sample submission's and labels' bytes, the held-out videos' names and
-    sizes. A comparison result is reused only while this is unchanged."""
+    """What the systems are trained and scored on, by content: the folds table as training
+    fingerprints it (``dfdc.data.folds_fingerprint``: a remade split changes it), the bytes of
+    the faces index, sample submission and labels, the held-out videos' names and sizes. A
+    comparison result is reused only while this is unchanged."""
     videos = (sorted((p.name, p.stat().st_size) for p in Path(videos_dir).iterdir() if p.is_file())
               if videos_dir is not None and Path(videos_dir).is_dir() else None)
     return {"folds": folds_fingerprint(folds_csv)["sha256"], "faces": _file_digest(Path(faces_dir) / INDEX),

@@ -38,7 +38,7 @@ import torch.distributed as dist
 
 from dfdc.config import Config, ConfigError
 from dfdc.io import atomic_write_json, atomic_write_text
-from dfdc.threads import available_cores
+from dfdc.threads import available_cores, spare_cores
 
 MARKER = ".rank0-marker.json"  # rank 0's proof that the run folder is one folder for all ranks
 SHARED_DIR_POLL_S = 0.5  # seconds between looks for rank 0's marker
@@ -160,7 +160,7 @@ def set_cpu_threads(cfg: Config, ctx: Dist) -> None:
     """On a CPU, give each process its share of the cores, leaving one per loader worker."""
     if ctx.device.type != "cpu":
         return
-    threads = cfg.train.cpu_threads or max(1, cores_per_process(ctx) - cpu_workers(cfg))
+    threads = cfg.train.cpu_threads or spare_cores(cpu_workers(cfg), cores_per_process(ctx))
     torch.set_num_threads(threads)
 
 

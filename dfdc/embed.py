@@ -287,7 +287,7 @@ def embed_chunks(net: torch.nn.Module, files: Sequence[Any], size: int, chunks_d
     autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda" and half)
     # CPU: one core per loader worker, the rest to torch (more threads than free cores makes
     # OpenMP spin: 5-10x slower, measured in training); 0 leaves a GPU run's setting alone
-    threads = (spare_cores(workers) if cores is None else max(1, cores - workers)) if device.type == "cpu" else 0
+    threads = spare_cores(workers, cores) if device.type == "cpu" else 0
     computed = 0
     try:
         with torch_threads(threads):

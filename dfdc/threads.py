@@ -21,11 +21,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def spare_cores(reserved: int) -> int:
-    """Threads for this process's torch work when ``reserved`` cores go to its worker
-    processes (at least 1): more threads than free cores makes OpenMP spin, 5-10x slower
-    steps (measured in training on the 2-core machine)."""
-    return max(1, available_cores() - max(0, reserved))
+def spare_cores(reserved: int, cores: int | None = None) -> int:
+    """Threads for this process's torch work when ``reserved`` of its ``cores`` (default: all
+    this process may use; less when processes share the machine) go to its worker processes
+    (at least 1): more threads than free cores makes OpenMP spin, 5-10x slower steps
+    (measured in training on the 2-core machine)."""
+    return max(1, (available_cores() if cores is None else cores) - max(0, reserved))
 
 
 def limit_threads(threads: int) -> None:
