@@ -32,7 +32,8 @@ class SynthConfig:
     """The built-in mini DFDC (``dfdc synth``)."""
 
     videos: int = 48  # training videos in all (REAL + FAKE); about 1 real : 5 fakes as in DFDC
-    test_videos: int = 24  # held-out videos with identities unseen in training
+    test_videos: int = 28  # held-out videos with identities unseen in training: 14 REAL (7 test
+    # identities x 2 takes) and 14 FAKE (test_unseen_share 0.5: 7 of the held-out method, 7 of the others)
     parts: int = 2  # dfdc_train_part_N folders
     fakes_per_real: int = 5  # DFDC ships about 100k FAKE for 19k REAL videos
     width: int = 320
@@ -77,6 +78,21 @@ class SynthConfig:
     mask_width: float = 1.05  # blend-ellipse half-width / eye distance
     mask_height: float = 1.45  # blend-ellipse half-height / eye-to-mouth distance
     feather: float = 0.06  # Gaussian sigma of the blend-mask edge / face box side (the seam)
+    # -- swap methods (dfdc.synth.SWAP_METHODS): DFDC's fakes come from several methods (DF-128, DF-256,
+    # MM/NN, NTH, FSGAN, StyleGAN) and its private test holds methods absent from training --
+    methods: tuple[str, ...] = ("blend", "sharp", "poisson", "partial", "colour")  # the methods used;
+    # each FAKE gets one, in turn (training fakes from the methods not in test_methods)
+    test_methods: tuple[str, ...] = ("poisson",)  # held out of training: their fakes appear only in
+    # test_videos (a method the detector has never seen, as on DFDC's private set)
+    test_unseen_share: float = 0.5  # share of the test fakes made with test_methods (the rest cycles
+    # through the training methods, so both seen and unseen methods are scored)
+    sharp_fraction: float = 1.0  # "sharp": generator canvas at this fraction of the on-screen resolution
+    sharp_max: int = 512  # "sharp": canvas cap (px), a high-resolution swap ...
+    sharp_noise: float = 1.0  # ... with sensor noise of this x synth.noise re-injected into the face
+    partial_width: float = 1.0  # "partial": half-width of the swapped eyes or mouth ellipse / eye distance
+    partial_height: float = 0.5  # "partial": its half-height / eye-to-mouth distance
+    colour_shift: tuple[float, float] = (6.0, 14.0)  # "colour": no colour matching, and the swapped face
+    # shifted by this many LAB a/b units (uniform, random direction): a skin tone that does not fit
     # -- encoding --
     crf: int = 20  # libx264 constant rate factor (lower = better quality; x264 default 23)
     preset: str = "veryfast"  # libx264 preset (1080p bench videos stay fast)
@@ -142,7 +158,8 @@ class EmbedConfig:
     """Pooled backbone features per face crop (``dfdc embed``)."""
 
     model: str = "efficientnet-b7"  # a registered model, a training run folder or a checkpoint; the
-    # study embedded faces with its B7 (set model.pretrained for ImageNet weights)
+    # study embedded faces with its B7 (set embed.pretrained / model.pretrained for ImageNet weights)
+    pretrained: str = ""  # weights of a named embed.model: "imagenet", "none" or a file; "" = model.pretrained
     size: int = 0  # input side; 0 = the checkpoint's own side, or a named model's default capped at the
     # crops' side (B7's 600 px on 240-px crops: 6.25x the pixels, no new detail)
     select: str = "all"  # the crops embedded: "all", or "identity": only what identity folds cluster (the
@@ -248,6 +265,9 @@ class TrainConfig:
     # one shape (drop_last) and validation batches are padded to one, so it tunes once per shape
     patience: int = 5  # early stopping on video-level validation log loss
     val_clip: float = 0.01  # clip of video predictions in the validation log loss
+    val_balanced: bool = True  # best epoch, early stopping and the OOF log loss on the class-balanced
+    # video log loss, (REAL videos' + FAKE videos' log loss) / 2, as the 1st place selected: a fold is
+    # ~84 % FAKE like DFDC's training set, its test sets are 50 % FAKE. false: Kaggle's plain log loss
     steps_per_epoch: int = 0  # optimizer steps per epoch, each epoch a fresh class-balanced draw of
     # steps x batch_size x processes crops (the 1st place: 2,500 batches); 0 = the whole balanced draw
     # (every crop of the smaller class once)
@@ -266,7 +286,9 @@ class TrainConfig:
     shared_dir_timeout: float = 30.0  # seconds a rank waits to see rank 0's marker in the run folder
     # (a shared file system may show a new file a few seconds late) before failing
     debug_dir: str = ""  # when set, each rank logs the sample indices it trained on (DDP tests)
-    augment: str = "recipe"  # "recipe" (the seed study's list, dfdc.augment), "light" (flip + affine), "none"
+    augment: str = "recipe"  # "recipe" (the seed study's list, dfdc.augment), "light" (flip + affine), "none",
+    # "first-place" / "light-first-place" (recipe / light + the 1st place's landmark cut-outs, half-face
+    # blackout and random-interpolation isotropic resize; dfdc.augment)
     channels_last: bool = True  # NHWC tensors: the layout oneDNN (CPU) and tensor cores (AMP) prefer
     cpu_threads: int = 0  # torch threads per CPU process; 0 = cores / processes - loader_workers, at
     # least 1 (more threads than free cores makes OpenMP spin: 5-10x slower steps, measured here)
@@ -317,6 +339,8 @@ class PredictConfig:
     confident_real_share: float = 0.9  # ... and rule 2 needs more than this share of the faces (their 0.9 n)
     clip: float = 0.01  # predictions clipped to [clip, 1 - clip] (NTech used 0.01)
     temperature: float = 1.0
+    bias: float = 0.0  # logit offset after the temperature: sigmoid(logit(p) / temperature + bias); set by
+    # dfdc calibrate (a threshold move, e.g. towards REAL when unseen people look fake); 0 = none
     fallback: float = 0.5  # any failed video gets this value (log loss 0.693 at worst)
     time_budget: float = 0.0  # seconds; 0 = no limit; the kernel sets a margin under 9 h
     video_timeout: float = 0.0  # seconds one video's decode + detect may take in a worker before it
@@ -348,8 +372,15 @@ class CalibrateConfig:
     # (T > 1 softens, T < 1 sharpens); 1.0 is always tried
     clips: tuple[float, float, int] = (0.001, 0.2, 31)  # grid of clip bounds: min, max, log-spaced
     # steps; predict.clip (the default) is always tried
-    min_videos: int = 200  # fewer calibration videos: only softening (T >= 1, clip >= predict.clip),
-    # without even trying the nested split (a tiny sample cannot justify sharper predictions)
+    biases: tuple[float, float, int] = (-3.0, 3.0, 25)  # grid of logit offsets (predict.bias): min, max,
+    # linear steps; 0 is always tried. An offset moves the threshold, which temperature and clip cannot
+    test_fake_share: float = 0.5  # the calibration videos are weighted to a test set with this FAKE share:
+    # loss = share x LL(FAKE videos) + (1 - share) x LL(REAL videos); DFDC's public and private test sets
+    # are 50 % FAKE (Dolhansky et al. 2020), its training folds ~84 %
+    min_videos: int = 200  # fewer calibration videos: temperature and clip only soften (T >= 1, clip >=
+    # predict.clip, the predictor's rule), and a logit offset is bounded by small_bias ...
+    small_bias: float = 0.5  # ... |bias| <= this, and only when the offset chosen on the fit part also wins
+    # on the held-out part (a few near-separable videos overfit an unbounded offset: README, calibration)
     holdout_share: float = 0.5  # nested split: a sharper-than-default setting chosen on the other
     # part must also beat the best softening-only setting on this held-out part to be kept
 
@@ -437,7 +468,9 @@ def _coerce(current: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return bool(value)
     if isinstance(current, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        if all(isinstance(c, str) for c in current):  # a list of names (synth.methods): any length
+            return tuple(str(v).strip() for v in items if str(v).strip())
         if len(items) != len(current):
             raise ConfigError(f"{where}: expected {len(current)} values, got {value!r}")
         return tuple(_coerce(c, v, where) for c, v in zip(current, items))
