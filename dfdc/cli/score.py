@@ -40,6 +40,14 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     print(f"log loss {m['logloss']:.5f} on {m['videos']} videos ({m['real']} REAL, {m['fake']} FAKE)")
     print(f"  log loss REAL {format_value(m['logloss_real'])}, FAKE {format_value(m['logloss_fake'])}; "
           f"AUC {format_value(m['auc'])}; accuracy {m['accuracy']:.4f}")
+    print(f"  class-balanced log loss {format_value(m['logloss_balanced'])} (what a 50 % FAKE test set scores)")
+    for row in report.get("methods", {}).get("rows", []):
+        seen = {"yes": "seen in training", "no": "UNSEEN in training"}.get(row.get("seen", ""), "")
+        print(f"  method {row['method']:<10} {row['fakes']:>4} fakes: log loss {row['logloss_fake']:.5f}, with REAL "
+              f"{format_value(row['logloss_with_real'])} (AUC {format_value(row['auc_with_real'])}) {seen}".rstrip())
+    for group, g in report.get("methods", {}).get("groups", {}).items():
+        print(f"  REAL + {group} methods: log loss {g['logloss']:.5f} on {g['videos']} videos "
+              f"(class-balanced {format_value(g['logloss_balanced'])}, AUC {format_value(g['auc'])})")
     print(f"  fallbacks {'unknown' if fb is None else fb['count']}, extra rows {report['extra_rows']}")
     print(f"report: {out / 'report.md'}")
     return 0
