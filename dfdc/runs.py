@@ -68,6 +68,7 @@ class TrainReport:
     run_dir: Path
     folds: list[FoldResult] = field(default_factory=list)
     oof_logloss: float | None = None  # over every finished fold's OOF videos, clipped at val_clip
+    # (class-balanced with train.val_balanced)
     oof_auc: float | None = None
     oof_videos: int = 0
     stopped_early: bool = False  # stop_after_epochs ended this invocation before all folds finished
@@ -208,11 +209,13 @@ def parse_folds(spec: str, available: list[int]) -> list[int]:
 # ----------------------------------------------------------------------------- scores and curves
 
 
-def video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
-    """(Kaggle log loss of ``pred`` clipped at ``clip``, ROC AUC or nan) against ``label``
-    (``dfdc.metrics.video_metrics``, the scorer of submissions and of ``dfdc compare``)."""
+def video_logloss(videos: pd.DataFrame, clip: float, balanced: bool = True) -> tuple[float, float]:
+    """(log loss of ``pred`` clipped at ``clip``, ROC AUC or nan) against ``label``
+    (``dfdc.metrics.video_metrics``, the scorer of submissions and of ``dfdc compare``):
+    ``balanced`` (``train.val_balanced``) the class-balanced loss, else Kaggle's plain one."""
     m = video_metrics(videos["label"].to_numpy(dtype=int), clip_probability(videos["pred"].to_numpy(dtype=float), clip))
-    return m["logloss"], float("nan") if m["auc"] is None else m["auc"]
+    loss = m["logloss_balanced"] if balanced and m["logloss_balanced"] is not None else m["logloss"]
+    return loss, float("nan") if m["auc"] is None else m["auc"]
 
 
 def _write_curves(metrics: pd.DataFrame, path: Path) -> None:
@@ -262,7 +265,7 @@ def write_fold_oof(folder: Path, units: pd.DataFrame, videos: pd.DataFrame, unit
 
 
 def merge_oof(run_dir: Path, unit_file: tuple[str, list[str]], clip: float, fingerprints: dict[str, Any],
-              available: list[int]) -> tuple[float | None, float | None, int]:
+              available: list[int], balanced: bool = True) -> tuple[float | None, float | None, int]:
     """The run's ``oof.csv`` and per-unit file from the folds of today's table (``available``)
     that finished on today's inputs; returns (log loss, AUC, videos) of the merged OOF. A fold
     still training (stopped or killed) is left out until it finishes; a fold folder that is not
@@ -284,7 +287,7 @@ def merge_oof(run_dir: Path, unit_file: tuple[str, list[str]], clip: float, fing
     oof = pd.concat(videos, ignore_index=True)[OOF_COLUMNS].sort_values(["fold", "video"])
     atomic_write_csv(Path(run_dir) / "oof.csv", oof)
     atomic_write_csv(Path(run_dir) / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
-    loss, auc = video_logloss(oof, clip)
+    loss, auc = video_logloss(oof, clip, balanced)
     return loss, auc, len(oof)
 
 

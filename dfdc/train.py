@@ -535,7 +535,7 @@ class FoldTrainer:
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
             videos = self.videos(faces)
-            val_logloss, val_auc = video_logloss(videos, t.val_clip)
+            val_logloss, val_auc = video_logloss(videos, t.val_clip, t.val_balanced)
             improved = val_logloss < self.best
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = val_logloss, self.epoch, 0
@@ -686,7 +686,8 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
         def merge() -> tuple[float | None, float | None, int]:
             if not ctx.main:
                 return None, None, 0
-            return merge_oof(run_dir, _trainer(cfg).OOF_UNITS, cfg.train.val_clip, data.fingerprints, available)
+            return merge_oof(run_dir, _trainer(cfg).OOF_UNITS, cfg.train.val_clip, data.fingerprints, available,
+                             cfg.train.val_balanced)
 
         report.oof_logloss, report.oof_auc, report.oof_videos = ctx.agree(merge, "merging the OOF predictions")
         return report

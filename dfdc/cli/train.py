@@ -46,7 +46,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"fold {fold.fold}: best validation log loss {fold.best_logloss:.4f} at epoch {fold.best_epoch} "
               f"({fold.epochs_run} epochs, {state})")
     if report.oof_logloss is not None:
-        print(f"OOF log loss {report.oof_logloss:.4f} (AUC {report.oof_auc:.3f}) over {report.oof_videos} videos "
+        kind = "class-balanced " if cfg.train.val_balanced else ""
+        print(f"OOF {kind}log loss {report.oof_logloss:.4f} (AUC {report.oof_auc:.3f}) over {report.oof_videos} videos "
               f"-> {report.run_dir}")
     if report.stopped_early:
         print("stopped by train.stop_after_epochs; rerun the same command to continue")
