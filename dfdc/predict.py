@@ -179,7 +179,7 @@ class PredictReport:
         return "\n".join(
             [f"warning: {w}" for w in self.warnings] + [
                 f"calibration: aggregation={cal['aggregation']} temperature={cal['temperature']:g} "
-                f"clip={cal['clip']:g} (source: {cal['source']})",
+                f"bias={cal['bias']:g} clip={cal['clip']:g} (source: {cal['source']})",
                 f"models: {self.models} on {', '.join(self.devices) or '?'}; videos: {self.videos}; "
                 f"predicted: {self.predicted}; faces: {self.faces}; fallbacks: {len(self.fallbacks)}"
                 + (f" ({why})" if why else ""),
@@ -879,7 +879,7 @@ def predict_videos(
         probs = np.concatenate(item.probs, axis=1)  # models x units
         try:
             raw = ensemble_probability(probs, ensemble.rule(cfg), pcfg)  # the rule per model, then the mean
-            label = float(clip(apply_temperature(raw, pcfg.temperature), pcfg.clip))
+            label = float(clip(apply_temperature(raw, pcfg.temperature, pcfg.bias), pcfg.clip))
             results[item.name] = (label, raw, item.n_faces, "")
         except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
             fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
@@ -991,6 +991,7 @@ def predict_videos(
         calibration={
             "aggregation": ensemble.rule(cfg),
             "temperature": pcfg.temperature,
+            "bias": pcfg.bias,
             "clip": pcfg.clip,
             "source": source,
         },
