@@ -64,7 +64,7 @@ import pandas as pd
 
 from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
 from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, shard_files
-from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
+from dfdc.faces import Detection, FaceDetector, check_margin, crop_box, crop_face, face_difference
 from dfdc.io import atomic_write_csv, atomic_write_json, read_table, remove_temp_files_of
 from dfdc.threads import available_cores, limit_threads
 from dfdc.tracks import assign_tracks
@@ -268,11 +268,23 @@ def encode_crop(image_rgb: np.ndarray, fmt: str, quality: int) -> bytes:
 
 
 def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str, Any]:
+    cfg = _STATE["cfg"]
     return {
         "video": job.video, "part": job.part, "label": job.label, "original": job.original or "",
         "frame": frame, "face": face, "track": int(det.track), "path": rel,
         "box": " ".join(f"{float(v):.1f}" for v in det.box[:4]), "prob": round(float(det.prob), 5),
+        "landmarks": landmarks_in_crop(det, cfg.margin, cfg.size),
     }  # fmt: skip
+
+
+def landmarks_in_crop(det: Detection, margin: float, size: int) -> str:
+    """``det``'s 5 landmarks in the pixels of its ``size`` crop (``crop_face``), "x y" pairs
+    joined by spaces; "" without landmarks."""
+    if det.landmarks is None:
+        return ""
+    x0, y0, side = crop_box(det.box, margin)
+    points = (np.asarray(det.landmarks, dtype=np.float64) - (x0, y0)) * (size / side)
+    return " ".join(f"{v:.1f}" for v in points.ravel())
 
 
 class _Boxes:
