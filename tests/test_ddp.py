@@ -22,7 +22,7 @@ def test_two_ranks_disjoint_shards_one_set_of_outputs(tmp_path: Path) -> None:
             "train.lr=3e-3", "train.warmup_epochs=0.3", "train.patience=10", f"train.seed={seed}",
             f"train.runs_dir={runs}", f"train.debug_dir={debug}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dfdc", "train",
-           "--profile", "smoke", "--faces", str(faces), "--folds", str(folds), "--name", "ddp",
+           "--profile", "smoke-random", "--faces", str(faces), "--folds", str(folds), "--name", "ddp",
            "--fold-list", str(fold), "--epochs", str(epochs), "--batch-size", "4",
            *[x for item in sets for x in ("--set", item)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -90,7 +90,7 @@ def _two_nodes(tmp_path: Path, faces: Path, folds: Path, faces_rank1: Path | Non
         env = {**os.environ, "OMP_NUM_THREADS": "1", "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0",
                "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         face_dir = faces_rank1 if rank == 1 and faces_rank1 is not None else faces
-        cmd = [sys.executable, "-m", "dfdc", "train", "--profile", "smoke", "--faces", str(face_dir),
+        cmd = [sys.executable, "-m", "dfdc", "train", "--profile", "smoke-random", "--faces", str(face_dir),
                "--folds", str(folds), "--name", "nodes", "--fold-list", "0", "--epochs", "1",
                "--set", "model.arch=tiny-cnn", "--set", "train.size=32", "--set", "train.loader_workers=0",
                "--set", "train.runs_dir=runs", "--set", "train.shared_dir_timeout=1"]
@@ -136,7 +136,7 @@ def test_two_ranks_share_the_frozen_features_of_a_sequence_model(tmp_path: Path)
             "model.head_hidden=32", "train.size=24", "train.loader_workers=0", "sequence.seq_len=4",
             "embed.chunk_size=16", f"train.runs_dir={runs}", f"train.debug_dir={debug}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dfdc", "train",
-           "--profile", "smoke", "--faces", str(faces), "--folds", str(folds), "--name", "seq", "--epochs", "1",
+           "--profile", "smoke-random", "--faces", str(faces), "--folds", str(folds), "--name", "seq", "--epochs", "1",
            "--batch-size", "4", *[x for item in sets for x in ("--set", item)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -147,7 +147,7 @@ def test_two_ranks_share_the_frozen_features_of_a_sequence_model(tmp_path: Path)
     assert computed[0] > 0 and computed[1] > 0 and computed[0] + computed[1] == len(data.table)  # each its share
     assert done.stderr.count("features: ") == 1  # said once, by rank 0
     cached = np.load(runs / "seq" / "features" / FEATURES_FILE)
-    cfg = load_config("smoke", [*[s for s in sets if not s.startswith(("train.runs_dir", "train.debug_dir"))],
+    cfg = load_config("smoke-random", [*[s for s in sets if not s.startswith(("train.runs_dir", "train.debug_dir"))],
                                 "train.batch_size=4"])  # the BatchNorm calibration's batches are the run's
     torch.set_num_threads(1)
     alone = run_features(cfg, data.table, tmp_path / "alone", Dist(), default_input(cfg.model, 24))

@@ -332,7 +332,7 @@ def test_units_and_shards(meta: pd.DataFrame) -> None:
 
 def test_cli_faces(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    code = main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke", "--size", "48",
+    code = main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke-random", "--size", "48",
                  "--frames-real", "3", "--frames-fake", "1", "--workers", "1", "--no-progress", "--device", "cpu"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
@@ -340,7 +340,7 @@ def test_cli_faces(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     faces = pd.read_csv(out / "faces.csv")
     assert len(faces) == 6 and cv2.imread(str(out / faces.path[0])).shape == (48, 48, 3)
     saved = read_config(out / "config.yaml")
-    assert saved.profile == "smoke" and saved.faces.frames_real == 3
+    assert saved.profile == "smoke-random" and saved.faces.frames_real == 3
     assert main(["faces", "--data", str(data), "--out", str(out), "--shard", "2/2"]) == 2
 
 

@@ -42,7 +42,7 @@ CALIBRATION = {"aggregation": "mean", "temperature": 1.0, "clip": 0.02}
 
 
 def _cfg(wheel_cache: Path) -> Config:
-    cfg = load_config("smoke")
+    cfg = load_config("smoke-random")
     cfg.predict.frames = 2  # keep the local kernel run short
     cfg.predict.workers = 0  # inline decode + detect
     cfg.kernel.cpu_workers = 0  # the kernel's CPU plan (no GPU here): inline too
@@ -60,7 +60,7 @@ def kdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dir(kdir: Path) -> Path:
     """Two folds of randomly initialised tiny b0 checkpoints, plus files that must not ship."""
     torch.manual_seed(0)
-    cfg = load_config("smoke")
+    cfg = load_config("smoke-random")
     run = kdir / "runs" / "tiny"
     for fold in (0, 1):
         save_checkpoint(run / f"fold{fold}" / "best.pt", create_model(cfg.model), cfg, {"fold": fold, "epoch": 1})
@@ -244,7 +244,7 @@ def test_push_without_credentials_sends_nothing(
             monkeypatch.setenv(key, value)
         with pytest.raises(KernelError, match="no Kaggle credentials"):
             push_bundle(bundle, _cfg(tmp_path))
-        code = main(["kernel", "--profile", "smoke", "--models", str(run_dir), "--out", str(tmp_path / "b"), "--push"])
+        code = main(["kernel", "--profile", "smoke-random", "--models", str(run_dir), "--out", str(tmp_path / "b"), "--push"])
         assert stub.requests == []
     assert code != 0
     assert "no Kaggle credentials" in capsys.readouterr().err
@@ -337,7 +337,7 @@ def test_server_rejection_fails_the_command(
     monkeypatch.setattr(cli_kernel, "build_bundle", prebuilt)
     with KaggleStub(reject_kernel="Notebook slug is already taken") as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        code = main(["kernel", "--profile", "smoke", "--models", str(run_dir), "--push", "--timeout", "120"])
+        code = main(["kernel", "--profile", "smoke-random", "--models", str(run_dir), "--push", "--timeout", "120"])
     assert len(stub.bodies("SaveKernel")) == 1  # the client did send it, and exits 0 itself
     assert code != 0
     assert "Kernel push error" in capsys.readouterr().err
@@ -393,7 +393,7 @@ def test_submit_the_pushed_version(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     build = _pushed(tmp_path)
     with KaggleStub() as stub:
         _stub_env(monkeypatch, stub, tmp_path / "home")
-        code = main(["submit", "--profile", "smoke", "--build", str(build), "-m", "first try",
+        code = main(["submit", "--profile", "smoke-random", "--build", str(build), "-m", "first try",
                      "--set", "kernel.push_timeout=120"])
     assert code == 0, capsys.readouterr().err
     assert "Successfully submitted" in capsys.readouterr().out
@@ -442,7 +442,7 @@ def test_submit_says_why_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             submit_kernel(build, _push_cfg(tmp_path), version=2)
         assert [b["kernelVersion"] for b in stub.bodies("CreateCodeSubmission")] == [2]
     _clear_kaggle_env(monkeypatch, tmp_path / "nobody")
-    assert main(["submit", "--profile", "smoke", "--build", str(build), "--version", "2"]) == 1
+    assert main(["submit", "--profile", "smoke-random", "--build", str(build), "--version", "2"]) == 1
     assert "cannot submit: no Kaggle credentials" in capsys.readouterr().err
 
 
@@ -679,7 +679,7 @@ def test_verdict_counts_only_failures_that_are_not_the_videos_own() -> None:
     from dfdc.kaggle.runtime import verdict
     from dfdc.predict import PredictReport
 
-    cfg = load_config("smoke")
+    cfg = load_config("smoke-random")
 
     def report(reasons: list[str], videos: int = 10) -> PredictReport:
         return PredictReport(videos, videos - len(reasons), {f"v{i}": r for i, r in enumerate(reasons)}, {}, {}, 1,
@@ -701,15 +701,15 @@ def test_verdict_counts_only_failures_that_are_not_the_videos_own() -> None:
 def test_shipped_calibration_resolves_local_paths_and_keeps_user_keys(run_dir: Path, tmp_path: Path) -> None:
     from dfdc.kaggle.bundle import _shipped_calibration
 
-    cfg = load_config("smoke", ["predict.clip=0.05"])
+    cfg = load_config("smoke-random", ["predict.clip=0.05"])
     shipped, calibration = _shipped_calibration(run_dir, cfg, {"clip"})
     assert calibration == {**CALIBRATION, "clip": 0.05}  # the user's --set wins over the run's file
     assert shipped.predict.calibration == "auto"  # the kernel reads the shipped file
     local = tmp_path / "mine.json"  # a path of this machine: resolved here, never shipped as a path
     local.write_text(json.dumps({"aggregation": "confident", "temperature": 2.0, "clip": 0.03}))
-    cfg = load_config("smoke", [f"predict.calibration={local}"])
+    cfg = load_config("smoke-random", [f"predict.calibration={local}"])
     shipped, calibration = _shipped_calibration(run_dir, cfg, set())
     assert calibration == {"aggregation": "confident", "temperature": 2.0, "clip": 0.03}
     assert shipped.predict.calibration == "auto" and str(local) not in str(shipped.to_dict())
-    shipped, calibration = _shipped_calibration(run_dir, load_config("smoke", ["predict.calibration=none"]), set())
+    shipped, calibration = _shipped_calibration(run_dir, load_config("smoke-random", ["predict.calibration=none"]), set())
     assert calibration is None

@@ -53,7 +53,7 @@ def _size(arch: str) -> int:
 
 
 def _cfg(arch: str, *extra: str) -> Config:
-    cfg = load_config("smoke", [f"model.arch={arch}", "model.pretrained=none", "faces.size=48", *extra])
+    cfg = load_config("smoke-random", [f"model.arch={arch}", "model.pretrained=none", "faces.size=48", *extra])
     cfg.train.size = _size(arch)
     return cfg
 
@@ -293,11 +293,11 @@ def test_frozen_layers_do_not_change_in_training_and_resume(tmp_path: Path) -> N
     common = ["model.arch=efficientnet-b0", "model.pretrained=none", "model.trainable=top25", "train.size=32",
               "train.batch_size=8", "train.loader_workers=0", "train.lr=1e-2", "train.epochs=2", "train.folds=0",
               f"train.runs_dir={tmp_path / 'runs'}", "train.name=frozen"]
-    cfg = load_config("smoke", common + ["train.stop_after_epochs=1"])
+    cfg = load_config("smoke-random", common + ["train.stop_after_epochs=1"])
     torch.manual_seed(cfg.train.seed + 0)  # what dfdc.train seeds before building fold 0's model
     initial = create_model(cfg.model, cfg.train.size).state_dict()
     assert train(faces, folds, cfg).stopped_early
-    report = train(faces, folds, load_config("smoke", common))  # resumes the fold: epoch 2 of 2
+    report = train(faces, folds, load_config("smoke-random", common))  # resumes the fold: epoch 2 of 2
     assert report.folds[0].finished and report.folds[0].epochs_run == 2
     final = torch.load(tmp_path / "runs" / "frozen" / "fold0" / "last.pt", weights_only=False)["model"]
     model = create_model(cfg.model, cfg.train.size)

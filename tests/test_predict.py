@@ -32,7 +32,7 @@ BAD = {  # file -> reason prefix in predictions.csv
 
 
 def tiny_cfg(*extra: str) -> Config:
-    return load_config("smoke", OVERRIDES + list(extra))
+    return load_config("smoke-random", OVERRIDES + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_inline_cli_matches_workers_and_tta_is_structural(inputs: dict[str, Path
     _, out_w1 = with_workers
     out = inputs["root"] / "sub_cli" / "submission.csv"
     sets = [x for o in OVERRIDES for x in ("--set", o)]
-    base = ["predict", "--profile", "smoke", *sets, "--videos", str(inputs["videos"]), "--models", str(inputs["run"])]
+    base = ["predict", "--profile", "smoke-random", *sets, "--videos", str(inputs["videos"]), "--models", str(inputs["run"])]
     base += ["--workers", "0", "--device", "cpu", "--no-progress"]
     assert cli_main(base + ["--out", str(out)]) == 0  # sample_submission.csv beside the videos folder is found
     printed = capsys.readouterr().out
@@ -416,11 +416,11 @@ def test_predictor_crops_as_the_checkpoint_was_trained(inputs: dict[str, Path], 
     from dfdc.preprocess import prepare
     from dfdc.video import read_frames
 
-    trained = load_config("smoke", ["model.arch=tiny-cnn", "faces.margin=0.3", "faces.size=40", "train.size=24"])
+    trained = load_config("smoke-random", ["model.arch=tiny-cnn", "faces.margin=0.3", "faces.size=40", "train.size=24"])
     run = tmp_path / "run"
     save_checkpoint(run / "fold0" / "best.pt", create_model(trained.model, 24), trained, {"fold": 0})
     videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", ["a.mp4"])
-    cfg = load_config("smoke", ["predict.frames=3", "predict.workers=0"])  # margin 0.6, 128 px here
+    cfg = load_config("smoke-random", ["predict.frames=3", "predict.workers=0"])  # margin 0.6, 128 px here
     _SEEN.clear()
     predict_videos(videos, run, tmp_path / "sub.csv", cfg, None, "cpu", progress=False, process=recording_process)
     (seen,) = _SEEN

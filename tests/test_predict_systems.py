@@ -35,7 +35,7 @@ def cached_process(path: str, setup: WorkerSetup) -> VideoFaces:
 
 
 def _cfg(arch: str, *extra: str) -> Config:
-    return load_config("smoke", [f"model.arch={arch}", *BASE, *extra])
+    return load_config("smoke-random", [f"model.arch={arch}", *BASE, *extra])
 
 
 @pytest.fixture(scope="module")

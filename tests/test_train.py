@@ -26,7 +26,7 @@ TINY = ["model.arch=tiny-cnn", "model.pretrained=none", "train.size=32", "train.
 
 
 def _cfg(tmp_path: Path, *extra: str) -> Config:
-    return load_config("smoke", [*TINY, f"train.runs_dir={tmp_path / 'runs'}", "train.name=t", *extra])
+    return load_config("smoke-random", [*TINY, f"train.runs_dir={tmp_path / 'runs'}", "train.name=t", *extra])
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_no_resume_retrains(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 
 def _cli(tmp_path: Path, faces: Path, folds: Path, *extra: str) -> list[str]:
     sets = [x for item in TINY for x in ("--set", item)]
-    return [sys.executable, "-m", "dfdc", "train", "--profile", "smoke", "--faces", str(faces), "--folds", str(folds),
+    return [sys.executable, "-m", "dfdc", "train", "--profile", "smoke-random", "--faces", str(faces), "--folds", str(folds),
             "--name", "cli", "--set", f"train.runs_dir={tmp_path / 'runs'}", *sets, *extra]
 
 
@@ -197,7 +197,7 @@ def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
     import dfdc.train as train_module
 
     losses = iter([0.60, 0.50, 0.55, 0.56, 0.40, 0.30])  # best at epoch 1, then two worse epochs
-    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip: (next(losses), 0.5))
+    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip, balanced=True: (next(losses), 0.5))
     cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=1")
     report = train(tiny[0], tiny[1], cfg)
     (fold,) = report.folds
@@ -206,19 +206,43 @@ def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("balanced", [True, False])
+def test_best_epoch_is_chosen_on_the_class_balanced_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         balanced: bool) -> None:
+    """On a fold that is 83 % FAKE (5 fakes per real, as DFDC), an epoch that calls every video
+    FAKE-ish (FAKE 0.99, REAL 0.6) wins the plain log loss (0.16 against 0.29) but loses the
+    class-balanced one (0.46 against 0.29) to an epoch that separates them (0.75 / 0.25)."""
+    from dfdc.train import FoldTrainer
+
+    faces, folds = make_tiny_faces(tmp_path, fakes_per_real=5)
+    epochs = iter([(0.99, 0.6), (0.75, 0.25)])
+    real_videos = FoldTrainer.videos
+
+    def scripted(self, units):  # the real per-video table, with this epoch's scripted predictions
+        table = real_videos(self, units)
+        fake, real = next(epochs)
+        return table.assign(pred=np.where(table["label"] == 1, fake, real))
+
+    monkeypatch.setattr(FoldTrainer, "videos", scripted)
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=1",
+               f"train.val_balanced={str(balanced).lower()}")
+    (fold,) = train(faces, folds, cfg).folds
+    assert fold.best_epoch == (1 if balanced else 0)
+
+
 def test_lr_scaling_rules() -> None:
     from dfdc.config import ConfigError
     from dfdc.train import scaled_lr
 
     def lr(*sets: str, world: int = 1) -> float:
-        return scaled_lr(load_config("smoke", ["train.lr=2e-4", "train.lr_reference_batch=12", *sets]), world)[0]
+        return scaled_lr(load_config("smoke-random", ["train.lr=2e-4", "train.lr_reference_batch=12", *sets]), world)[0]
 
     assert lr("train.lr_scaling=none", "train.batch_size=96") == pytest.approx(2e-4)
     assert lr("train.lr_scaling=linear", "train.batch_size=96") == pytest.approx(2e-4 * 8)
     assert lr("train.lr_scaling=sqrt", "train.batch_size=96") == pytest.approx(2e-4 * 8 ** 0.5)
     assert lr("train.lr_scaling=sqrt", "train.batch_size=12", world=4) == pytest.approx(2e-4 * 2)  # global batch 48
     assert lr("train.lr_scaling=linear", "train.batch_size=12") == pytest.approx(2e-4)  # the recipe's batch: unscaled
-    note = scaled_lr(load_config("smoke", ["train.lr_scaling=sqrt", "train.batch_size=24"]), 2)[1]
+    note = scaled_lr(load_config("smoke-random", ["train.lr_scaling=sqrt", "train.batch_size=24"]), 2)[1]
     assert "global batch 48 = 24 x 2 processes" in note and "sqrt" in note
     with pytest.raises(ConfigError, match="lr_scaling='cubic'"):
         lr("train.lr_scaling=cubic")
@@ -328,7 +352,7 @@ def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.Mon
     """A T4 / V100 answers is_bf16_supported() with True (emulation); natively it has none."""
     from dfdc.train import amp_dtype
 
-    cfg = load_config("smoke", ["train.amp=bf16"])
+    cfg = load_config("smoke-random", ["train.amp=bf16"])
     cuda = torch.device("cuda", 0)
 
     def pre_ampere(including_emulation: bool = True) -> bool:
@@ -338,8 +362,8 @@ def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.Mon
     assert amp_dtype(cfg, cuda) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert amp_dtype(cfg, cuda) == "bf16"
-    assert amp_dtype(load_config("smoke", ["train.amp=fp16"]), cuda) == "fp16"
-    assert amp_dtype(cfg, torch.device("cpu")) is None and amp_dtype(load_config("smoke", ["train.amp=none"]), cuda) is None
+    assert amp_dtype(load_config("smoke-random", ["train.amp=fp16"]), cuda) == "fp16"
+    assert amp_dtype(cfg, torch.device("cpu")) is None and amp_dtype(load_config("smoke-random", ["train.amp=none"]), cuda) is None
 
 
 def test_epoch_loss_is_summed_over_ranks_on_the_process_device(tiny: tuple[Path, Path], tmp_path: Path,
