@@ -19,21 +19,21 @@ Importing this package registers every family. Add a model with one decorated bu
 one of these files (or a new file imported below).
 """
 
-from dfdc.models import baseline, custom, efficientnet, pixels, sequence, timm_backbones  # noqa: F401 - registers the families
+from dfdc.models import baseline, custom, efficientnet, pixels, reseption, sequence, timm_backbones  # noqa: F401 - registers the families
 from dfdc.models.checkpoint import (
     CHECKPOINT_FORMAT, CheckpointError, checkpoint_input, checkpoint_meta, checkpoint_model_config, export_half,
     fold_checkpoints, load_checkpoint, save_checkpoint, to_half, unwrap,
 )
 from dfdc.models.registry import (
     BASELINE, FAKE_CLASS, FRAME, KINDS, SEQUENCE, TORCH_LOAD_ERRORS, BackboneModel, FrameModel, PretrainedWeightsError,
-    create_backbone, create_model, default_input, fake_probability, frame_models, list_models, model_kind,
-    model_requirements, models_of_kind, register,
+    class_loss, create_backbone, create_model, default_input, fake_probability, frame_models, list_models, model_kind,
+    model_requirements, models_of_kind, output_units, register,
 )
 
 __all__ = [
     "BASELINE", "CHECKPOINT_FORMAT", "FAKE_CLASS", "FRAME", "KINDS", "SEQUENCE", "TORCH_LOAD_ERRORS", "BackboneModel",
     "CheckpointError", "FrameModel", "PretrainedWeightsError", "checkpoint_input", "checkpoint_meta",
-    "checkpoint_model_config", "create_backbone", "create_model", "default_input", "export_half", "fake_probability",
+    "checkpoint_model_config", "class_loss", "create_backbone", "create_model", "default_input", "export_half", "fake_probability",
     "fold_checkpoints", "frame_models", "list_models", "load_checkpoint", "model_kind", "model_requirements",
-    "models_of_kind", "register", "save_checkpoint", "to_half", "unwrap",
+    "models_of_kind", "output_units", "register", "save_checkpoint", "to_half", "unwrap",
 ]
