@@ -572,6 +572,7 @@ RENAMED_KEYS: dict[str, str | None] = {
     "predict.calib_min_videos": "calibrate.min_videos",
     "kernel.wheel_packages": None,  # the bundle now ships what its models need (dfdc.kaggle.wheels)
     "train.max_steps_per_epoch": "train.steps_per_epoch",  # 0 = a whole balanced draw in both
+    "model.reseption_blocks": None,  # Reseption now has Inception-V3's 3 / 4 / 2 modules (dfdc.models.reseption)
 }
 
 

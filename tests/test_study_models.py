@@ -161,6 +161,18 @@ def test_reseption_ensemble_loads_the_trained_networks_and_trains_its_new_layers
     trainable = {name.split(".")[0] for name, p in ensemble.named_parameters() if p.requires_grad}
     assert trainable == {"proj_v1", "proj_v2", "fc"}
     assert ensemble.fc.in_features == 1024 and ensemble.proj_v1.out_features == 512
+    # its checkpoint rebuilds without the member files (the predictor, the kernel)
+    saved = tmp_path / "ensemble" / "best.pt"
+    cfg.model.arch, cfg.model.ensemble_v1, cfg.model.ensemble_v2 = "reseption-ensemble", str(paths["reseption-v1"]), \
+        str(paths["reseption-v2"])
+    save_checkpoint(saved, ensemble, cfg, {"fold": 0})
+    for path in paths.values():
+        path.unlink()
+    loaded, _ = load_checkpoint(saved)
+    x = torch.randint(0, 256, (2, 3, 75, 75), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ensemble.eval()(x), atol=1e-5)
+    assert model_requirements("reseption-ensemble") == () and model_requirements("inception-v3-transfer") == ("timm",)
     with pytest.raises(ConfigError, match="give both"):
         create_model(ModelConfig(arch="reseption-ensemble", pretrained="none", ensemble_v1=str(paths["reseption-v1"])))
 
