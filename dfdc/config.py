@@ -209,8 +209,8 @@ class ModelConfig:
     # -- models over a frame backbone (sequence models lstm/gru, the baselines logreg/svm/mlp) --
     backbone: str = "efficientnet-b7"  # the registered frame model whose pooled features they read (its
     # input size and normalisation, its weights from ``pretrained``); the seed study's backbone
-    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4)
-    rnn_hidden: int = 512  # units per recurrent layer (study 000 tried 128-2048)
+    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4; its best GRU: 1, its best LSTM: 2)
+    rnn_hidden: int = 128  # units per recurrent layer (study 000 tried 128-2048; its best GRU and LSTM: 128)
     head_hidden: int = 1024  # the sequence classifier: Linear(rnn_hidden, this) -> ReLU -> Linear(this, 2) (study 000)
     mlp_hidden: int = 256  # the mlp baseline's one hidden layer (our choice; studies 000/002 give no width)
     mlp_frames: int = 40  # study 000's MLPs (mlp-3-constant-128 ...): frames whose features they read at once

@@ -339,3 +339,21 @@ def test_study_mlp_trains_on_frozen_features(track_faces, tmp_path: Path) -> Non
     assert report.folds[0].finished
     model, _ = load_checkpoint(tmp_path / "runs" / "mlp" / "fold0" / "best.pt")
     assert model.head[0].in_features == 4 * model.backbone.feature_dim and model.head[0].out_features == 1024
+
+
+def test_study000_profile_reads_the_fine_tuned_transfer_cnns_features(tmp_path: Path) -> None:
+    """Step 2 of profiles/study000.yaml: the GRU's backbone is the fine-tuned InceptionV3 transfer
+    model's checkpoint (its encoder; its dense layers dropped), 2048 features per frame."""
+    from dfdc.train import check_settings
+
+    cfg = load_config("study000", ["train.size=80"])
+    check_settings(cfg)
+    assert (cfg.model.arch, cfg.model.rnn_hidden, cfg.model.rnn_layers, cfg.sequence.seq_len) == ("gru", 128, 1, 40)
+    cfg.model.arch, cfg.model.pretrained, cfg.model.trainable = "inception-v3-transfer", "none", "top50"
+    transfer = create_model(cfg.model, 80)
+    path = tmp_path / "inception-top50" / "best.pt"
+    save_checkpoint(path, transfer, cfg, {"fold": 0})
+    gru = create_model(ModelConfig(arch="gru", backbone="inception-v3-transfer", pretrained=str(path)), 80)
+    key = "encoder.Mixed_7c.branch1x1.conv.weight"
+    assert torch.equal(gru.backbone.state_dict()[key], transfer.state_dict()[key])
+    assert gru.feature_dim == GRU_FEATURES

@@ -1,11 +1,29 @@
 """Sequence models: a face track (``seq_len`` crops of one person, in frame order) -> P(FAKE),
-after studies ``000`` and ``002`` ("CNN features + LSTM/GRU").
+after studies ``000`` and ``002`` ("CNN features + LSTM/GRU", MLPs over frames, CNN + LSTM).
 
 ``lstm`` / ``gru``: the registered frame model ``model.backbone`` turns each crop into its
 pooled features (``FrameModel.features``); a ``model.rnn_layers``-layer LSTM or GRU of
 ``model.rnn_hidden`` units reads them in frame order; its output at the last frame goes
 through study 000's classifier, ``Linear(rnn_hidden, head_hidden = 1024) -> ReLU -> dropout
 -> Linear(1024, 2)``. P(FAKE) = softmax[:, 1] as for frame models.
+
+Study 000's defaults: 128 units (``model.rnn_hidden``), 1 layer (its best GRU; its best LSTM has
+2), features of its fine-tuned InceptionV3 (``profiles/study000.yaml``). Its grid, 1-4 layers x
+128 / 512 / 1024 / 2048 units for both cells, is ``rnn_grid()``: named settings (``gru-2x512``
+-> ``model.arch=gru model.rnn_layers=2 model.rnn_hidden=512``) for ``dfdc compare``. PyTorch's
+LSTM has two bias vectors per gate where Keras's has one: 4 x units more parameters per layer
+(GRU: the same count as Keras's default ``reset_after`` GRU, 970,498 for 128 x 1 over 2048 features).
+
+``mlp-{1,2,3}-...`` (study 000's MLPs, Table 2's 15 configurations): the ``model.mlp_frames``
+(40) frames' features of a track read at once, flattened (40 x 2048 = 81,920 inputs for
+InceptionV3), -> (Linear -> ReLU) per hidden layer -> dropout -> Linear(., 2). Not stated by the
+study: the activation (ours: ReLU) and any dropout (ours: ``model.dropout`` before the output).
+
+``cnn-lstm`` (study 002's CNN + LSTM, trained end to end): its own time-distributed conv blocks
+(``lrcn-cnn``, ``dfdc.models.custom``; the registry's ``own_backbone``, so ``model.backbone`` is not
+read) -> dropout -> LSTM(256) -> Linear(256, 2), as study 002's reference [3] (harvitronix's
+LRCN, 80 x 80 frames); study 002 itself says only "several blocks of conv layers with an LSTM
+head", each "time distributed". It trains with ``sequence.mode=finetune`` only.
 
 Input: N x T x 3 x H x W images with pixel values 0-255 (``uint8``), normalised by the
 backbone on its device -- or N x T x D features already through the backbone (the frozen

@@ -47,6 +47,21 @@ loads a timm-format state dict strictly into the backbone (``model.safetensors``
 ``pre_logits`` and our ``fc`` head are left out; missing ``num_batches_tracked`` counters are
 allowed); ``none`` is random initialisation. ``model.bn_momentum`` is set on every
 BatchNorm of the backbone (by ``create_model``, as for every family).
+
+``inception-v3-transfer`` (study 000's InceptionV3): ``inception-v3``'s backbone -> global
+average pooling -> Linear(2048, 1024) -> ReLU -> dropout -> Linear(1024, 2): 23,885,794
+parameters (the study: 23.9 M; Keras counts BatchNorm's moving statistics and not its scale,
+timm the other way round). Study 000 trains "the top 50 %" / "the top 25 %" of InceptionV3's
+314 Keras layers, or the last 2 (its dense layers): ``model.trainable`` top50 / top25 / head
+counts those 314 layers as Keras orders them (``keras_inception_v3_layers``: the input, the stem,
+mixed0 .. mixed10 = timm's ``Mixed_5b`` .. ``Mixed_7c``, pooling, the two dense layers; inside a
+block by depth, as Keras sorts a functional model's layers) and trains the timm conv / BatchNorm
+of every Keras layer among the last ``ceil(314 x N / 100)``. top50: the last 157 layers start at
+``Mixed_6c.branch7x7_3.bn`` (inside Keras's mixed5); top25: the last 79 start at
+``Mixed_7a.branch3x3_1.conv`` (inside mixed8). The study does not say how it rounded 78.5 (ours:
+up, as ``FrameModel.set_trainable``) nor whether a dropout precedes its output (ours:
+``model.dropout``). As a backbone (``model.backbone``, study 000's feature extractor) it gives the
+2048 pooled features, its dense layers removed ("removing the top ANN", 1.3.3).
 """
 
 from __future__ import annotations
