@@ -357,3 +357,12 @@ def test_study000_profile_reads_the_fine_tuned_transfer_cnns_features(tmp_path: 
     key = "encoder.Mixed_7c.branch1x1.conv.weight"
     assert torch.equal(gru.backbone.state_dict()[key], transfer.state_dict()[key])
     assert gru.feature_dim == GRU_FEATURES
+
+
+def test_study_003s_feature_map_implies_107_to_138_px() -> None:
+    """Study 003's InceptionResNetV2 gives a (2, 2, 1536) map: inputs of 107-138 px (timm's model)."""
+    with torch.device("meta"):
+        model = create_model(ModelConfig(arch="inception-resnet-v2", pretrained="none"), 107).eval()
+        sides = {side: tuple(model.encoder.forward_features(torch.empty(1, 3, side, side)).shape[1:])
+                 for side in (106, 107, 138, 139)}
+    assert sides[107] == sides[138] == (1536, 2, 2) and sides[106][1:] == (1, 1) and sides[139][1:] == (3, 3)

@@ -36,7 +36,10 @@ are dropped, as Keras' ``include_top=False`` does: the backbone is VGG16's 13 co
 
 Input: each model's default side and normalisation come from its timm pretrained config
 (read without downloading anything) and travel in the checkpoint. Inception-V3 and
-Inception-ResNet-V2 need at least 75 px (their stems and reductions have no padding).
+Inception-ResNet-V2 need at least 75 px (their stems and reductions have no padding). Study
+003 states no input side for its InceptionResNetV2, but its (2, 2, 1536) feature map implies
+one of 107-138 px (measured: ``forward_features`` gives 2 x 2 from 107 to 138 px, 3 x 3 from 139;
+our default is the weights' 299, where the map is 8 x 8: set ``train.size`` in 107-138 for 003's).
 
 Weights (``model.pretrained``): ``imagenet`` lets timm download the tag's weights from the
 Hugging Face hub when online (offline: ``PretrainedWeightsError`` with the hint); a path
