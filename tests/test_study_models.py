@@ -285,6 +285,11 @@ def test_sigmoid_head_trains_and_its_oof_is_the_models_sigmoid(tmp_path: Path) -
     x = torch.from_numpy(prepare(read_rgb(file), 32))[None]
     with torch.no_grad():
         assert float(torch.sigmoid(model(x))[0, 0]) == pytest.approx(row["prob"], abs=1e-5)
+    from dfdc.predict import load_ensemble
+
+    ensemble, _ = load_ensemble(run, cfg.predict, ["cpu"])  # what dfdc predict, calibrate and the kernel load
+    (spec,) = ensemble.specs
+    assert ensemble.fake_probability({spec: x.numpy()})[0] == pytest.approx(row["prob"], abs=1e-5)
     metrics = pd.read_csv(run / "metrics.csv")
     assert np.isfinite(metrics["val_loss"]).all()
 
