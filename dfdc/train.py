@@ -43,6 +43,11 @@ features) are agreed on by all ranks, so every rank stops with the message inste
 others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
 under torchrun they are refused.
 
+The optimizer is ``train.optimizer`` (AdamW, SGD with momentum, RAdam), the learning-rate schedule
+``train.schedule`` (``Schedule``: warm-up + cosine, step decay, ReduceLROnPlateau, or step decay
+with ReduceLROnPlateau as study 001), the loss that of ``model.head`` (``dfdc.models.class_loss``:
+cross-entropy over the softmax, or binary cross-entropy on one output).
+
 The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
 the ones ``bench/bench_train.py`` times.
 """
@@ -88,6 +93,8 @@ from dfdc.runs import (
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
+SCHEDULES = ("cosine", "exponential", "plateau", "exponential+plateau")  # train.schedule
+OPTIMIZERS = ("adamw", "sgd", "radam")  # train.optimizer
 LOADER_RATE_SAMPLES = 32  # units read + augmented at start-up to measure one loader worker (auto workers)
 
 
@@ -117,6 +124,10 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
     if t.val_aggregation not in METHODS:
         raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={t.schedule!r}: use one of {', '.join(SCHEDULES)}")
     if t.steps_per_epoch < 0 or t.val_max_videos < 0:
         raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
     if is_sequence_model(cfg.model.arch):
@@ -153,10 +164,6 @@ def scaled_lr(cfg: Config, world: int) -> tuple[float, str]:
     rule = {"none": "unscaled", "linear": f"x {ratio:.3g}", "sqrt": f"x sqrt({ratio:.3g})"}[t.lr_scaling]
     return lr, (f"lr {lr:.3g} = train.lr {t.lr:g} {rule} (train.lr_scaling={t.lr_scaling}; global batch "
                 f"{batch} = {t.batch_size} x {world} processes, reference {t.lr_reference_batch})")
-
-
-SCHEDULES = ("cosine", "exponential", "plateau", "exponential+plateau")  # train.schedule
-OPTIMIZERS = ("adamw", "sgd", "radam")  # train.optimizer
 
 
 def _cosine(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,

@@ -371,3 +371,12 @@ def test_study_003s_feature_map_implies_107_to_138_px() -> None:
         sides = {side: tuple(model.encoder.forward_features(torch.empty(1, 3, side, side)).shape[1:])
                  for side in (106, 107, 138, 139)}
     assert sides[107] == sides[138] == (1536, 2, 2) and sides[106][1:] == (1, 1) and sides[139][1:] == (3, 3)
+
+
+def test_bad_optimizer_or_schedule_fails_before_any_work() -> None:
+    from dfdc.train import check_settings
+
+    for override, message in (("train.optimizer=adam", "train.optimizer='adam'"),
+                              ("train.schedule=step", "train.schedule='step'")):
+        with pytest.raises(ConfigError, match=message):
+            check_settings(load_config("smoke", [override]))
