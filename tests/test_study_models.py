@@ -70,7 +70,9 @@ def test_custom_cnn_parameters_at_the_studys_input_size() -> None:
     assert _count("custom-cnn-2-ascending") == pytest.approx(220.5e6, rel=1e-3)  # the study's text: 110 M (see doc)
     with pytest.raises(ConfigError, match="at least 94 px.*train.size"):
         create_model(ModelConfig(arch="custom-cnn-5-ascending", pretrained="none"), 93)
-    create_model(ModelConfig(arch="custom-cnn-5-ascending", pretrained="none"), 94)
+    model = create_model(ModelConfig(arch="custom-cnn-5-ascending", pretrained="none"), 94)
+    with pytest.raises(ValueError, match="reads 94 px inputs.*got \\(96, 96\\)"):
+        model(torch.zeros(1, 3, 96, 96))
 
 
 def test_mlps_are_table_2s_and_read_40_frames_at_once() -> None:

@@ -146,11 +146,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     """
     ckpt = _read_checkpoint(Path(path))
     model_cfg = checkpoint_model_config(ckpt)
-    try:
-        model = create_model(model_cfg)
+    spec = checkpoint_input(ckpt)
+    try:  # built at its side: a flatten head (custom-cnn) is sized by it
+        model = create_model(model_cfg, spec.size)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    spec = checkpoint_input(ckpt)
     if hasattr(model, "set_input_spec"):
         model.set_input_spec(spec)
     try:

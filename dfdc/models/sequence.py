@@ -159,13 +159,8 @@ class FramesMLP(BackboneModel):
             width = units
         self.head = nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(width, num_classes))
 
-    def set_trainable(self, fraction: float) -> None:
-        self.backbone.set_trainable(fraction)
-
-    def frame_features(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.backbone.features(x.flatten(0, 1)).reshape(n, t, -1)
+    set_trainable = SequenceModel.set_trainable  # model.trainable: the backbone's top layers
+    frame_features = SequenceModel.frame_features  # N x T x 3 x H x W images -> N x T x D features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = x if x.dim() == 3 else self.frame_features(x)
