@@ -36,7 +36,7 @@ from dfdc.models.registry import (
 __all__ = [
     "BASELINE", "CHECKPOINT_FORMAT", "FAKE_CLASS", "FRAME", "KINDS", "SEQUENCE", "TORCH_LOAD_ERRORS", "BackboneModel",
     "CheckpointError", "FrameModel", "PretrainedWeightsError", "checkpoint_input", "checkpoint_meta",
-    "checkpoint_model_config", "class_loss", "create_backbone", "create_model", "default_input", "export_half", "fake_probability",
-    "fold_checkpoints", "frame_models", "list_models", "load_checkpoint", "model_kind", "model_requirements",
-    "models_of_kind", "output_units", "register", "save_checkpoint", "to_half", "unwrap",
+    "checkpoint_model_config", "class_loss", "create_backbone", "create_model", "default_input", "export_half",
+    "fake_probability", "fold_checkpoints", "frame_models", "list_models", "load_checkpoint", "model_kind",
+    "model_requirements", "models_of_kind", "output_units", "register", "save_checkpoint", "to_half", "unwrap",
 ]

@@ -153,7 +153,8 @@ class CustomCNN(FrameModel):
             raise RuntimeError("custom-cnn: no input side yet; build it with create_model (set_input_spec)")
         if x.shape[-1] != self.input_spec.size or x.shape[-2] != self.input_spec.size:
             raise ValueError(f"custom-cnn reads {self.input_spec.size} px inputs (its dense layer is sized by the "
-                             f"flattened map), got {tuple(x.shape[-2:])}: build it at that side (train.size / embed.size)")
+                             f"flattened map), got {tuple(x.shape[-2:])}: build it at that side "
+                             "(train.size / embed.size)")
         return self.hidden(self.encoder(x).flatten(1))
 
 

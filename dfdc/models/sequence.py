@@ -122,7 +122,8 @@ def is_sequence_model(arch: str) -> bool:
 def rnn_grid(cells: tuple[str, ...] = tuple(CELLS)) -> dict[str, tuple[str, ...]]:
     """Study 000's grid of recurrent models as named settings: ``gru-2x512`` -> the overrides
     ``model.arch=gru``, ``model.rnn_layers=2``, ``model.rnn_hidden=512`` (32 in all)."""
-    return {f"{cell}-{layers}x{units}": (f"model.arch={cell}", f"model.rnn_layers={layers}", f"model.rnn_hidden={units}")
+    return {f"{cell}-{layers}x{units}": (f"model.arch={cell}", f"model.rnn_layers={layers}",
+                                          f"model.rnn_hidden={units}")
             for cell in cells for layers in RNN_GRID_LAYERS for units in RNN_GRID_UNITS}
 
 
