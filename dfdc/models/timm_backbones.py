@@ -69,6 +69,7 @@ up, as ``FrameModel.set_trainable``) nor whether a dropout precedes its output (
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -206,7 +207,7 @@ def _keras_block(block: str, branches: tuple) -> list[str | None]:
     model's layers by their depth (longest path to the output, deepest first), equals by the
     order a depth-first walk from the output meets them (the concatenation's inputs in order)."""
     nodes: list[tuple[int, int, str | None]] = []  # (depth, walk order, timm module or None)
-    walk = iter(range(10**6))
+    walk = itertools.count()
 
     def chain(units: tuple, depth: int) -> None:  # a branch, walked from its end
         for unit in reversed(units):
