@@ -21,12 +21,14 @@ number of modules per grid (Inception-V3's 3 A, 4 B, 2 C), which convs of reduct
 (the 3x3/2 branch, Inception-V3's 384) and the letters of reduction B (a: 1x1, b: 3x3/2 of the
 3x3 branch; c: 1x1, d: 1x7, e: 7x1, f: 3x3/2 of the 7x7 branch, in Inception-V3's order).
 The counts below are Inception-V3's modules with fewer filters, chosen so that the totals
-land within 3 % of Table 7.1's (tests/test_study_models.py counts them). The stems differ in
+land within 3 % of Table 7.1's: 16,872,993 (V1) and 15,628,161 (V2) with one output
+(tests/test_study_models.py counts them). The stems differ in
 their last conv: 192 filters (V1, Inception-V3's) and 160 (V2). Dropout before the classifier
 (``model.dropout``) is Inception-V3's; the study does not name one.
 
 ``reseption-ensemble`` (7.1.7): both networks without their classifiers, each followed by a
-fully connected layer of 512 units, their 1024 features -> the classifier (34 M in Table 7.1).
+fully connected layer of 512 units, their 1024 features -> the classifier (34 M in Table 7.1;
+ours 33,795,009).
 The study trained only those layers on the two trained networks: pass their checkpoints as
 ``model.ensemble_v1`` / ``model.ensemble_v2`` (then only the new layers train), or leave them
 empty to train the whole ensemble from random init; ``model.trainable: head`` trains the two
