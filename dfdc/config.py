@@ -207,26 +207,31 @@ class ModelConfig:
     pretrained: str = "imagenet"  # "imagenet" (download when online), "none", or a path to a state dict
     dropout: float = 0.5
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
+    head: str = "softmax"  # "softmax": num_classes outputs + cross-entropy (study 004; the kit's default);
+    # "sigmoid": one output neuron + binary cross-entropy, P(FAKE) = sigmoid (studies 001 and 003)
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
     # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts.
     # Applied to every BatchNorm of every model family by dfdc.models.create_model (one place; tested per model)
     trainable: str = "all"  # study 000's transfer settings: "all" layers, "top50" / "top25" (the top 50 % /
     # 25 % of the backbone's layers, any topN works) or "head" (the classifier only); the rest is frozen
     # (dfdc.models.registry.FrameModel.set_trainable defines "layer")
-    custom_depth: int = 3  # custom-cnn: conv layers, 2-5 (study 000's custom CNNs)
-    custom_widths: str = "ascending"  # custom-cnn width rule (study 000): "ascending" (base, 2x base, 4x ...),
-    # "descending" (the same widths reversed) or "constant" (base everywhere)
-    custom_base_width: int = 32  # custom-cnn: channels of its narrowest conv layer (our choice; 000 gives none)
-    custom_head_width: int = 128  # custom-cnn: hidden units of its small classifier head (our choice)
-    reseption_blocks: int = 2  # reseption-v1/v2: residual inception blocks per stage, 3 stages (our choice;
-    # study 001 does not give the count)
+    custom_depth: int = 3  # custom-cnn: conv layers, 2-5 (study 000's custom CNNs; its best: 3)
+    custom_widths: str = "constant"  # custom-cnn width rule (study 000, Table 1): "ascending" / "descending"
+    # (Table 1's filters for the depth) or "constant" (custom_base_width in every layer); its best: constant
+    custom_base_width: int = 128  # custom-cnn constant width (Table 1: 32, 64, 128, 256; the study's best: 128)
+    custom_head_width: int = 512  # custom-cnn: units of the dense layer after the flatten (study 000 does not
+    # state it; 512 at 240 px reproduces its 51.7 M and 55 M parameter counts: dfdc.models.custom)
+    ensemble_v1: str = ""  # reseption-ensemble: a trained reseption-v1 checkpoint (best.pt) and ...
+    ensemble_v2: str = ""  # ... a trained reseption-v2 one; both empty = the whole ensemble from random init
     # -- models over a frame backbone (sequence models lstm/gru, the baselines logreg/svm/mlp) --
     backbone: str = "efficientnet-b7"  # the registered frame model whose pooled features they read (its
     # input size and normalisation, its weights from ``pretrained``); the seed study's backbone
-    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4)
-    rnn_hidden: int = 512  # units per recurrent layer (study 000 tried 128-2048)
+    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4; its best GRU: 1, its best LSTM: 2)
+    rnn_hidden: int = 128  # units per recurrent layer (study 000 tried 128-2048; its best GRU and LSTM: 128)
     head_hidden: int = 1024  # the sequence classifier: Linear(rnn_hidden, this) -> ReLU -> Linear(this, 2) (study 000)
     mlp_hidden: int = 256  # the mlp baseline's one hidden layer (our choice; studies 000/002 give no width)
+    mlp_frames: int = 40  # study 000's MLPs (mlp-3-constant-128 ...): frames whose features they read at once
+    # (the study's 40); must equal sequence.seq_len
 
 
 @dataclass
@@ -237,14 +242,22 @@ class TrainConfig:
     # default (its pretrained config: e.g. 299 for xception, 600 for efficientnet-b7)
     epochs: int = 30
     batch_size: int = 12  # per process (GPU); the recipe's 12 for B7 at 240 px on a 2020 GPU
-    optimizer: str = "adamw"  # "adamw" or "sgd"
+    optimizer: str = "adamw"  # "adamw", "sgd" (with momentum; Nesterov when nesterov) or "radam" (study 001)
+    schedule: str = "cosine"  # "cosine": linear warm-up + cosine decay (the kit's default); "exponential": lr x
+    # decay_gamma every decay_every epochs; "plateau": ReduceLROnPlateau on the validation loss; or
+    # "exponential+plateau" (both, as study 001 trained Reseption)
+    decay_gamma: float = 0.94  # exponential: the lr factor per decay (study 001, after Inception's training)
+    decay_every: float = 2.0  # exponential: epochs between decays (study 001: every 2 epochs)
+    plateau_factor: float = 0.5  # plateau: the lr factor when the validation loss stalls (study 001)
+    plateau_patience: int = 2  # plateau: epochs without improvement before a reduction (study 001)
     lr: float = 2e-4  # at a global batch of lr_reference_batch; see lr_scaling
     lr_scaling: str = "none"  # how the lr follows the global batch (batch_size x processes) against
     # lr_reference_batch: "none", "linear" (lr x B/B0; Goyal et al. 2017, for SGD) or "sqrt"
     # (lr x sqrt(B/B0); the square-root rule for Adam-type optimizers, Malladi et al. 2022)
     lr_reference_batch: int = 12  # the global batch train.lr was tuned at (the recipe: 12 on one GPU)
     weight_decay: float = 1e-2
-    momentum: float = 0.9  # SGD only
+    momentum: float = 0.9  # SGD only (study 001's SGDM: 0.9)
+    nesterov: bool = True  # SGD: Nesterov momentum (the kit's choice); false = plain momentum (study 001's SGDM)
     warmup_epochs: float = 1.0  # linear warm-up length in epochs (of steps_per_epoch steps; may be a fraction)
     label_smoothing: float = 0.0  # the 1st place used 0.01
     grad_clip: float = 1.0
@@ -592,6 +605,7 @@ RENAMED_KEYS: dict[str, str | None] = {
     "predict.calib_min_videos": "calibrate.min_videos",
     "kernel.wheel_packages": None,  # the bundle now ships what its models need (dfdc.kaggle.wheels)
     "train.max_steps_per_epoch": "train.steps_per_epoch",  # 0 = a whole balanced draw in both
+    "model.reseption_blocks": None,  # Reseption now has Inception-V3's 3 / 4 / 2 modules (dfdc.models.reseption)
 }
 
 

@@ -43,6 +43,11 @@ features) are agreed on by all ranks, so every rank stops with the message inste
 others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
 under torchrun they are refused.
 
+The optimizer is ``train.optimizer`` (AdamW, SGD with momentum, RAdam), the learning-rate schedule
+``train.schedule`` (``Schedule``: warm-up + cosine, step decay, ReduceLROnPlateau, or step decay
+with ReduceLROnPlateau as study 001), the loss that of ``model.head`` (``dfdc.models.class_loss``:
+cross-entropy over the softmax, or binary cross-entropy on one output).
+
 The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
 the ones ``bench/bench_train.py`` times.
 """
@@ -78,7 +83,7 @@ from dfdc.distributed import (
 )
 from dfdc.features import FrozenFeatures, run_features
 from dfdc.io import atomic_save_torch, clean_temp_files
-from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
+from dfdc.models import TORCH_LOAD_ERRORS, class_loss, create_model, default_input, fake_probability, save_checkpoint
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 from dfdc.runs import (
@@ -88,6 +93,8 @@ from dfdc.runs import (
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
+SCHEDULES = ("cosine", "exponential", "plateau", "exponential+plateau")  # train.schedule
+OPTIMIZERS = ("adamw", "sgd", "radam")  # train.optimizer
 LOADER_RATE_SAMPLES = 32  # units read + augmented at start-up to measure one loader worker (auto workers)
 
 
@@ -109,6 +116,7 @@ class EpochStats:
 def check_settings(cfg: Config) -> None:
     """Settings a fold would otherwise find wrong only after an epoch (or the frozen features)
     was spent: checked before any work."""
+    from dfdc.models.sequence import check_sequence_model_settings
     from dfdc.sequences import check_frozen_trainable, check_track_settings
 
     t = cfg.train
@@ -116,6 +124,10 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
     if t.val_aggregation not in METHODS:
         raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={t.schedule!r}: use one of {', '.join(SCHEDULES)}")
     if t.steps_per_epoch < 0 or t.val_max_videos < 0:
         raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
     if is_sequence_model(cfg.model.arch):
@@ -123,6 +135,7 @@ def check_settings(cfg: Config) -> None:
         if cfg.sequence.aggregation not in TRACK_METHODS:
             raise ConfigError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
         check_frozen_trainable(cfg)
+        check_sequence_model_settings(cfg)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> str | None:
@@ -153,8 +166,8 @@ def scaled_lr(cfg: Config, world: int) -> tuple[float, str]:
                 f"{batch} = {t.batch_size} x {world} processes, reference {t.lr_reference_batch})")
 
 
-def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
-              lr: float) -> torch.optim.lr_scheduler.LRScheduler:
+def _cosine(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
+            lr: float) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up then cosine decay to ``lr * min_lr_ratio``, both counted in optimizer
     steps (``warmup_epochs x steps_per_epoch`` and ``epochs x steps_per_epoch``)."""
     t = cfg.train
@@ -167,15 +180,67 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: in
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
+class Schedule:
+    """``train.schedule``: a per-step scheduler (``step`` after every optimizer step) -- the
+    warm-up + cosine (``cosine``), or the step decay lr x ``decay_gamma`` every ``decay_every``
+    epochs (``exponential``; ``plateau`` alone keeps the lr constant between reductions) -- and,
+    for ``plateau`` / ``exponential+plateau``, ReduceLROnPlateau on the per-unit validation loss
+    (``epoch_end``) by ``plateau_factor`` after ``plateau_patience`` epochs without improvement
+    (study 001: 0.94 every 2 epochs, then 0.5 after 2 epochs; both act on the optimizer's lr)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int, lr: float) -> None:
+        t = cfg.train
+        if t.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule={t.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if t.decay_every <= 0 or not 0 < t.decay_gamma <= 1 or not 0 < t.plateau_factor < 1:
+            raise ConfigError("train.decay_every must be positive, train.decay_gamma in (0, 1] and "
+                              "train.plateau_factor in (0, 1)")
+        if t.schedule == "cosine":
+            self.step_scheduler = _cosine(optimizer, cfg, steps_per_epoch, lr)
+        else:
+            gamma = t.decay_gamma if t.schedule.startswith("exponential") else 1.0
+            every = max(1, int(round(t.decay_every * steps_per_epoch)))
+            self.step_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=gamma)
+        self.plateau = None
+        if t.schedule.endswith("plateau"):
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.plateau_factor,
+                                                                      patience=t.plateau_patience)
+
+    def step(self) -> None:
+        self.step_scheduler.step()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.plateau is not None:
+            self.plateau.step(val_loss)
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.step_scheduler.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_scheduler.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "step" not in state:  # a last.pt of the single cosine scheduler before train.schedule existed
+            state = {"step": state, "plateau": None}
+        self.step_scheduler.load_state_dict(state["step"])
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
 def _optimizer(model: nn.Module, cfg: Config, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused kernel on CUDA when ``train.fused_optimizer``) or Nesterov SGD."""
+    """AdamW (fused kernel on CUDA when ``train.fused_optimizer``), SGD with momentum
+    (Nesterov when ``train.nesterov``) or RAdam (study 001)."""
     t = cfg.train
     if t.optimizer == "adamw":
         fused = {"fused": True} if t.fused_optimizer and device.type == "cuda" else {}
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, **fused)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
-    raise ConfigError(f"train.optimizer={t.optimizer!r}: expected adamw or sgd")
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                               nesterov=t.nesterov)
+    if t.optimizer == "radam":
+        return torch.optim.RAdam(model.parameters(), lr=lr, weight_decay=t.weight_decay)
+    raise ConfigError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
 def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device: torch.device,
@@ -230,7 +295,6 @@ class FoldTrainer:
             print(f"warning: this GPU has no native bfloat16 (compute capability "
                   f"{'.'.join(map(str, torch.cuda.get_device_capability(ctx.device)))}); training with train.amp=fp16 "
                   "and a GradScaler", file=sys.stderr)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.val_batch = eval_batch_size(t)
         self.fixed_shapes = ctx.device.type == "cuda" and t.cudnn_benchmark
@@ -322,7 +386,7 @@ class FoldTrainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.optimizer = _optimizer(self.model, self.cfg, self.lr, ctx.device)
-        self.scheduler = _schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.lr)
+        self.scheduler = Schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp == "fp16")
         self.epoch, self.best, self.best_epoch, self.bad_epochs, self.history = 0, math.inf, -1, 0, []
         if state is not None:
@@ -413,7 +477,7 @@ class FoldTrainer:
         t = self.cfg.train
         x, y = self._to_device(x), y.to(self.ctx.device, non_blocking=True)
         with self._autocast():
-            loss = self.criterion(self.net(x), y)
+            loss = class_loss(self.net(x), y, t.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if t.grad_clip > 0:
@@ -489,7 +553,7 @@ class FoldTrainer:
             y = y.to(self.ctx.device)
             with self._autocast():
                 logits = self.model(x)[:n]
-            losses = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+            losses = class_loss(logits, y, reduction="none")
             probs = fake_probability(logits)
             rows += zip(idx.tolist(), probs.cpu().tolist(), losses.cpu().tolist())
         rows = [r for part in self.ctx.gather(rows) for r in part]
@@ -534,6 +598,7 @@ class FoldTrainer:
                       file=sys.stderr)
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
+            self.scheduler.epoch_end(float(faces["loss"].mean()))
             videos = self.videos(faces)
             val_logloss, val_auc = video_logloss(videos, t.val_clip, t.val_balanced)
             improved = val_logloss < self.best

@@ -161,7 +161,9 @@ def test_every_model_has_one_registered_kind() -> None:
 
     kinds = {arch: model_kind(arch) for arch in list_models()}
     assert set(kinds.values()) == set(KINDS)
-    assert sorted(models_of_kind("sequence")) == ["gru", "lstm"]
+    from dfdc.models.sequence import mlp_names
+
+    assert sorted(models_of_kind("sequence")) == sorted(["cnn-lstm", "gru", "lstm", *mlp_names()])
     assert sorted(models_of_kind("baseline")) == ["logreg", "mlp", "svm"]
     assert frame_models() == sorted(a for a, k in kinds.items() if k == "frame")
     assert all(is_sequence_model(a) == (k == "sequence") and is_baseline(a) == (k == "baseline")
