@@ -312,13 +312,10 @@ def custom_cnn_overrides(depth: int, widths: str, base: int = 0) -> tuple[str, .
     return ("model.arch=custom-cnn", f"model.custom_depth={depth}", f"model.custom_widths={widths}", *extra)
 
 
-MLP_ARCH = "mlp"  # study 000's MLP (Table 2): the `mlp` model, hidden widths from MLP_WIDTHS_KEY
-MLP_WIDTHS_KEY = "model.mlp_widths"  # comma list of hidden widths, input to output (Table 2's rows)
-
-
-def mlp_overrides(widths: tuple[int, ...]) -> tuple[str, ...]:
-    """Study 000's Table-2 MLP with hidden layers ``widths`` (the 2-unit output not counted)."""
-    return (f"model.arch={MLP_ARCH}", f"{MLP_WIDTHS_KEY}={','.join(map(str, widths))}", *HEAD_STEPS)
+def mlp_overrides(name: str) -> tuple[str, ...]:
+    """Study 000's Table-2 MLP registered as model ``name`` (``mlp-3-constant-128`` ...): the
+    features of a track's frames read at once, trained like the sequence heads."""
+    return (f"model.arch={name}", *HEAD_STEPS)
 
 
 def rnn_overrides(cell: str, layers: int, units: int) -> tuple[str, ...]:
@@ -409,9 +406,9 @@ def _grid_000_cnn() -> tuple[System, ...]:
     for depth in (2, 3, 4, 5):
         rules = [("ascending", 0), ("descending", 0)] + [("constant", w) for w in (32, 64, 128, 256)]
         for rule, width in rules[:5] if depth == 5 else rules:
-            label = f"{rule}{width or ''}"
+            label = f"{rule}-{width}" if width else rule
             reported = {(2, "ascending"): "0.6599 validation accuracy, 0.5725 training accuracy (000 §3.2.1)",
-                        (3, "constant128"): R000_CNN}.get((depth, label), NOT_GIVEN)
+                        (3, "constant-128"): R000_CNN}.get((depth, label), NOT_GIVEN)
             rows.append(_system(f"custom-cnn-{depth}-{label}", "frame", S000, reported,
                                 custom_cnn_overrides(depth, rule, width), f"000 Table 1: {depth} layers, {label}"))
     return tuple(rows)
@@ -425,20 +422,20 @@ def _grid_000_rnn() -> tuple[System, ...]:
                  for cell in ("lstm", "gru") for layers in (1, 2, 3, 4) for units in (128, 512, 1024, 2048))
 
 
-# 000 Table 2: (name, hidden widths) of its 15 MLPs; each ends in a 2-unit output
+# 000 Table 2: (model name, hidden widths) of its 15 MLPs; each ends in a 2-unit output
 TABLE2_MLPS: tuple[tuple[str, tuple[int, ...]], ...] = (
-    *((f"1-constant{w}", (w,)) for w in (128, 256, 512, 1024, 2048)),
-    ("2-ascending", (512, 1024)), ("2-descending", (1024, 512)),
-    *((f"2-constant{w}", (w, w)) for w in (256, 512, 1024)),
-    ("3-ascending", (64, 160, 1024)), ("3-descending", (1024, 160, 64)),
-    *((f"3-constant{w}", (w, w, w)) for w in (64, 128, 256)),
+    *((f"mlp-1-constant-{w}", (w,)) for w in (128, 256, 512, 1024, 2048)),
+    ("mlp-2-ascending", (512, 1024)), ("mlp-2-descending", (1024, 512)),
+    *((f"mlp-2-constant-{w}", (w, w)) for w in (256, 512, 1024)),
+    ("mlp-3-ascending", (64, 160, 1024)), ("mlp-3-descending", (1024, 160, 64)),
+    *((f"mlp-3-constant-{w}", (w, w, w)) for w in (64, 128, 256)),
 )
 
 
 def _grid_000_mlp() -> tuple[System, ...]:
-    known = {"3-ascending": "0.6792 validation accuracy, 0.6054 validation loss (000 §3.2.5)",
-             "3-constant128": R000_MLP}
-    return tuple(_system(f"mlp-{name}", "baseline", S000, known.get(name, NOT_GIVEN), mlp_overrides(widths),
+    known = {"mlp-3-ascending": "0.6792 validation accuracy, 0.6054 validation loss (000 §3.2.5)",
+             "mlp-3-constant-128": R000_MLP}
+    return tuple(_system(name, "sequence", S000, known.get(name, NOT_GIVEN), mlp_overrides(name),
                          f"000 Table 2: hidden {'-'.join(map(str, widths))} -> 2")
                  for name, widths in TABLE2_MLPS)
 

@@ -58,22 +58,25 @@ def test_each_system_names_its_study_and_the_studys_figure() -> None:
 
 def test_grids_expand_to_the_studys_variants() -> None:
     cnn = [s.name for s in GRIDS["000-cnn"]]
-    widths = ("ascending", "descending", "constant32", "constant64", "constant128", "constant256")
-    assert cnn == [f"custom-cnn-{d}-{w}" for d in (2, 3, 4, 5) for w in widths if (d, w) != (5, "constant256")]
+    widths = ("ascending", "descending", "constant-32", "constant-64", "constant-128", "constant-256")
+    assert cnn == [f"custom-cnn-{d}-{w}" for d in (2, 3, 4, 5) for w in widths if (d, w) != (5, "constant-256")]
     assert len(cnn) == 23
     rnn = [s.name for s in GRIDS["000-rnn"]]
     assert len(rnn) == 32 and rnn[0] == "lstm-1x128" and rnn[-1] == "gru-4x2048"
     assert {n.split("-")[1] for n in rnn} == {f"{l}x{u}" for l in (1, 2, 3, 4) for u in (128, 512, 1024, 2048)}
     mlp = {s.name: s for s in GRIDS["000-mlp"]}
-    assert len(mlp) == 15 and "model.mlp_widths=64,160,1024" in mlp["mlp-3-ascending"].overrides
-    assert "model.mlp_widths=1024,160,64" in mlp["mlp-3-descending"].overrides
+    assert len(mlp) == 15 and mlp["mlp-3-ascending"].arch == "mlp-3-ascending"  # Table 2's models by name
+    assert "64-160-1024" in mlp["mlp-3-ascending"].description and "1024-160-64" in mlp["mlp-3-descending"].description
+    assert set(mlp) == {*(f"mlp-1-constant-{w}" for w in (128, 256, 512, 1024, 2048)),
+                        "mlp-2-ascending", "mlp-2-descending", *(f"mlp-2-constant-{w}" for w in (256, 512, 1024)),
+                        "mlp-3-ascending", "mlp-3-descending", *(f"mlp-3-constant-{w}" for w in (64, 128, 256))}
 
     variants = resolve_systems("000-rnn")  # a grid name expands; each variant trains in its own run folder
     names = [system_config(Config(), s, Path("runs")).train.name for s in variants]
     assert names == rnn and len(set(names)) == 32
     gru = system_config(Config(), dict(zip(rnn, variants))["gru-3x1024"], Path("runs")).model
     assert (gru.arch, gru.rnn_layers, gru.rnn_hidden) == ("gru", 3, 1024)
-    cnn_cfg = system_config(Config(), GRIDS["000-cnn"][cnn.index("custom-cnn-4-constant64")], Path("runs")).model
+    cnn_cfg = system_config(Config(), GRIDS["000-cnn"][cnn.index("custom-cnn-4-constant-64")], Path("runs")).model
     assert (cnn_cfg.custom_depth, cnn_cfg.custom_widths, cnn_cfg.custom_base_width) == (4, "constant", 64)
     assert [s.reported != NOT_GIVEN for s in GRIDS["000-rnn"]].count(True) == 2  # lstm 2x128, gru 1x128
     with pytest.raises(ConfigError, match="unknown.*000-nope"):
