@@ -165,8 +165,8 @@ class AnalyzeConfig:
     """The study's PCA -> t-SNE -> HDBSCAN analysis of embeddings (``dfdc analyze``)."""
 
     # Study 004's own analysis is PCA(n_components=50) -> sklearn TSNE(perplexity=50, n_components=3)
-    # -> HDBSCAN on that 3-D map: the profile study004. The defaults below are the kit's faster 2-D
-    # map (measured against the study's setting on synthetic clusters: docs, bench_analyze --profile)
+    # -> HDBSCAN on that 3-D map: the profile study004. The defaults below are the kit's 2-D map: on
+    # overlapping synthetic clusters it recovered more of them, faster (bench_analyze --profiles b7,study004)
     pca_components: int = 50  # the study: PCA to 50 components, then t-SNE
     tsne: str = "opentsne"  # "opentsne" (FFT-interpolated gradients, measured faster: bench_analyze)
     # or "sklearn" (Barnes-Hut; the study's library)
