@@ -7,6 +7,7 @@
 #   make submit                     submit the pushed kernel version to the competition
 #   make score                      local log loss of a submission
 #   make compare                    every system of the reference studies on the same folds
+#                                   (GRID=000-cnn|000-rnn|000-mlp: a study's grid, a row each)
 #   make embed analyze              face embeddings; PCA -> t-SNE -> HDBSCAN maps and clusters
 #
 # Point DATA at a DFDC download (the folder holding dfdc_train_part_*/ and/or
@@ -35,6 +36,7 @@ WORKERS ?= 2
 SHARD ?= 0/1
 SET ?=
 SYSTEMS ?= all
+GRID ?=
 COMPARE_PROFILE ?= compare
 FACES := $(DATA)/faces
 FOLDS_CSV := folds/folds.csv
@@ -139,11 +141,12 @@ submit: $(STAMP)
 	$(DFDC) submit --profile $(PROFILE) $(SET_FLAGS)
 
 # Every listed system trained and scored on the same folds -> submissions/compare/compare.csv + .png
-# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; finished ones are not retrained;
-# an existing folds/folds.csv is used as it is: `make folds` first for a new split).
+# (smoke sizes with the compare profile; SYSTEMS=a,b,c picks systems; GRID=000-rnn runs a study's grid
+# instead, 000-cnn / 000-rnn / 000-mlp; finished ones are not retrained; an existing folds/folds.csv
+# is used as it is: `make folds` first for a new split).
 compare: faces $(FOLDS_CSV)
 	$(DFDC) compare --data $(DATA) --faces $(FACES) --folds $(FOLDS_CSV) --profile $(COMPARE_PROFILE) \
-	    --systems $(SYSTEMS) $(SET_FLAGS)
+	    $(if $(GRID),--grid $(GRID),--systems $(SYSTEMS)) $(SET_FLAGS)
 
 bench: bench-faces bench-train bench-predict bench-embed bench-analyze
 

@@ -60,7 +60,7 @@ MEASURED_GPU = "524 img/s, B7 240 px batch 96 bf16 fused AdamW on an H200 (synth
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward is about 3 forward passes (standard rule of thumb)
 BF16_BYTES_RATIO = 0.5  # bf16 activations take half the bytes of fp32 ones
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weight + grad + AdamW's two moments
-GPU_BATCHES = {"b7": (12, 48, 96)}  # the recipe's 12 and the batches measured on an H200 (synthetic)
+GPU_BATCHES = {"b7": (12, 48, 96)}  # b7-recipe's 12 (the 1st place's per-GPU batch) and the batches measured on an H200 (synthetic)
 CPU_BATCHES = {"b7": (4,)}  # B7 steps take seconds on a CPU: one small batch
 POOL = 256  # distinct synthetic crops; epochs draw from them (with repeats when more are needed)
 

@@ -181,16 +181,20 @@ class EmbedConfig:
 class AnalyzeConfig:
     """The study's PCA -> t-SNE -> HDBSCAN analysis of embeddings (``dfdc analyze``)."""
 
+    # Study 004's own analysis is PCA(n_components=50) -> sklearn TSNE(perplexity=50, n_components=3)
+    # -> HDBSCAN on that 3-D map: the profile study004. The defaults below are the kit's 2-D map: on
+    # overlapping synthetic clusters it recovered more of them, faster (bench_analyze --profiles b7,study004)
     pca_components: int = 50  # the study: PCA to 50 components, then t-SNE
     tsne: str = "opentsne"  # "opentsne" (FFT-interpolated gradients, measured faster: bench_analyze)
-    # or "sklearn" (Barnes-Hut)
-    perplexity: float = 30.0  # t-SNE's customary default (both libraries); capped at (n - 1) / 3
-    tsne_3d: bool = False  # also a 3-D map (the study's t-SNE(3)): Barnes-Hut only (no FFT in 3-D),
+    # or "sklearn" (Barnes-Hut; the study's library)
+    perplexity: float = 30.0  # t-SNE's customary default (both libraries; the study: 50); capped at (n - 1) / 3
+    tsne_3d: bool = False  # also a 3-D map (the study's n_components=3): Barnes-Hut only (no FFT in 3-D),
     # O(n log n) where the 2-D map is FFT from 10k points; off by default (README: analysis bench)
     cluster_space: str = "tsne"  # HDBSCAN on the 2-D t-SNE map ("tsne": what the pictures show, cheap
-    # in 2-D) or on the PCA scores ("pca"); identity folds always use "pca" (dfdc.identity)
-    min_cluster_size: int = 20  # HDBSCAN: faces in the smallest cluster (the study: 520 clusters
-    # of 130,000 faces, 250 on average)
+    # in 2-D), on the 3-D map ("tsne3d": the study's; needs tsne_3d) or on the PCA scores ("pca");
+    # identity folds always use "pca" (dfdc.identity)
+    min_cluster_size: int = 20  # HDBSCAN: faces in the smallest cluster (our choice; the study states no
+    # HDBSCAN setting: 520 clusters of 130,000 faces, 250 on average)
     min_samples: int = 0  # HDBSCAN core-distance neighbours; 0 = min_cluster_size
     threads: int = 0  # CPU threads for t-SNE; 0 = all cores
     seed: int = 0
@@ -240,8 +244,8 @@ class TrainConfig:
 
     size: int = 240  # network input side; the seed study trained B7 at about 240 px; 0 = the model's own
     # default (its pretrained config: e.g. 299 for xception, 600 for efficientnet-b7)
-    epochs: int = 30
-    batch_size: int = 12  # per process (GPU); the recipe's 12 for B7 at 240 px on a 2020 GPU
+    epochs: int = 30  # the kit's choice (study 004 states none; the 1st place: 40 epochs of 2,500 steps)
+    batch_size: int = 12  # per process (GPU): the 1st place's 12 crops per GPU for B7 (study 004 states none)
     optimizer: str = "adamw"  # "adamw", "sgd" (with momentum; Nesterov when nesterov) or "radam" (study 001)
     schedule: str = "cosine"  # "cosine": linear warm-up + cosine decay (the kit's default); "exponential": lr x
     # decay_gamma every decay_every epochs; "plateau": ReduceLROnPlateau on the validation loss; or
@@ -250,11 +254,12 @@ class TrainConfig:
     decay_every: float = 2.0  # exponential: epochs between decays (study 001: every 2 epochs)
     plateau_factor: float = 0.5  # plateau: the lr factor when the validation loss stalls (study 001)
     plateau_patience: int = 2  # plateau: epochs without improvement before a reduction (study 001)
-    lr: float = 2e-4  # at a global batch of lr_reference_batch; see lr_scaling
+    lr: float = 2e-4  # the kit's choice for AdamW (study 004 states none); at a global batch of
+    # lr_reference_batch; see lr_scaling
     lr_scaling: str = "none"  # how the lr follows the global batch (batch_size x processes) against
     # lr_reference_batch: "none", "linear" (lr x B/B0; Goyal et al. 2017, for SGD) or "sqrt"
     # (lr x sqrt(B/B0); the square-root rule for Adam-type optimizers, Malladi et al. 2022)
-    lr_reference_batch: int = 12  # the global batch train.lr was tuned at (the recipe: 12 on one GPU)
+    lr_reference_batch: int = 12  # the global batch train.lr was chosen at (batch_size's 12 on one GPU)
     weight_decay: float = 1e-2
     momentum: float = 0.9  # SGD only (study 001's SGDM: 0.9)
     nesterov: bool = True  # SGD: Nesterov momentum (the kit's choice); false = plain momentum (study 001's SGDM)

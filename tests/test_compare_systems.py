@@ -19,7 +19,9 @@ OURS = {"lstm": "sequence", "gru": "sequence", "logreg": "baseline", "svm": "bas
 def test_sequence_models_and_baselines_are_systems() -> None:
     assert {name: SYSTEMS[name].kind for name in OURS} == OURS
     assert all(SYSTEMS[name].overrides[0] == f"model.arch={name}" for name in OURS)
-    assert all(SYSTEMS[name].study == "000, 002" for name in OURS)
+    # the study each comes from (test_compare_studies checks every system's label and figure)
+    assert {name: SYSTEMS[name].study for name in OURS} == {"lstm": "000", "gru": "000", "mlp": "000",
+                                                            "logreg": "002", "svm": "002"}
 
 
 def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> None:
@@ -33,6 +35,7 @@ def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> Non
     table = pd.read_csv(report.csv, keep_default_na=False)
     assert table["system"].tolist() == ["lstm", "logreg"] and not report.failed, table["error"].tolist()
     assert table["kind"].tolist() == ["sequence", "baseline"] and (table["folds"] == 2).all()
+    assert table["init"].tolist() == ["random", "random"]  # pixel features: the runs resolve pretrained: none
     for _, row in table.iterrows():
         oof = pd.read_csv(tmp_path / "runs" / row["system"] / "oof.csv")
         assert set(oof["video"]) == set(pd.read_csv(folds)["video"])  # every video of the same folds

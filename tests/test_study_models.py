@@ -110,7 +110,7 @@ def test_recurrent_models_match_the_studys_counts_and_grid() -> None:
     grid = rnn_grid()
     assert len(grid) == 32 and grid["gru-4x2048"] == ("model.arch=gru", "model.rnn_layers=4", "model.rnn_hidden=2048")
     for overrides in (grid["lstm-1x128"], grid["gru-4x2048"]):  # each is a valid configuration
-        cfg = load_config("smoke", [*overrides, "model.backbone=tiny-cnn", "model.pretrained=none"])
+        cfg = load_config("smoke-random", [*overrides, "model.backbone=tiny-cnn", "model.pretrained=none"])
         assert create_model(cfg.model).rnn.hidden_size == cfg.model.rnn_hidden
 
 
@@ -195,7 +195,7 @@ def test_reseption_profile_is_the_studys_training() -> None:
 
 def _lrs(schedule: str, val_losses: list[float], steps_per_epoch: int = 3) -> list[float]:
     """The lr at the start of each epoch under ``train.schedule`` (lr 1.0)."""
-    cfg = load_config("smoke", [f"train.schedule={schedule}", "train.lr=1.0", "train.epochs=8"])
+    cfg = load_config("smoke-random", [f"train.schedule={schedule}", "train.lr=1.0", "train.epochs=8"])
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
     schedule_ = Schedule(optimizer, cfg, steps_per_epoch, 1.0)
     lrs = []
@@ -225,7 +225,7 @@ def test_step_decay_and_plateau_schedules() -> None:
 
 
 def test_schedule_state_resumes() -> None:
-    cfg = load_config("smoke", ["train.schedule=exponential+plateau"])
+    cfg = load_config("smoke-random", ["train.schedule=exponential+plateau"])
     optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=1.0)
     first = Schedule(optimizer, cfg, 2, 1.0)
     for loss in (1.0, 1.0, 1.0):
@@ -240,7 +240,7 @@ def test_schedule_state_resumes() -> None:
 
 def test_optimizers_radam_and_plain_momentum_sgd() -> None:
     model = torch.nn.Linear(2, 1)
-    cfg = load_config("smoke", ["train.optimizer=sgd", "train.nesterov=false", "train.momentum=0.9"])
+    cfg = load_config("smoke-random", ["train.optimizer=sgd", "train.nesterov=false", "train.momentum=0.9"])
     sgd = _optimizer(model, cfg, 0.1, torch.device("cpu"))
     assert isinstance(sgd, torch.optim.SGD) and not sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
     cfg.train.optimizer = "radam"
@@ -271,7 +271,7 @@ def test_sigmoid_head_trains_and_its_oof_is_the_models_sigmoid(tmp_path: Path) -
     from dfdc.preprocess import prepare
 
     faces, folds = make_tiny_faces(tmp_path)
-    cfg = load_config("smoke", ["model.arch=tiny-cnn", "model.pretrained=none", "model.head=sigmoid", "train.size=32",
+    cfg = load_config("smoke-random", ["model.arch=tiny-cnn", "model.pretrained=none", "model.head=sigmoid", "train.size=32",
                                 "train.batch_size=8", "train.loader_workers=0", "train.epochs=1", "train.folds=0",
                                 "train.optimizer=radam", "train.schedule=exponential+plateau",
                                 f"train.runs_dir={tmp_path / 'runs'}", "train.name=sigmoid"])
@@ -320,8 +320,8 @@ def test_cnn_lstm_trains_end_to_end_and_predicts(track_faces, tmp_path: Path) ->
     faces_dir, folds_csv = track_faces
     common = ["model.arch=cnn-lstm", *TRACKS, "train.size=32", f"train.runs_dir={tmp_path / 'runs'}", "train.name=cl"]
     with pytest.raises(ConfigError, match="sequence.mode=finetune"):
-        train(faces_dir, folds_csv, load_config("smoke", [*common, "sequence.mode=frozen"]))
-    cfg = load_config("smoke", [*common, "sequence.mode=finetune"])
+        train(faces_dir, folds_csv, load_config("smoke-random", [*common, "sequence.mode=frozen"]))
+    cfg = load_config("smoke-random", [*common, "sequence.mode=finetune"])
     torch.manual_seed(cfg.train.seed)
     fresh = create_model(cfg.model, 32).state_dict()
     report = train(faces_dir, folds_csv, cfg)
@@ -341,8 +341,8 @@ def test_study_mlp_trains_on_frozen_features(track_faces, tmp_path: Path) -> Non
     common = ["model.arch=mlp-2-descending", "model.backbone=tiny-cnn", *TRACKS, "train.size=24",
               f"train.runs_dir={tmp_path / 'runs'}", "train.name=mlp"]
     with pytest.raises(ConfigError, match="model.mlp_frames=40.*sequence.seq_len=4"):
-        train(faces_dir, folds_csv, load_config("smoke", common))
-    report = train(faces_dir, folds_csv, load_config("smoke", [*common, "model.mlp_frames=4"]))
+        train(faces_dir, folds_csv, load_config("smoke-random", common))
+    report = train(faces_dir, folds_csv, load_config("smoke-random", [*common, "model.mlp_frames=4"]))
     assert report.folds[0].finished
     model, _ = load_checkpoint(tmp_path / "runs" / "mlp" / "fold0" / "best.pt")
     assert model.head[0].in_features == 4 * model.backbone.feature_dim and model.head[0].out_features == 1024
@@ -381,4 +381,4 @@ def test_bad_optimizer_or_schedule_fails_before_any_work() -> None:
     for override, message in (("train.optimizer=adam", "train.optimizer='adam'"),
                               ("train.schedule=step", "train.schedule='step'")):
         with pytest.raises(ConfigError, match=message):
-            check_settings(load_config("smoke", [override]))
+            check_settings(load_config("smoke-random", [override]))

@@ -241,7 +241,7 @@ def test_lr_scaling_rules() -> None:
     assert lr("train.lr_scaling=linear", "train.batch_size=96") == pytest.approx(2e-4 * 8)
     assert lr("train.lr_scaling=sqrt", "train.batch_size=96") == pytest.approx(2e-4 * 8 ** 0.5)
     assert lr("train.lr_scaling=sqrt", "train.batch_size=12", world=4) == pytest.approx(2e-4 * 2)  # global batch 48
-    assert lr("train.lr_scaling=linear", "train.batch_size=12") == pytest.approx(2e-4)  # the recipe's batch: unscaled
+    assert lr("train.lr_scaling=linear", "train.batch_size=12") == pytest.approx(2e-4)  # the reference batch: unscaled
     note = scaled_lr(load_config("smoke-random", ["train.lr_scaling=sqrt", "train.batch_size=24"]), 2)[1]
     assert "global batch 48 = 24 x 2 processes" in note and "sqrt" in note
     with pytest.raises(ConfigError, match="lr_scaling='cubic'"):
