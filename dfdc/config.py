@@ -14,6 +14,7 @@ comes from; stage code reads them from the config and never repeats the numbers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -594,6 +595,15 @@ def read_config(path: Path) -> Config:
         return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the saved configuration ({exc})") from None
+
+
+VIA_MAKE_ENV = "DFDC_VIA_MAKE"  # set (to 1) by the Makefile: advice then names make variables, not flags
+
+
+def make_hint(cli: str, make: str) -> str:
+    """What a message tells the user to pass: the make variable (``RUN=NAME``) when the command
+    came through make (``VIA_MAKE_ENV``), else the command-line option (``--models runs/NAME``)."""
+    return make if os.environ.get(VIA_MAKE_ENV, "").strip() not in ("", "0") else cli
 
 
 def warn(message: str) -> None:
