@@ -231,6 +231,19 @@ def _writable(folder: Path) -> None:
                 path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+def kernel_env(work: Path) -> dict[str, str]:
+    """The local kernel's environment: ``KEPT_ENV`` only, the network blocked, the Kaggle root
+    ``work``, and an empty ``HOME`` beside ``work/working`` (absolute: the kernel runs in
+    ``working/``; outside it: Kaggle saves ``working/`` as the kernel's output)."""
+    work = Path(os.path.abspath(work))
+    home = work / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    base = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
+    env = blocked_network_env(work / "netblock", base={**base, "HOME": str(home)})
+    env[ROOT_ENV] = str(work)
+    return env
+
+
 def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | None = None,
               image_dir: Path | None = None) -> LocalReport:
     """Run the bundle's kernel script on a Kaggle-like tree built from ``data_root``, offline,
@@ -247,12 +260,9 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     shutil.copyfile(sample, comp / "sample_submission.csv")
     shutil.copytree(bundle.dataset_dir, inputs / bundle.dataset_slug)  # a copy: the pushed folder stays untouched
     (work / "working").mkdir()
-    (work / "home").mkdir()
     python, _ = image_environment(Path(image_dir) if image_dir else bundle.root / "image-venv",
                                   image_list(repo_root() / IMAGE_LIST))
-    base = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
-    env = blocked_network_env(work / "netblock", base={**base, "HOME": str(work / "home")})
-    env[ROOT_ENV] = str(work.resolve())
+    env = kernel_env(work)
     before = _snapshot(inputs)
     _read_only(inputs)
     start = time.monotonic()
@@ -268,8 +278,11 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     seconds = time.monotonic() - start
     log = work / "kernel.log"
     atomic_write_text(log, result.stdout + "\n--- stderr ---\n" + result.stderr)
-    found = re.findall(re.escape(STATUS_MARK) + r"(\w+)(?: \((.*)\))?", result.stdout)
-    status, reasons = found[-1] if found else ("failed", "the kernel printed no STATUS line")
+    lines = result.stdout.strip().splitlines()
+    found = re.search(re.escape(STATUS_MARK) + r"(\w+)(?: \((.*)\))?$", lines[-1]) if lines else None
+    status, reasons = found.groups("") if found else (
+        "failed", "the kernel's log does not end with its STATUS line" if STATUS_MARK in result.stdout
+        else "the kernel printed no STATUS line")
     if _snapshot(inputs) != before:
         status, reasons = "failed", f"the kernel changed files under {inputs} (Kaggle's input is read-only)"
     if result.returncode != 0 and status == "ok":

@@ -105,8 +105,12 @@ def plan_wheels(archs: list[str | ModelConfig], root: Path) -> list[WheelPlan]:
     image = image_list(root / IMAGE_LIST)
     provided = set(closure(image)) | set(image)
     plan: dict[str, WheelPlan] = {}
+    whys: dict[str, list[str]] = {}  # each reason once: five folds of one architecture need its library once
 
     def pinned(dist: str, why: str) -> None:
+        if why in whys.setdefault(dist, []):
+            return
+        whys[dist].append(why)
         if dist in plan:
             plan[dist] = WheelPlan(dist, plan[dist].version, plan[dist].reason + f"; {why}")
             return
