@@ -46,6 +46,8 @@ SHARD ?= 0/1
 SET ?=
 ## NO_RESUME: 1 retrains the chosen folds from scratch instead of resuming
 NO_RESUME ?=
+## IMAGE: the interpreter of `make kernel-local`: linked (this environment's packages; default) or pinned (kernels/kaggle-image.txt's versions from PyPI, a cached venv of several GB)
+IMAGE ?=
 ## USERNAME: the Kaggle user owning the kernel and the weights dataset (default: from the credentials)
 USERNAME ?=
 ## SYSTEMS: systems `make compare` runs (all, or a comma list)
@@ -160,9 +162,9 @@ kernel: $(STAMP) ## the run's Kaggle bundle: weights dataset + offline kernel, p
 kernel-build: $(STAMP) ## the run's Kaggle bundle, built only -> kernels/build
 	$(DFDC) kernel $(call RUN_FLAG,--models) $(USERNAME_FLAG) $(RUN_PROFILE) $(SET_FLAGS)
 
-kernel-local: data ## the bundle's kernel run here, offline, on DATA, in a Kaggle-image-like interpreter; scored when LABELS exist
+kernel-local: data ## the bundle's kernel run here, offline, on DATA, in a Kaggle-image-like interpreter (IMAGE); scored when LABELS exist
 	$(DFDC) kernel $(call RUN_FLAG,--models) --local $(DATA) $(if $(wildcard $(LABELS)),--labels $(LABELS)) \
-	    $(USERNAME_FLAG) $(RUN_PROFILE) $(SET_FLAGS)
+	    $(USERNAME_FLAG) $(if $(IMAGE),--set kernel.local_image=$(IMAGE)) $(RUN_PROFILE) $(SET_FLAGS)
 
 submit: $(STAMP) ## submit the pushed kernel version to the competition
 	$(DFDC) submit $(RUN_PROFILE) $(SET_FLAGS)

@@ -378,6 +378,11 @@ class KernelConfig:
     # before the kernel is pushed (Kaggle processes uploads; a kernel pushed earlier sees no files)
     dataset_poll: float = 15.0  # seconds between two `kaggle datasets status` calls
     local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
+    local_image: str = "linked"  # the local run's interpreter (kernels/kaggle-image.txt): "linked" = this
+    # environment's copies of the listed packages, linked (seconds, offline, any version); "pinned" = the
+    # image's versions installed from the package index into a cached venv (GBs: PyPI's torch is a CUDA build)
+    pinned_image_dir: str = ".cache/kaggle-image"  # where the "pinned" interpreter is built and kept
+    pinned_image_timeout: float = 3600.0  # seconds for its pip install (torch and its CUDA libraries)
     # -- the kernel's own run --
     max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that say the
     # system broke (import, CUDA, model errors, dead or hung workers; not the video's own fault, not the

@@ -557,6 +557,40 @@ def test_image_environment_holds_only_the_image(image_dir: Path) -> None:
     assert out.stdout.strip() == "[]"  # the kit and the detector only come from the bundle
 
 
+def test_the_image_list_records_the_images_versions() -> None:
+    from dfdc.kaggle.common import IMAGE_LIST, repo_root
+    from dfdc.kaggle.wheels import image_list, image_pins
+
+    pins = image_pins(repo_root() / IMAGE_LIST)
+    assert pins["torch"] == "2.10.0" and pins["torchvision"] == "0.25.0"  # Kaggle's torch 2.10 + CUDA 12.8
+    assert all(pins.values()), "every line of kaggle-image.txt gives its version"
+    assert image_list(repo_root() / IMAGE_LIST) == list(pins) and "opencv-python-headless" in pins
+
+
+def test_pinned_image_environment_is_built_once_and_rebuilt_on_a_new_pin(tmp_path: Path) -> None:
+    """kernel.local_image=pinned: a venv of exactly the listed versions, cached by a stamp. pip
+    itself is the pin here (what a fresh venv already holds): no download in the test suite."""
+    from dfdc.kaggle.local import image_python, pinned_environment
+
+    import ensurepip
+
+    version = ensurepip.version()  # the pip a new venv gets
+    python, names = pinned_environment(tmp_path / "img", {"pip": version}, timeout=300)
+    assert names == ["pip"] and python.is_file()
+    stamp = (tmp_path / "img" / ".dfdc-image.json").stat().st_mtime_ns
+    assert pinned_environment(tmp_path / "img", {"pip": version}, timeout=300)[0] == python  # cached
+    assert (tmp_path / "img" / ".dfdc-image.json").stat().st_mtime_ns == stamp
+    with pytest.raises(KernelError, match="without a version"):
+        pinned_environment(tmp_path / "img", {"pip": ""}, timeout=300)
+    with pytest.raises(KernelError, match="cannot install the versions"):
+        pinned_environment(tmp_path / "img", {"pip": "1 2"}, timeout=300)  # not a version: rebuilt, fails
+    assert not (tmp_path / "img" / ".dfdc-image.json").exists()  # a failed build is never taken as built
+    cfg = _cfg(tmp_path)
+    cfg.kernel.local_image = "docker"
+    with pytest.raises(KernelError, match="local_image='docker'"):
+        image_python(cfg, tmp_path / "linked")
+
+
 def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfdc: Path, tmp_path: Path,
                                                         image_dir: Path) -> None:
     data, videos, sample = _local_data(mini_dfdc, tmp_path)

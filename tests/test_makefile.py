@@ -107,3 +107,4 @@ def test_labels_default_to_dfdcs_own_name(tmp_path: Path) -> None:
     (tree / "d" / "labels.csv").write_text("filename,label\n")
     assert "--labels d/labels.csv" in _make(tree, "score", "DATA=d")
     assert "--labels d/labels.csv" in _make(tree, "kernel-local", "DATA=d")  # the local run is scored
+    assert "--set kernel.local_image=pinned" in _make(tree, "kernel-local", "DATA=d", "IMAGE=pinned")
