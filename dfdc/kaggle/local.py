@@ -7,6 +7,10 @@ working folder (``dfdc kernel --local DATA``, ``make kernel-local``).
   taken from this environment (resolved with ``importlib.metadata``). The kit itself, the
   face detector and the models' libraries are not there: the kernel must install them from
   the bundle's wheels, so a wheel missing from the bundle fails here, not on Kaggle.
+- ``pinned_environment`` (``kernel.local_image=pinned``): the same list at the versions the
+  file records for Kaggle's image (torch 2.10 ...), installed from the package index into a
+  cached venv (``kernel.pinned_image_dir``), so that a checkpoint or API skew between the
+  kit's torch and the image's fails here too. Its Python is this one, not the image's 3.12.
 - ``run_local``: lays out ``input/<competition>/`` (``test_videos`` and
   ``sample_submission.csv``), ``input/<dataset slug>/`` (a copy of the bundle's dataset
   folder) and an empty ``working/`` (the script's working directory), runs the script with
