@@ -625,7 +625,8 @@ def _last_line(log: str) -> str:
     return stdout.strip().splitlines()[-1].split("] ", 1)[-1]
 
 
-def test_the_local_kernels_home_is_absolute_and_outside_working(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_local_kernels_home_is_absolute_and_outside_working(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from dfdc.kaggle.local import kernel_env
 
     monkeypatch.chdir(tmp_path)

@@ -45,7 +45,8 @@ def score_local(submission: Path, labels: Path) -> str:
     except ScoreError as exc:
         raise KernelError(f"cannot score the local submission {submission} against {labels}: {exc}") from None
     m = report["metrics"]
-    return (f"local kernel submission: log loss {m['logloss']:.5f} on {m['videos']} videos (AUC {format_value(m['auc'])}) "
+    return (f"local kernel submission: log loss {m['logloss']:.5f} on {m['videos']} videos "
+            f"(AUC {format_value(m['auc'])}) "
             f"against {labels}; report {submission.parent / 'report.md'}")
 
 
@@ -67,10 +68,12 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         username = resolve_username(args.username)
         if username is None:
             if args.push:
-                print(f"error: no Kaggle username: pass {make_hint('--username NAME', 'USERNAME=NAME')} or set KAGGLE_USERNAME", file=sys.stderr)
+                print(f"error: no Kaggle username: pass {make_hint('--username NAME', 'USERNAME=NAME')} "
+                      "or set KAGGLE_USERNAME", file=sys.stderr)
                 return 2
             username = PLACEHOLDER_USER
-            print(f"note: no Kaggle username known; the bundle uses {username!r} (pass {make_hint('--username NAME', 'USERNAME=NAME')})", file=sys.stderr)
+            print(f"note: no Kaggle username known; the bundle uses {username!r} "
+                  f"(pass {make_hint('--username NAME', 'USERNAME=NAME')})", file=sys.stderr)
         out = args.out or Path(cfg.kernel.build_dir)
         bundle = build_bundle(args.models, out, cfg, username, explicit_keys(args.overrides))
         print(
