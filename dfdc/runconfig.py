@@ -123,6 +123,8 @@ def run_config(run_dir: Path, profile: str | None, overrides: list[str]) -> Conf
     """The configuration a command using ``run_dir`` runs with (module docstring). ``profile``:
     the ``--profile`` the user gave (None when not given)."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():  # the command itself says the run folder is missing, and what to do
+        return load_config(profile or DEFAULT_PROFILE, overrides)
     saved = saved_run_config(run_dir)
     if saved is None:  # a folder of checkpoints without any saved configuration: the command line's
         print(f"warning: {run_dir} holds no {RUN_CONFIG} and its checkpoints no configuration; using profile "

@@ -112,3 +112,12 @@ def test_a_latest_file_without_a_run_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "LATEST").write_text("profile: b7\n")
     with pytest.raises(ConfigError, match="names no run"):
         read_latest(tmp_path)
+
+
+def test_a_missing_run_folder_is_reported_by_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DFDC_VIA_MAKE", "1")
+    assert main(["kernel", "--models", "runs/nothing"]) == 1
+    err = capsys.readouterr().err
+    assert "run folder runs/nothing not found" in err and "RUN=NAME" in err and "holds no config.yaml" not in err
