@@ -7,6 +7,7 @@
 # kernel-build, kernel-local, kernel, submit) use that run and its DATA without repeating them.
 
 SHELL := /bin/bash
+## PYTHON: the interpreter `make setup` builds .venv with
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

@@ -121,3 +121,13 @@ def test_a_missing_run_folder_is_reported_by_the_command(tmp_path: Path, monkeyp
     assert main(["kernel", "--models", "runs/nothing"]) == 1
     err = capsys.readouterr().err
     assert "run folder runs/nothing not found" in err and "RUN=NAME" in err and "holds no config.yaml" not in err
+
+
+def test_kernel_labels_need_the_local_run_and_an_existing_file(smoke_run: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kernel", "--models", str(smoke_run), "--labels", "labels.csv"]) == 2
+    assert "use it with --local" in capsys.readouterr().err
+    (tmp_path / "data" / "test_videos").mkdir(parents=True)
+    (tmp_path / "data" / "sample_submission.csv").write_text("filename,label\n")
+    assert main(["kernel", "--models", str(smoke_run), "--local", "data", "--labels", "nolabels.csv"]) == 2
+    assert "labels nolabels.csv not found" in capsys.readouterr().err

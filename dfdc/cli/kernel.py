@@ -61,6 +61,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             find_credentials()  # before any work: nothing is built or sent without them
         if args.local is not None:
             local_inputs(args.local)  # fail before the build, not after
+        if args.labels is not None and args.local is None:
+            print("error: --labels scores the local run's submission: use it with --local DATA_ROOT", file=sys.stderr)
+            return 2
         if args.labels is not None and not args.labels.is_file():
             print(f"error: labels {args.labels} not found; pass a filename,label CSV or leave --labels out",
                   file=sys.stderr)
