@@ -109,3 +109,8 @@ def test_labels_default_to_dfdcs_own_name(tmp_path: Path) -> None:
     assert "--labels d/labels.csv" in _make(tree, "score", "DATA=d")
     assert "--labels d/labels.csv" in _make(tree, "kernel-local", "DATA=d")  # the local run is scored
     assert "--set kernel.local_image=pinned" in _make(tree, "kernel-local", "DATA=d", "IMAGE=pinned")
+
+
+def test_the_suite_runs_without_make_hints(tmp_path: Path) -> None:
+    """`make test` exports DFDC_VIA_MAKE like every target; the suite's own runs must see flags."""
+    assert "DFDC_VIA_MAKE=0 .venv/bin/python -m pytest" in _make(_tree(tmp_path), "test")
