@@ -14,6 +14,7 @@ comes from; stage code reads them from the config and never repeats the numbers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,6 +427,11 @@ class KernelConfig:
     # before the kernel is pushed (Kaggle processes uploads; a kernel pushed earlier sees no files)
     dataset_poll: float = 15.0  # seconds between two `kaggle datasets status` calls
     local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
+    local_image: str = "linked"  # the local run's interpreter (kernels/kaggle-image.txt): "linked" = this
+    # environment's copies of the listed packages, linked (seconds, offline, any version); "pinned" = the
+    # image's versions installed from the package index into a cached venv (GBs: PyPI's torch is a CUDA build)
+    pinned_image_dir: str = ".cache/kaggle-image"  # where the "pinned" interpreter is built and kept
+    pinned_image_timeout: float = 3600.0  # seconds for its pip install (torch and its CUDA libraries)
     # -- the kernel's own run --
     max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that say the
     # system broke (import, CUDA, model errors, dead or hung workers; not the video's own fault, not the
@@ -646,6 +652,15 @@ def read_config(path: Path) -> Config:
         return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the saved configuration ({exc})") from None
+
+
+VIA_MAKE_ENV = "DFDC_VIA_MAKE"  # set (to 1) by the Makefile: advice then names make variables, not flags
+
+
+def make_hint(cli: str, make: str) -> str:
+    """What a message tells the user to pass: the make variable (``RUN=NAME``) when the command
+    came through make (``VIA_MAKE_ENV``), else the command-line option (``--models runs/NAME``)."""
+    return make if os.environ.get(VIA_MAKE_ENV, "").strip() not in ("", "0") else cli
 
 
 def warn(message: str) -> None:

@@ -34,7 +34,7 @@ Output folder::
                                        sharded: faces_<i>of<N>.csv, done_<i>of<N>.csv, and
                                        ``merge_faces`` builds faces.csv from all shards
     failures.csv                       this run's failed videos and why (failures_<i>of<N>.csv per shard)
-    config.yaml                        the resolved configuration
+    config.yaml                        the extraction settings (profile name, faces section; save_faces_config)
 
 Resuming: a video is finished when its manifest exists (written atomically after its
 crops and boxes); the index commits it after that. A rerun reads the shard's done file,
@@ -61,11 +61,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 
-from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
+from dfdc.config import Config, ConfigError, FacesConfig, read_config
 from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, shard_files
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_box, crop_face, face_difference
-from dfdc.io import atomic_write_csv, atomic_write_json, read_table, remove_temp_files_of
+from dfdc.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_table, remove_temp_files_of
 from dfdc.threads import available_cores, limit_threads
 from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
@@ -442,6 +443,20 @@ def process_unit(unit: Unit) -> list[Outcome]:
 # --- the driver -----------------------------------------------------------------
 
 
+def save_faces_config(config: Config, path: Path) -> None:
+    """The faces folder's ``config.yaml``: the extraction settings only (the profile's name and
+    the ``faces`` section; a stage reading it gets the defaults for the rest), written only
+    when they changed, so that a later stage resuming the extraction (``make train`` runs
+    ``make faces``) leaves it as the extraction wrote it."""
+    text = yaml.safe_dump({"profile": config.profile, "faces": config.to_dict()["faces"]}, sort_keys=False)
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    atomic_write_text(path, text)
+
+
 def _check_resume(out_dir: Path, cfg: FacesConfig) -> None:
     saved = out_dir / SHARED_CONFIG
     if not saved.is_file():
@@ -596,7 +611,7 @@ def build_faces(
     _check_resume(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     full = Config(faces=cfg) if config is None else dataclasses.replace(config, faces=cfg)
-    save_config(full, out_dir / SHARED_CONFIG)
+    save_faces_config(full, out_dir / SHARED_CONFIG)
     _clean_temps(out_dir, units, shard)
     index = ShardIndex(out_dir, shard).open()
     missed = _index_missed(index, units, out_dir)

@@ -57,7 +57,7 @@ from dfdc.aggregate import (
     clip, ensemble_probability, frames_mismatch, read_calibration,
 )
 from dfdc.config import (
-    Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
+    Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, make_hint, read_config, save_config, warn,
 )
 from dfdc.io import atomic_write_csv, read_table
 from dfdc.threads import limit_threads
@@ -253,7 +253,8 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
     """Every fold model of a run: ``fold{k}/best.pt`` by fold number, else ``*.pt`` directly in the folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise PredictError(f"{run_dir}: run folder not found; pass --models runs/NAME (made by `dfdc train`)")
+        raise PredictError(f"{run_dir}: run folder not found; pass {make_hint('--models runs/NAME', 'RUN=NAME')} "
+                          "(made by `dfdc train`)")
     from dfdc.models import fold_checkpoints
 
     paths = [path for _, path in fold_checkpoints(run_dir)] or sorted(run_dir.glob("*.pt"))

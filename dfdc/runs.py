@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 
 from dfdc.aggregate import clip as clip_probability
-from dfdc.config import ConfigError
+from dfdc.config import ConfigError, make_hint
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json
 from dfdc.metrics import video_metrics
 from dfdc.models.checkpoint import FOLD_DIR
@@ -45,8 +45,11 @@ STATUS = "status.json"
 INPUT_NAMES = {"folds": "folds table", "faces": "faces index"}
 # a fold's state: everything made from its inputs (status first: a fold without it is never skipped)
 FOLD_STATE = (STATUS, "last.pt", "best.pt", "oof.csv", OOF_FACES[0], OOF_TRACKS[0], "estimator.joblib")
-RETRAIN = ("use another --name (a new run), or --no-resume to retrain the fold(s) on today's inputs "
-           "(--fold-list with every fold trained on the old ones)")
+def retrain_advice() -> str:
+    """How to get past a fold trained on other inputs (make variables when run through make)."""
+    return (f"use another {make_hint('--name', 'RUN=')} (a new run), or {make_hint('--no-resume', 'NO_RESUME=1')} "
+            f"to retrain the fold(s) on today's inputs ({make_hint('--fold-list', 'FOLDS=')} with every fold "
+            "trained on the old ones)")
 
 
 class InputsChangedError(ConfigError):
@@ -109,7 +112,7 @@ def inputs_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str, advice: str = RETRAIN) -> None:
+def check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str, advice: str | None = None) -> None:
     """Refuse to ``doing`` (resume, skip, merge, calibrate) a fold trained on other inputs."""
     old = read_inputs(folder)
     if old is None:
@@ -119,7 +122,7 @@ def check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str, a
         raise InputsChangedError(
             f"cannot {doing} fold {fold} of {Path(folder).parent}: it was trained on other inputs -- "
             + "; ".join(changes) + ". Mixing them would train or score one model on two splits or crop "
-            f"sets: {advice}")
+            f"sets: {advice or retrain_advice()}")
 
 
 def has_state(folder: Path) -> bool:

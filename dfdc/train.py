@@ -72,7 +72,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dfdc.aggregate import METHODS, TRACK_METHODS, aggregate_videos
 from dfdc.augment import train_transform
-from dfdc.config import Config, ConfigError, save_config
+from dfdc.config import Config, ConfigError, make_hint, save_config
 from dfdc.data import (
     BalancedEpochSampler, FaceDataset, TrainingData, eval_batch_size, load_training_data, loader_rate, sample_videos,
     shard, split_fold,
@@ -362,10 +362,12 @@ class FoldTrainer:
             try:  # our own file (holds numpy RNG state), so the full unpickler is needed
                 state = torch.load(last, map_location="cpu", weights_only=False)
             except TORCH_LOAD_ERRORS as exc:
-                raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass --no-resume") from None
+                raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass "
+                                  f"{make_hint('--no-resume', 'NO_RESUME=1')}") from None
             if state.get("arch") != self.cfg.model.arch:
                 raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
-                                  "use another --name or pass --no-resume")
+                                  f"use another {make_hint('--name', 'RUN=')} or pass "
+                                  f"{make_hint('--no-resume', 'NO_RESUME=1')}")
         if state is None and ctx.main:  # a fresh start: the old state goes, then the new fingerprints
             reset_fold(self.dir, self.data.fingerprints)
         ctx.barrier()

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import torch
 from test_video import astronaut_frames, make_clip
 
@@ -341,6 +342,13 @@ def test_cli_faces(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert len(faces) == 6 and cv2.imread(str(out / faces.path[0])).shape == (48, 48, 3)
     saved = read_config(out / "config.yaml")
     assert saved.profile == "smoke-random" and saved.faces.frames_real == 3
+    # the extraction settings only, and left as they are by a resuming run with other training settings
+    assert set(yaml.safe_load((out / "config.yaml").read_text())) == {"profile", "faces"}
+    stamp = (out / "config.yaml").stat().st_mtime_ns
+    assert main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke-random", "--size", "48",
+                 "--frames-real", "3", "--frames-fake", "1", "--workers", "1", "--no-progress", "--device", "cpu",
+                 "--set", "train.epochs=1"]) == 0  # fmt: skip
+    assert (out / "config.yaml").stat().st_mtime_ns == stamp
     assert main(["faces", "--data", str(data), "--out", str(out), "--shard", "2/2"]) == 2
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -105,7 +106,7 @@ def test_bundle_holds_only_the_allow_list(bundle: Bundle) -> None:
     wheels = {w["dist"]: w for w in json.loads((bundle.dataset_dir / "wheels.json").read_text())["wheels"]}
     assert set(wheels) == {"dfdc-kit", "facenet-pytorch", "efficientnet-pytorch"}  # exactly what the models need
     assert "MTCNN" in wheels["facenet-pytorch"]["reason"] and "not in Kaggle's image" in wheels["facenet-pytorch"]["reason"]
-    assert "efficientnet-b0" in wheels["efficientnet-pytorch"]["reason"]
+    assert wheels["efficientnet-pytorch"]["reason"].count("efficientnet-b0") == 1  # two b0 folds: the reason once
     assert wheels["facenet-pytorch"]["modules"] == ["facenet_pytorch"] and wheels["dfdc-kit"]["modules"] == ["dfdc"]
     assert _files(bundle.kernel_dir) == ["inference.py", "kernel-metadata.json"]
     assert bundle.folds == [0, 1]
@@ -207,6 +208,23 @@ def test_machine_shape_is_checked(run_dir: Path, tmp_path: Path) -> None:
     assert "machine_shape" not in kernel_metadata(cfg, "alice/x-kernel", "alice/x-data")
 
 
+@pytest.mark.parametrize("shape", ["NvidiaTeslaP100", ""])
+def test_a_gpu_kernel_on_a_p100_is_refused(run_dir: Path, tmp_path: Path, shape: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's image has no CUDA kernels for the P100 (an empty shape gets one too): every video
+    would take the CPU plan. Refused before anything is built; a CPU kernel on purpose is not."""
+    from dfdc.kaggle.bundle import _check_slugs
+
+    cfg = _cfg(tmp_path)
+    cfg.kernel.machine_shape = shape
+    monkeypatch.setenv("DFDC_VIA_MAKE", "1")
+    with pytest.raises(KernelError, match="P100.*SET=kernel.machine_shape=NvidiaTeslaT4"):
+        build_bundle(run_dir, tmp_path / "build", cfg, "alice")
+    assert not (tmp_path / "build").exists()
+    cfg.kernel.enable_gpu = False
+    _check_slugs(cfg, "alice")  # no error
+
+
 def _clear_kaggle_env(mp: pytest.MonkeyPatch, home: Path) -> None:
     mp.setenv("HOME", str(home))
     for name in KAGGLE_VARS:
@@ -284,9 +302,10 @@ def test_push_with_the_real_client(bundle: Bundle, tmp_path: Path, monkeypatch: 
     (create,) = stub.bodies("CreateDataset")
     assert (create["ownerSlug"], create["slug"], create["isPrivate"]) == ("alice", "dfdc-kit-models", True)
     assert len(create["files"]) == len(uploaded)
-    # the kernel is pushed only once the dataset is ready: three status polls after the upload
+    # the kernel is pushed only once the dataset is ready: three status + version polls after the upload
     after = names[names.index("CreateDataset") + 1:]
-    assert after == ["GetDatasetStatus"] * 3 + ["SaveKernel"] and report.dataset_status == "ready"
+    assert after == ["GetDatasetStatus", "GetDataset"] * 3 + ["SaveKernel"] and report.dataset_status == "ready"
+    assert report.dataset_version == 1
     (save,) = stub.bodies("SaveKernel")
     assert save["slug"] == "alice/dfdc-kit-inference" and save["machineShape"] == "NvidiaTeslaT4"
     assert save["enableGpu"] is True and save["enableInternet"] is False and save["isPrivate"] is True
@@ -303,7 +322,7 @@ def test_dataset_still_processing_stops_before_the_kernel(bundle: Bundle, tmp_pa
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with KaggleStub(processing=100) as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        with pytest.raises(KernelError, match="still 'blobs_received' after 0 s.*NOT pushed"):
+        with pytest.raises(KernelError, match="still 'blobs_received' at version 1 after 0 s.*NOT pushed"):
             push_bundle(bundle, _push_cfg(tmp_path, dataset_ready_timeout=0.0))
     assert "SaveKernel" not in stub.names()
 
@@ -323,6 +342,29 @@ def test_existing_dataset_gets_a_new_version(bundle: Bundle, tmp_path: Path, mon
     assert report.dataset_action == "version"
     assert "CreateDataset" not in stub.names() and len(stub.bodies("CreateDatasetVersion")) == 1
     assert len(stub.bodies("SaveKernel")) == 1
+
+
+def test_the_kernel_waits_for_the_new_dataset_version(bundle: Bundle, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after an upload Kaggle still reports the previous version ready: the kernel must wait
+    until the version number has increased (version 3 existed; the upload makes version 4)."""
+    with KaggleStub(existing_datasets=("alice/dfdc-kit-models",), existing_version=3, version_lag=2) as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        report = push_bundle(bundle, _push_cfg(tmp_path))
+    names = stub.names()
+    assert names[:2] == ["GetDatasetStatus", "GetDataset"]  # the version before the upload is read first
+    after = names[names.index("CreateDatasetVersion") + 1:]
+    assert after == ["GetDatasetStatus", "GetDataset"] * 3 + ["SaveKernel"]  # two answers of version 3 ready
+    assert report.dataset_version == 4 and json.loads(report.record.read_text())["dataset_version"] == 4
+
+
+def test_the_version_wait_times_out_on_an_old_version(bundle: Bundle, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with KaggleStub(existing_datasets=("alice/dfdc-kit-models",), existing_version=3, version_lag=100) as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        with pytest.raises(KernelError, match="still 'ready' at version 3 .*makes version 4.*NOT pushed"):
+            push_bundle(bundle, _push_cfg(tmp_path, dataset_ready_timeout=0.0))
+    assert "SaveKernel" not in stub.names()
 
 
 def test_server_rejection_fails_the_command(
@@ -515,6 +557,40 @@ def test_image_environment_holds_only_the_image(image_dir: Path) -> None:
     assert out.stdout.strip() == "[]"  # the kit and the detector only come from the bundle
 
 
+def test_the_image_list_records_the_images_versions() -> None:
+    from dfdc.kaggle.common import IMAGE_LIST, repo_root
+    from dfdc.kaggle.wheels import image_list, image_pins
+
+    pins = image_pins(repo_root() / IMAGE_LIST)
+    assert pins["torch"] == "2.10.0" and pins["torchvision"] == "0.25.0"  # Kaggle's torch 2.10 + CUDA 12.8
+    assert all(pins.values()), "every line of kaggle-image.txt gives its version"
+    assert image_list(repo_root() / IMAGE_LIST) == list(pins) and "opencv-python-headless" in pins
+
+
+def test_pinned_image_environment_is_built_once_and_rebuilt_on_a_new_pin(tmp_path: Path) -> None:
+    """kernel.local_image=pinned: a venv of exactly the listed versions, cached by a stamp. pip
+    itself is the pin here (what a fresh venv already holds): no download in the test suite."""
+    from dfdc.kaggle.local import image_python, pinned_environment
+
+    import ensurepip
+
+    version = ensurepip.version()  # the pip a new venv gets
+    python, names = pinned_environment(tmp_path / "img", {"pip": version}, timeout=300)
+    assert names == ["pip"] and python.is_file()
+    stamp = (tmp_path / "img" / ".dfdc-image.json").stat().st_mtime_ns
+    assert pinned_environment(tmp_path / "img", {"pip": version}, timeout=300)[0] == python  # cached
+    assert (tmp_path / "img" / ".dfdc-image.json").stat().st_mtime_ns == stamp
+    with pytest.raises(KernelError, match="without a version"):
+        pinned_environment(tmp_path / "img", {"pip": ""}, timeout=300)
+    with pytest.raises(KernelError, match="cannot install the versions"):
+        pinned_environment(tmp_path / "img", {"pip": "1 2"}, timeout=300)  # not a version: rebuilt, fails
+    assert not (tmp_path / "img" / ".dfdc-image.json").exists()  # a failed build is never taken as built
+    cfg = _cfg(tmp_path)
+    cfg.kernel.local_image = "docker"
+    with pytest.raises(KernelError, match="local_image='docker'"):
+        image_python(cfg, tmp_path / "linked")
+
+
 def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfdc: Path, tmp_path: Path,
                                                         image_dir: Path) -> None:
     data, videos, sample = _local_data(mini_dfdc, tmp_path)
@@ -534,6 +610,30 @@ def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfd
     assert report.rows == 4 and report.fallback_rows == 2
     copied = tmp_path / "local" / "input" / bundle.dataset_slug
     assert copied.is_dir() and not copied.is_symlink()  # a copy: the folder that gets pushed was never exposed
+    assert _last_line(log).startswith("STATUS: ok (")  # the verdict is the log's last line
+    truth = tmp_path / "labels.csv"  # make kernel-local scores its submission when labels exist
+    pd.DataFrame({"filename": sample["filename"], "label": [1, 0, 0, 1]}).to_csv(truth, index=False)
+    from dfdc.cli.kernel import score_local
+
+    assert re.match(r"local kernel submission: log loss \d\.\d{5} on 4 videos", score_local(report.submission, truth))
+    assert (report.submission.parent / "report.md").is_file()
+
+
+def _last_line(log: str) -> str:
+    """The kernel's last stdout line without its time stamp (local.py keeps stdout, then stderr)."""
+    stdout = log.split("\n--- stderr ---\n")[0]
+    return stdout.strip().splitlines()[-1].split("] ", 1)[-1]
+
+
+def test_the_local_kernels_home_is_absolute_and_outside_working(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from dfdc.kaggle.local import kernel_env
+
+    monkeypatch.chdir(tmp_path)
+    env = kernel_env(Path("local"))
+    home = Path(env["HOME"])
+    assert home.is_absolute() and home.is_dir() and env["DFDC_KAGGLE_ROOT"] == str(tmp_path / "local")
+    assert (tmp_path / "local" / "working") not in [home, *home.parents]
 
 
 def test_check_submission_reads_it_as_the_scorer_does(tmp_path: Path) -> None:
@@ -574,7 +674,7 @@ def test_a_wheel_missing_from_the_bundle_fails_loudly(bundle: Bundle, mini_dfdc:
     log = report.log.read_text()
     assert report.status == "failed" and report.returncode == 1, log
     assert "import error" in report.reasons and "efficientnet_pytorch" in report.reasons
-    assert "STATUS: failed" in log
+    assert _last_line(log).startswith("STATUS: failed (")
     got = pd.read_csv(report.submission)
     assert got["filename"].tolist() == sample["filename"].tolist() and (got["label"] == 0.5).all()
 

@@ -125,6 +125,7 @@ def test_kill_9_mid_run_then_resume(tiny: tuple[Path, Path], tmp_path: Path, cap
     state = torch.load(last, weights_only=False)
     assert 1 <= state["epoch"] < 4 and not state["finished"]
     from dfdc.cli import main
+    from dfdc.runconfig import read_latest
 
     monkeypatch.chdir(tmp_path)
     assert main(cmd[3:]) == 0  # the same command again, in this process
@@ -133,6 +134,9 @@ def test_kill_9_mid_run_then_resume(tiny: tuple[Path, Path], tmp_path: Path, cap
     assert "fold 0: best validation log loss" in out and "OOF log loss" in out
     metrics = pd.read_csv(tmp_path / "runs" / "cli" / "metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
+    # the later stages find this run without being told (runs/LATEST, written atomically by train)
+    assert read_latest(tmp_path / "runs") == {"run": str(tmp_path / "runs" / "cli"), "profile": "smoke",
+                                              "faces": str(faces), "folds": str(folds)}
     assert not list((tmp_path / "runs").rglob("*.tmp-*"))
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dfdc.config import Config
+from dfdc.config import Config, make_hint
 
 HELP = "train and score every listed system (frame models, ...) on the same folds -> submissions/compare/"
 DEFAULT_OUT = Path("submissions/compare")
@@ -64,7 +64,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 2
     faces = args.faces or (args.data / "faces" if args.data is not None else None)
     if faces is None:
-        print("error: pass --data DATA (or --faces DIR): the face crops every system trains on", file=sys.stderr)
+        print(f"error: pass {make_hint('--data DATA', 'DATA=')} (or {make_hint('--faces DIR', 'FACES=DIR')}): the face "
+              "crops every system trains on", file=sys.stderr)
         return 2
     systems = resolve_systems(args.grid if args.grid is not None else args.systems)  # ConfigError: exit 2
     videos = _default(args.videos, args.data, "test_videos")

@@ -8,13 +8,16 @@ from pathlib import Path
 
 from dfdc.config import Config
 from dfdc.folds import FoldsError
+from dfdc.runconfig import default_submission, resolve_run
 from dfdc.metrics import ScoreError, format_value, labels_from_folds, read_labels, score_submission
 
 HELP = "score a submission.csv against labels (log loss as Kaggle, AUC, plots) -> report.json/md beside it"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--submission", type=Path, required=True, help="submission.csv (filename,label)")
+    parser.add_argument("--submission", type=Path, default=None,
+                        help="submission.csv (filename,label; default: submissions/NAME/submission.csv of the run "
+                        "in runs/LATEST)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--labels", type=Path, help="filename,label CSV with 0/1 (test_labels.csv, DFDC's labels.csv)")
     source.add_argument("--folds", type=Path, help="folds.csv: score against one held-out fold (with --fold)")
@@ -23,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
+    if args.submission is None:
+        args.submission = default_submission(resolve_run(None, cfg.train.runs_dir, "--submission"))
     try:
         if args.folds is not None:
             if args.fold is None:
