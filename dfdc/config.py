@@ -89,7 +89,9 @@ class SynthConfig:
     # through the training methods, so both seen and unseen methods are scored)
     sharp_fraction: float = 1.0  # "sharp": generator canvas at this fraction of the on-screen resolution
     sharp_max: int = 512  # "sharp": canvas cap (px), a high-resolution swap ...
-    sharp_noise: float = 1.0  # ... with sensor noise of this x synth.noise re-injected into the face
+    sharp_noise: float = 1.0  # ... with sensor noise of this x synth.noise re-injected into the face ...
+    sharp_feather: float = 0.015  # ... blended through a hard-edged mask: its seam (Gaussian sigma / face box
+    # side; `feather` for the others) is the artefact left once blur and missing noise are gone
     partial_width: float = 1.0  # "partial": half-width of the swapped eyes or mouth ellipse / eye distance
     partial_height: float = 0.5  # "partial": its half-height / eye-to-mouth distance
     colour_shift: tuple[float, float] = (6.0, 14.0)  # "colour": no colour matching, and the swapped face

@@ -68,7 +68,7 @@ from dfdc.config import ConfigError, FacesConfig, SynthConfig
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.threads import torch_threads
 
-SYNTH_VERSION = 4  # bump when the same config would produce different videos
+SYNTH_VERSION = 5  # bump when the same config would produce different videos
 MARKER = ".synth.json"
 TEST_FOLDER = "test_videos"
 PART_PREFIX = "dfdc_train_part_"
@@ -90,7 +90,7 @@ SCENE_TRIES = 5  # draws of placement, camera and light per REAL video until MTC
 # the swap methods (synth.methods): what each changes in the face swap described in the module doc
 SWAP_METHODS = {
     "blend": "the donor face made at low generator resolution, colour-matched, alpha-blended (DF-128-like)",
-    "sharp": "made at full on-screen resolution with sensor noise re-injected: no blur or noise cue",
+    "sharp": "made at full on-screen resolution with sensor noise re-injected, a hard-edged mask: a seam, no blur",
     "poisson": "low resolution, blended by Poisson (seamless) cloning: no seam, colours taken from the target",
     "partial": "only the eyes or only the mouth region swapped, small feathered ellipse",
     "colour": "as blend, but the swapped face is shifted off the target's skin tone in LAB a/b",
@@ -676,7 +676,8 @@ def _swap_frame(frame: np.ndarray, swap: _Swap, to_frame: np.ndarray, points: np
         return _poisson_blend(frame, up, mask, x0, y0)
     if swap.method == "sharp" and grain is not None:
         up = up + grain[y0:y1, x0:x1] * cfg.sharp_noise
-    mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, cfg.feather * face_px))[..., None]
+    feather = cfg.sharp_feather if swap.method == "sharp" else cfg.feather
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, feather * face_px))[..., None]
     out = frame.copy()
     roi = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = np.clip(roi + (up - roi) * mask + 0.5, 0, 255).astype(np.uint8)
