@@ -266,10 +266,13 @@ def frame_system(arch: str, study: str, reported: str = NOT_GIVEN, extra: tuple[
 
 S000, S001, S002, S003, S004 = "000", "001", "002", "003", "004"
 FIRST_PLACE = "1st place (Selim Seferbekov)"  # not a reference study: DFDC's winning solution
+KIT = "kit (smoke profile)"  # not a reference study: this kit's own CPU detector
 MIN_SIDE_75 = ("train.size=80",)  # Inception stems have no padding: at least 75 px (the profile's 64 is less)
 # Sequence models and MLPs over frozen per-frame features: a frozen head takes milliseconds a
 # step, so they get more steps than the profile's frame budget
 HEAD_STEPS = ("train.epochs=10", "train.steps_per_epoch=10")
+# Systems that read frozen features of model.backbone (the compare profile's ImageNet EfficientNet-Lite0)
+IMAGENET_FEATURES = ("model.pretrained=imagenet",)
 
 # 000 Table 3 (best model of each kind; A_v validation accuracy, L_v validation loss) and §3.2
 R000_CNN = "0.6085 validation accuracy, 0.6941 validation loss (000 Table 3: constant 128 x 3 layers)"
@@ -315,12 +318,13 @@ def custom_cnn_overrides(depth: int, widths: str, base: int = 0) -> tuple[str, .
 def mlp_overrides(name: str) -> tuple[str, ...]:
     """Study 000's Table-2 MLP registered as model ``name`` (``mlp-3-constant-128`` ...): the
     features of a track's frames read at once, trained like the sequence heads."""
-    return (f"model.arch={name}", *HEAD_STEPS)
+    return (f"model.arch={name}", *HEAD_STEPS, *IMAGENET_FEATURES)
 
 
 def rnn_overrides(cell: str, layers: int, units: int) -> tuple[str, ...]:
     """Study 000's LSTM / GRU of ``layers`` x ``units`` over frozen per-frame features."""
-    return (f"model.arch={cell}", f"model.rnn_layers={layers}", f"model.rnn_hidden={units}", *HEAD_STEPS)
+    return (f"model.arch={cell}", f"model.rnn_layers={layers}", f"model.rnn_hidden={units}", *HEAD_STEPS,
+            *IMAGENET_FEATURES)
 
 
 def _system(name: str, kind: str, study: str, reported: str, overrides: tuple[str, ...],
@@ -350,17 +354,19 @@ STUDY_SYSTEMS: tuple[System, ...] = (
     _frame("efficientnet-b5", S001, R001_EFFNET_B5),
     _frame("efficientnet-b7", S004, R004_B7, description="B7 + softmax, the study this kit follows"),
     _frame("tf-efficientnet-b7-ns", FIRST_PLACE, R_FIRST_PLACE),
+    _frame("tf-efficientnet-lite0", KIT, NOT_GIVEN, IMAGENET_FEATURES,
+           "the demo's detector: EfficientNet-Lite0 fine-tuned from the ImageNet weights its package ships"),
     _system("cnn-lstm", "sequence", S002, R002_CNN_LSTM, ("model.arch=cnn-lstm",),
             "time-distributed conv blocks -> LSTM, trained end to end"),
     _system("lstm", "sequence", S000, R000_LSTM, rnn_overrides("lstm", 2, 128),
             "frozen per-frame features of a face track -> LSTM 128 x 2 -> 1024 -> 2; max over a video's tracks"),
     _system("gru", "sequence", S000, R000_GRU, rnn_overrides("gru", 1, 128),
             "frozen per-frame features of a face track -> GRU 128 x 1 -> 1024 -> 2; max over a video's tracks"),
-    _system("mlp", "baseline", S000, R000_MLP, ("model.arch=mlp",),
+    _system("mlp", "baseline", S000, R000_MLP, ("model.arch=mlp", *IMAGENET_FEATURES),
             "scikit-learn MLP on per-crop features, mean over a video's faces"),
-    _system("logreg", "baseline", S002, R002_LOGREG, ("model.arch=logreg",),
+    _system("logreg", "baseline", S002, R002_LOGREG, ("model.arch=logreg", *IMAGENET_FEATURES),
             "scikit-learn logistic regression on per-crop features, mean over a video's faces"),
-    _system("svm", "baseline", S002, R002_SVM, ("model.arch=svm",),
+    _system("svm", "baseline", S002, R002_SVM, ("model.arch=svm", *IMAGENET_FEATURES),
             "scikit-learn linear SVM + Platt scaling on per-crop features, mean over a video's faces"),
 )
 for _system_row in STUDY_SYSTEMS:
@@ -383,6 +389,7 @@ DEFAULT_SYSTEMS: tuple[str, ...] = (
     "efficientnet-b5",
     "efficientnet-b7",
     "tf-efficientnet-b7-ns",
+    "tf-efficientnet-lite0",
     "cnn-lstm",
     "lstm",
     "gru",

@@ -37,6 +37,7 @@ STUDY_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
     "efficientnet-b5": ("001", ("92.32 % / 92.98 % validation video accuracy",)),
     "efficientnet-b7": ("004", ("0.48702 log loss", "unclipped log_loss on its own data", "top 50/2114")),
     "tf-efficientnet-b7-ns": ("1st place (Selim Seferbekov)", ("0.42798 private leaderboard log loss",)),
+    "tf-efficientnet-lite0": ("kit (smoke profile)", ("not given",)),
     "cnn-lstm": ("002", ("0.85 validation accuracy",)),
     "lstm": ("000", ("0.7106 validation accuracy", "0.6423 validation loss", "0.7052 / 0.6283")),
     "gru": ("000", ("0.7119 validation accuracy", "0.6064 validation loss")),
@@ -106,7 +107,7 @@ def test_init_is_read_from_the_model_config(tmp_path: Path) -> None:
     # a sequence model loads model.pretrained into its backbone
     assert weights_init(ModelConfig(arch="gru", backbone="efficientnet-b0", pretrained="imagenet")) == "imagenet"
     # the run's saved (resolved) configuration wins over what compare handed the system
-    cfg = load_config("compare", ["model.arch=logreg", "model.pretrained=imagenet"])
+    cfg = load_config("compare", ["model.arch=logreg", "model.pretrained=imagenet", "baseline.features=pixels"])
     assert run_init(tmp_path, cfg) == "imagenet"  # no run configuration: the system's own
     from dfdc.baselines import resolve_config
 
