@@ -362,6 +362,9 @@ class PredictConfig:
     temperature: float = 1.0
     bias: float = 0.0  # logit offset after the temperature: sigmoid(logit(p) / temperature + bias); set by
     # dfdc calibrate (a threshold move, e.g. towards REAL when unseen people look fake); 0 = none
+    crop_roundtrip: bool = False  # encode and decode each face crop as the model's training crops were
+    # (its run's faces.image_format at faces.image_quality, JPEG q95 by default) before the model: training
+    # reads crop files, the predictor crops decoded frames (README: the crop format, measured)
     fallback: float = 0.5  # any failed video gets this value (log loss 0.693 at worst)
     time_budget: float = 0.0  # seconds; 0 = no limit; the kernel sets a margin under 9 h
     video_timeout: float = 0.0  # seconds one video's decode + detect may take in a worker before it

@@ -268,6 +268,13 @@ def encode_crop(image_rgb: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def roundtrip_crop(image_rgb: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+    """An RGB crop encoded as a crop file is (``encode_crop``) and decoded again: the pixels
+    training reads from that file (``predict.crop_roundtrip`` gives the predictor the same)."""
+    decoded = cv2.imdecode(np.frombuffer(encode_crop(image_rgb, fmt, quality), np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
 def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str, Any]:
     cfg = _STATE["cfg"]
     return {

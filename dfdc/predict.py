@@ -98,6 +98,8 @@ class CropSpec:
     margin: float  # faces.margin of the model's training run
     crop_size: int  # faces.size: side of the saved training crops
     input_size: int  # the model's input side (its checkpoint's InputSpec): side after prepare
+    roundtrip: str = ""  # with predict.crop_roundtrip: the training crops' faces.image_format ("" = raw crops) ...
+    quality: int = 0  # ... and faces.image_quality
 
 
 @dataclass(frozen=True)
@@ -348,8 +350,12 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
         return VideoFaces(name, {}, 0, len(frames), seconds, f"{REASON_NO_FACE}: in {len(frames)} frames")
     tensors: dict[CropSpec, np.ndarray] = {}
     for spec in setup.specs:
-        tensors[spec] = np.stack([prepare(crop_face(frames[i], box, spec.margin, spec.crop_size), spec.input_size)
-                                  for i, box in boxes])
+        crops = [crop_face(frames[i], box, spec.margin, spec.crop_size) for i, box in boxes]
+        if spec.roundtrip:
+            from dfdc.extract import roundtrip_crop
+
+            crops = [roundtrip_crop(crop, spec.roundtrip, spec.quality) for crop in crops]
+        tensors[spec] = np.stack([prepare(crop, spec.input_size) for crop in crops])
     seconds["crop"] = time.perf_counter() - t2
     return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of)
 
@@ -498,7 +504,9 @@ def load_ensemble(
         run_cfg = _meta_config(meta, run_dir)
         first = first or run_cfg
         kinds.add(str(meta.get("kind", "frame")))
-        spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
+        fmt = run_cfg.faces.image_format if cfg.crop_roundtrip else ""
+        spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]), fmt,
+                        int(run_cfg.faces.image_quality) if fmt else 0)
         model.eval()
         model = to_half(model) if half else model.float()
         groups.setdefault(spec, []).append((model, device))
