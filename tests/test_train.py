@@ -206,6 +206,42 @@ def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
 
 
+def test_best_pt_and_oof_are_the_best_epochs_not_the_last(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt and the fold's OOF are written only when validation improves: after a run
+    whose best epoch (1) is not its last (3), they hold epoch 1's weights and predictions."""
+    import dfdc.train as train_module
+
+    losses = iter([0.60, 0.50, 0.55, 0.56])  # best at epoch 1, then two worse epochs (patience 2)
+    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip: (next(losses), 0.5))
+    weights: list[dict[str, torch.Tensor]] = []
+    predictions: list[pd.DataFrame] = []
+    validate, save_last = train_module.FoldTrainer.validate, train_module.FoldTrainer.save_last
+
+    def recorded_validate(self):  # noqa: ANN001, ANN202
+        predictions.append(validate(self))
+        return predictions[-1]
+
+    def recorded_save_last(self, finished):  # noqa: ANN001, ANN202
+        weights.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return save_last(self, finished)
+
+    monkeypatch.setattr(train_module.FoldTrainer, "validate", recorded_validate)
+    monkeypatch.setattr(train_module.FoldTrainer, "save_last", recorded_save_last)
+    cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=2")
+    (fold,) = train(tiny[0], tiny[1], cfg).folds
+    assert fold.best_epoch == 1 and fold.epochs_run == 4 and len(weights) == 4
+    run = tmp_path / "runs" / "t" / "fold0"
+    model, meta = load_checkpoint(run / "best.pt")
+    assert meta["epoch"] == 1 and meta["val_logloss"] == 0.50
+    saved = model.state_dict()
+    assert all(torch.equal(saved[k], weights[1][k]) for k in weights[1])  # epoch 1's weights ...
+    assert not all(torch.equal(saved[k], weights[3][k]) for k in weights[3])  # ... not the last epoch's
+    oof_faces = pd.read_csv(run / "oof_faces.csv")
+    assert np.allclose(oof_faces["prob"], predictions[1]["prob"])  # epoch 1's predictions
+    assert not np.allclose(oof_faces["prob"], predictions[3]["prob"])
+
+
 def test_lr_scaling_rules() -> None:
     from dfdc.config import ConfigError
     from dfdc.train import scaled_lr
