@@ -187,6 +187,18 @@ def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device:
                       persistent_workers=t.persistent_workers and workers > 0)
 
 
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None, where: Path) -> None:
+    """The GradScaler's state from ``last.pt`` (``where``). A run saved without one (bf16, or
+    no AMP: a disabled scaler saves ``{}``) resumed where training falls back to fp16 (a GPU
+    without native bfloat16) starts the scaler afresh, with a warning, instead of failing."""
+    if not saved:
+        if scaler.is_enabled():
+            print(f"warning: {where} holds no GradScaler state (saved by a bf16 or fp32 run); fp16 training "
+                  "goes on with a fresh loss scale", file=sys.stderr)
+        return
+    scaler.load_state_dict(saved)
+
+
 def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """``x`` padded with zero images to ``size`` rows (one input shape for cuDNN autotune)."""
     if len(x) >= size:
@@ -293,15 +305,8 @@ class FoldTrainer:
         t, ctx = self.cfg.train, self.ctx
         last = self.dir / "last.pt"
         state = None
-        if resume and last.is_file():
-            check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
-            try:  # our own file (holds numpy RNG state), so the full unpickler is needed
-                state = torch.load(last, map_location="cpu", weights_only=False)
-            except TORCH_LOAD_ERRORS as exc:
-                raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass --no-resume") from None
-            if state.get("arch") != self.cfg.model.arch:
-                raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
-                                  "use another --name or pass --no-resume")
+        if ctx.decide(lambda: resume and last.is_file(), f"looking for {last}"):  # rank 0 decides for all
+            state = ctx.agree(lambda: self._read_last(last), f"reading {last}")
         if state is None and ctx.main:  # a fresh start: the old state goes, then the new fingerprints
             reset_fold(self.dir, self.data.fingerprints)
         ctx.barrier()
@@ -329,7 +334,7 @@ class FoldTrainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            restore_scaler(self.scaler, state.get("scaler"), last)
             self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
             self.bad_epochs, self.history = state["bad_epochs"], state["history"]
             self._restore_rng(state["rng"])
@@ -349,6 +354,18 @@ class FoldTrainer:
             self.net = torch.compile(self.net, mode=t.compile_mode)
         if t.debug_dir:
             self._debug_log("rng", f"build {torch.initial_seed()}")
+
+    def _read_last(self, last: Path) -> dict[str, Any]:
+        """``last.pt``'s training state, checked against today's inputs and model."""
+        check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
+        try:  # our own file (holds numpy RNG state), so the full unpickler is needed
+            state = torch.load(last, map_location="cpu", weights_only=False)
+        except TORCH_LOAD_ERRORS as exc:
+            raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass --no-resume") from None
+        if state.get("arch") != self.cfg.model.arch:
+            raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
+                              "use another --name or pass --no-resume")
+        return state
 
     def _restore_rng(self, saved: Any) -> None:
         """This rank's RNG state from ``last.pt`` (one per rank; older files hold one for all)."""
@@ -666,7 +683,8 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
         ctx.agree(prepare_run_dir, "checking and creating the run folder")
         check_shared_run_dir(run_dir, ctx, cfg.train.shared_dir_timeout)
         report = TrainReport(run_dir=run_dir)
-        done = {fold: fold_status(run_dir, fold) if resume else None for fold in chosen}
+        done = ctx.decide(lambda: {fold: fold_status(run_dir, fold) if resume else None for fold in chosen},
+                          "reading which folds finished")  # rank 0 decides for all
         frozen = None
         if is_sequence_model(cfg.model.arch) and cfg.sequence.mode == "frozen" and None in done.values():
             frozen = run_features(cfg, data.table, run_dir, ctx, default_input(cfg.model, cfg.train.size))

@@ -360,6 +360,29 @@ def test_only_finished_folds_of_todays_table_are_merged(tiny: tuple[Path, Path],
     assert again.oof_videos == 9 and "fold4 is not a fold of today's folds table" in capsys.readouterr().err
 
 
+def test_resume_with_a_loss_scaler_from_a_run_saved_without_one(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bf16 (or fp32) run saves an empty GradScaler state; resumed where training falls
+    back to fp16 (an enabled scaler), it goes on with a fresh loss scale and a warning."""
+    faces, folds = tiny
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=2")
+    train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=2",
+                             "train.stop_after_epochs=1"))
+    last = tmp_path / "runs" / "t" / "fold0" / "last.pt"
+    assert torch.load(last, weights_only=False)["scaler"] == {}  # a checkpoint made without scaler state
+    made, scaler = [], torch.amp.GradScaler
+
+    def fp16_scaler(device: str, enabled: bool = True) -> torch.amp.GradScaler:  # what an fp16 GPU builds
+        made.append(scaler("cpu", enabled=True))
+        return made[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", fp16_scaler)
+    (fold,) = train(faces, folds, cfg).folds
+    assert fold.finished and fold.epochs_run == 2 and made and made[-1].is_enabled()
+    assert "holds no GradScaler state" in capsys.readouterr().err
+
+
 def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     """A T4 / V100 answers is_bf16_supported() with True (emulation); natively it has none."""
     from dfdc.train import amp_dtype
