@@ -40,6 +40,16 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
+def one_thread_worker(worker_id: int) -> None:
+    """A torch DataLoader worker's ``worker_init_fn``: torch, OpenCV and the BLAS/OpenMP pools
+    (threadpoolctl) run one thread each, so ``n`` loader workers use ``n`` cores, not ``n``
+    times all of them (OpenCV's and OpenBLAS's pools start as wide as the machine)."""
+    from threadpoolctl import threadpool_limits
+
+    limit_threads(1)
+    threadpool_limits(1)
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch uses ``threads`` threads inside the block, the caller's setting after it

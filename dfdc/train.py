@@ -85,6 +85,7 @@ from dfdc.runs import (
     OOF_FACES, OOF_TRACKS, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
     merge_oof, parse_folds, reset_fold, skipped_result, update_metrics, video_logloss, write_fold_oof,
 )
+from dfdc.threads import one_thread_worker
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
@@ -184,7 +185,8 @@ def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device:
     t = cfg.train
     return DataLoader(source, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=t.pin_memory and device.type == "cuda", drop_last=drop_last, generator=generator,
-                      persistent_workers=t.persistent_workers and workers > 0)
+                      persistent_workers=t.persistent_workers and workers > 0,
+                      worker_init_fn=one_thread_worker if workers > 0 else None)
 
 
 def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None, where: Path) -> None:

@@ -460,3 +460,29 @@ def test_compile_option_keeps_plain_checkpoints(tiny: tuple[Path, Path], tmp_pat
     assert not any("_orig_mod" in key for key in state["model"])
     model, _ = load_checkpoint(tmp_path / "runs" / "t" / "fold0" / "best.pt")
     assert model is not None
+
+
+class _ThreadCounts(torch.utils.data.Dataset):
+    """Reports, from inside a loader worker, the threads torch, OpenCV and BLAS would use."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from threadpoolctl import threadpool_info
+
+        blas = max([p["num_threads"] for p in threadpool_info()] or [1])
+        return torch.tensor([torch.get_num_threads(), cv2.getNumThreads(), blas])
+
+
+def test_loader_workers_run_one_thread_each(tmp_path: Path) -> None:
+    """Each training loader worker sets torch, OpenCV and the BLAS pools to one thread."""
+    from dfdc.train import _loader
+
+    cv2.setNumThreads(4)  # a wide parent: the workers must not inherit it
+    try:
+        loader = _loader(_ThreadCounts(), 1, 1, _cfg(tmp_path), torch.device("cpu"))
+        counts = torch.cat(list(loader))
+    finally:
+        cv2.setNumThreads(-1)
+    assert counts.tolist() == [[1, 1, 1], [1, 1, 1]]
