@@ -48,3 +48,24 @@ def test_bench_train_says_its_default_gpu_figure_restates_the_h200_measurement()
     b7_forward = 11.26e9  # the FLOPs the constant was derived with (its comment)
     assert 3 * b7_forward * 524 / 1e12 == pytest.approx(bench.ASSUMED_GPU_TFLOPS, rel=0.01)
     assert "estimate at the assumed 50 " in bench.throughput_basis(50.0)
+
+
+def test_bench_train_loop_figure_starts_after_the_prefetched_batches(tmp_path: Path) -> None:
+    """The loop figure is timed after warm-up + workers x prefetch_factor steps (batches the
+    workers made during the first step run from stock), over ``steps`` more."""
+    import torch
+
+    from dfdc.data import load_training_data
+    from dfdc.distributed import Dist
+
+    bench = _bench("bench_train")
+    faces, folds = bench.synthetic_faces(tmp_path / "faces", 16, 32, "png")
+    data = load_training_data(faces, folds)
+    warm, steps = 1, 2
+    for workers, skip in ((0, warm), (2, warm + 2 * 2)):  # DataLoader's prefetch_factor: 2
+        cfg = load_config("smoke", ["model.arch=tiny-cnn", "model.pretrained=none", "train.size=32",
+                                    "train.batch_size=2", f"train.steps_per_epoch={warm + steps}",
+                                    f"train.loader_workers={workers}", f"train.runs_dir={tmp_path / 'runs'}"])
+        trainer, untimed = bench.loop_trainer(cfg, data, tmp_path, "smoke", Dist(device=torch.device("cpu")),
+                                              warm, steps)
+        assert untimed == skip and trainer.steps_per_epoch == skip + steps and trainer.workers == workers
