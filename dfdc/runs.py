@@ -8,6 +8,7 @@ Layout under ``<runs_dir>/<name>/``::
     fold{k}/inputs.json             fingerprints of the folds table and faces index the fold trains on
     fold{k}/status.json             {"finished": true, ...} once the fold is done (skipped on rerun)
     fold{k}/best.pt, last.pt, oof.csv, oof_<units>.csv, estimator.joblib   the fold's state
+    fold{k}/tensorboard/            TensorBoard event files of the fold's epochs (torch models)
     metrics.csv, curves.png         per fold and epoch
     oof.csv, oof_<units>.csv        out-of-fold predictions of every finished fold
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ STATUS = "status.json"
 INPUT_NAMES = {"folds": "folds table", "faces": "faces index"}
 # a fold's state: everything made from its inputs (status first: a fold without it is never skipped)
 FOLD_STATE = (STATUS, "last.pt", "best.pt", "oof.csv", OOF_FACES[0], OOF_TRACKS[0], "estimator.joblib")
+TENSORBOARD_DIR = "tensorboard"  # per fold: TensorBoard event files (``tensorboard --logdir runs/NAME``)
 RETRAIN = ("use another --name (a new run), or --no-resume to retrain the fold(s) on today's inputs "
            "(--fold-list with every fold trained on the old ones)")
 
@@ -148,6 +151,7 @@ def reset_fold(folder: Path, fingerprints: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in FOLD_STATE:
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
     atomic_write_json(folder / INPUTS, fingerprints)
 
 

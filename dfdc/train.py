@@ -18,6 +18,8 @@ folder's bookkeeping -- inputs, status, metrics, OOF files -- is ``dfdc.runs``):
     fold{k}/last.pt        everything to resume: model, optimizer, scheduler, scaler, RNG states
     fold{k}/status.json    {"finished": true, ...} once the fold is done (skipped on rerun)
     fold{k}/oof.csv, oof_faces.csv   this fold's validation predictions of its best epoch
+    fold{k}/tensorboard/   TensorBoard events per epoch: loss/train, loss/val, val/logloss, val/auc,
+                           lr, seconds, images_per_s/epoch and /steady (``tensorboard --logdir runs/NAME``)
     metrics.csv            fold, epoch, train_loss, val_loss, val_logloss, val_auc, lr, seconds
     curves.png             loss curves per fold
     oof.csv                video, label, fold, pred, n_faces (out-of-fold, every finished fold)
@@ -38,7 +40,8 @@ train ...``; NCCL on GPUs, gloo on CPU. Each rank trains on a disjoint shard of 
 balanced epoch draw with its own dropout and augmentation seeds, validation is sharded and
 gathered, only rank 0 writes. The learning rate follows ``train.lr_scaling`` over the global
 batch. The run folder must be shared by all nodes: every rank checks that it sees rank 0's
-marker. Failures that can hit one rank alone (inputs, weights, the shared folder, the frozen
+marker; decisions read from that folder (a fold finished, a ``last.pt`` to resume) are rank
+0's, broadcast (``Dist.decide``). Failures that can hit one rank alone (inputs, weights, the shared folder, the frozen
 features) are agreed on by all ranks, so every rank stops with the message instead of the
 others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
 under torchrun they are refused.
@@ -82,7 +85,7 @@ from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_pro
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 from dfdc.runs import (
-    OOF_FACES, OOF_TRACKS, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
+    OOF_FACES, OOF_TRACKS, TENSORBOARD_DIR, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
     merge_oof, parse_folds, reset_fold, skipped_result, update_metrics, video_logloss, write_fold_oof,
 )
 from dfdc.threads import one_thread_worker
@@ -248,6 +251,7 @@ class FoldTrainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.val_batch = eval_batch_size(t)
         self.fixed_shapes = ctx.device.type == "cuda" and t.cudnn_benchmark
+        self.tensorboard: Any = None  # rank 0's SummaryWriter, opened at the first epoch's end
         self._datasets()
 
     # -- data ----------------------------------------------------------------------------
@@ -533,6 +537,24 @@ class FoldTrainer:
         if self.ctx.main:
             write_fold_oof(self.dir, faces, self.videos(faces), self.OOF_UNITS)
 
+    def _log_tensorboard(self, stats: EpochStats) -> None:
+        """The epoch's row of ``metrics.csv`` and its images/s as TensorBoard scalars in
+        ``fold{k}/tensorboard/`` (step = epoch; a resumed fold drops the events of the epochs
+        it runs again)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        row = self.history[-1]
+        if self.tensorboard is None:
+            self.tensorboard = SummaryWriter(str(self.dir / TENSORBOARD_DIR), purge_step=row["epoch"])
+        scalars = {"loss/train": row["train_loss"], "loss/val": row["val_loss"], "val/logloss": row["val_logloss"],
+                   "val/auc": row["val_auc"], "lr": row["lr"], "seconds": row["seconds"],
+                   "images_per_s/epoch": stats.images * self.ctx.world / max(stats.seconds, 1e-9),
+                   "images_per_s/steady": stats.steady_images_per_s}
+        for tag, value in scalars.items():
+            if value is not None and math.isfinite(value):
+                self.tensorboard.add_scalar(tag, value, row["epoch"])
+        self.tensorboard.flush()
+
     def videos(self, units: pd.DataFrame) -> pd.DataFrame:
         """Per-video predictions of per-unit ones (``val_rule``; ``dfdc.aggregate.aggregate_videos``)."""
         return aggregate_videos(units, self.val_rule, self.cfg.predict)
@@ -575,10 +597,13 @@ class FoldTrainer:
             self.save_last(finished)
             if ctx.main:
                 update_metrics(self.run_dir, self.fold, self.history)
+                self._log_tensorboard(stats)
                 print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {stats.loss:.4f} "
                       f"val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}{' *' if improved else ''}",
                       file=sys.stderr)
             ctx.barrier()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         finished = self.epoch >= t.epochs or self.bad_epochs >= t.patience
         if finished:  # also after a kill between last.pt and status.json
             self._full_oof()

@@ -486,3 +486,28 @@ def test_loader_workers_run_one_thread_each(tmp_path: Path) -> None:
     finally:
         cv2.setNumThreads(-1)
     assert counts.tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_tensorboard_events_per_fold_match_the_metrics(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """fold{k}/tensorboard holds each epoch's metrics.csv row (and images/s) once, also after
+    a stopped fold resumes; a fresh retrain starts its events afresh."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    faces, folds = tiny
+    train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0", "train.stop_after_epochs=2"))
+    train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0"))
+    run = tmp_path / "runs" / "t"
+
+    def scalars() -> dict[str, list[tuple[int, float]]]:
+        events = EventAccumulator(str(run / "fold0" / "tensorboard")).Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    got = scalars()
+    assert {"loss/train", "loss/val", "val/logloss", "val/auc", "lr", "images_per_s/epoch"} <= set(got)
+    metrics = pd.read_csv(run / "metrics.csv")
+    for tag, column in (("loss/train", "train_loss"), ("val/logloss", "val_logloss"), ("lr", "lr")):
+        assert [step for step, _ in got[tag]] == [0, 1, 2], tag
+        assert np.allclose([value for _, value in got[tag]], metrics[column], rtol=1e-6), tag
+    assert all(value > 0 for _, value in got["images_per_s/epoch"])
+    train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"), resume=False)
+    assert [step for step, _ in scalars()["loss/train"]] == [0]
