@@ -19,6 +19,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from dfdc.aggregate import EPS
+from dfdc.video import PARTIAL_DECODE  # a predicted video's reason, not a fallback
 from dfdc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_table
 
 ACCURACY_THRESHOLD = 0.5  # a video counts as predicted FAKE when P(FAKE) > 0.5
@@ -166,7 +167,8 @@ def _fallbacks(submission: Path, scored: set[str]) -> dict[str, Any] | None:
         return None
     df = read_table(path, ("filename", "reason"), error=ScoreError, fix="rerun the predictor or delete the file",
                     what="predictions file", dtype={"filename": str, "reason": str}, keep_default_na=False)
-    failed = df[(df["reason"].str.strip() != "") & df["filename"].isin(scored)]
+    reason = df["reason"].str.strip()
+    failed = df[(reason != "") & ~reason.str.startswith(PARTIAL_DECODE) & df["filename"].isin(scored)]
     return {"count": int(len(failed)), "reasons": failed["reason"].value_counts().to_dict(), "file": path.name}
 
 
