@@ -54,7 +54,7 @@ import pandas as pd
 
 from dfdc.aggregate import (
     CALIBRATION, METHODS, TRACK_METHODS, AggregationError, CalibrationError, apply_calibration, apply_temperature,
-    clip, ensemble_probability, frames_mismatch, read_calibration,
+    clip, constant_models, ensemble_probability, frames_mismatch, read_calibration,
 )
 from dfdc.config import (
     Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
@@ -85,8 +85,6 @@ WORKER_START_TIMEOUT = 120.0  # seconds a worker may take to be ready (with time
 # predict.video_timeout): spawn, torch + facenet imports, CUDA context, MTCNN weights took 3.7 s on
 # the loaded 2-core test machine (CPU); this ends a hung CUDA init long before any time budget
 POLL_SECONDS = 1.0  # longest wait for a worker message while a timeout or the budget may fire
-CONSTANT_TOLERANCE = 1e-6  # a model whose unit P(FAKE) all lie within this of each other is constant
-# (reported loudly): seen with 4 train / 2 predict frames on a 19-video tree, AUC 0.53 from ties alone
 
 
 class PredictError(ValueError):
@@ -1003,17 +1001,6 @@ def _collect(plan: _Plan, runner: _Workers, col: _Collector, t_start: float, pro
     finally:
         bar.close()
         runner.close(cancel=True)
-
-
-def constant_models(names: Sequence[str], spread: np.ndarray, units: int) -> list[str]:
-    """A warning per model whose every unit (face or track) got the same P(FAKE) (within
-    ``CONSTANT_TOLERANCE``) over ``units`` >= 2 units: its video ranking is ties only (an AUC
-    near 0.5 from ties, not skill), usually an untrained or collapsed model."""
-    if units < 2:
-        return []
-    return [f"{name}: all {units} face predictions are {lo:.4f} (a constant model: untrained or collapsed; its "
-            "ranking of the videos is ties only); train longer, on more frames and videos"
-            for name, (lo, hi) in zip(names, spread) if np.isfinite(lo) and hi - lo <= CONSTANT_TOLERANCE]
 
 
 def _write(plan: _Plan, col: _Collector, out_csv: Path, faces_csv: Path | None, t_start: float) -> PredictReport:

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import clip as clip_probability
+from dfdc.aggregate import constant_models
 from dfdc.config import ConfigError
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json
 from dfdc.metrics import video_metrics
@@ -74,6 +76,7 @@ class TrainReport:
     oof_auc: float | None = None
     oof_videos: int = 0
     stopped_early: bool = False  # stop_after_epochs ended this invocation before all folds finished
+    warnings: list[str] = field(default_factory=list)  # said on stderr at the end (a constant model)
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -290,6 +293,18 @@ def merge_oof(run_dir: Path, unit_file: tuple[str, list[str]], clip: float, fing
     atomic_write_csv(Path(run_dir) / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
     loss, auc = video_logloss(oof, clip)
     return loss, auc, len(oof)
+
+
+def constant_folds(run_dir: Path, unit_file: tuple[str, list[str]]) -> list[str]:
+    """A warning per fold of the merged OOF whose every unit got the same P(FAKE)
+    (``dfdc.aggregate.constant_models``)."""
+    path = Path(run_dir) / unit_file[0]
+    if not path.is_file():
+        return []
+    units = pd.read_csv(path, usecols=["fold", "prob"])
+    unit = "track" if unit_file[0] == OOF_TRACKS[0] else "face"
+    return [text for fold, probs in units.groupby("fold")["prob"]
+            for text in constant_models([f"fold{fold}"], np.array([[probs.min(), probs.max()]]), len(probs), unit)]
 
 
 def recorded_folds(run_dir: Path) -> list[int]:

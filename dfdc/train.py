@@ -85,8 +85,9 @@ from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_pro
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 from dfdc.runs import (
-    OOF_FACES, OOF_TRACKS, TENSORBOARD_DIR, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
-    merge_oof, parse_folds, reset_fold, skipped_result, update_metrics, video_logloss, write_fold_oof,
+    OOF_FACES, OOF_TRACKS, TENSORBOARD_DIR, FoldResult, TrainReport, check_inputs, check_run, constant_folds,
+    finish_fold, fold_dir, fold_status, merge_oof, parse_folds, reset_fold, skipped_result, update_metrics,
+    video_logloss, write_fold_oof,
 )
 from dfdc.threads import one_thread_worker
 
@@ -734,6 +735,10 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
             return merge_oof(run_dir, _trainer(cfg).OOF_UNITS, cfg.train.val_clip, data.fingerprints, available)
 
         report.oof_logloss, report.oof_auc, report.oof_videos = ctx.agree(merge, "merging the OOF predictions")
+        if ctx.main:
+            report.warnings = constant_folds(run_dir, _trainer(cfg).OOF_UNITS)
+            for text in report.warnings:
+                print(f"warning: {text}", file=sys.stderr)
         return report
     finally:
         torch.set_num_threads(threads)

@@ -511,3 +511,21 @@ def test_tensorboard_events_per_fold_match_the_metrics(tiny: tuple[Path, Path], 
     assert all(value > 0 for _, value in got["images_per_s/epoch"])
     train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"), resume=False)
     assert [step for step, _ in scalars()["loss/train"]] == [0]
+
+
+def test_a_constant_model_is_reported_loudly_at_the_end_of_training(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A fold whose every OOF face got the same P(FAKE) (its AUC would be ties only) is named in
+    a warning on stderr and in the report; a fold that ranks its faces is not."""
+    import dfdc.train as train_module
+
+    faces, folds = tiny
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"))
+    assert report.warnings == [] and "constant model" not in capsys.readouterr().err
+    real = train_module.fake_probability
+    monkeypatch.setattr(train_module, "fake_probability", lambda logits: torch.full_like(real(logits), 0.37))
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=1"))
+    (warning,) = report.warnings
+    assert warning.startswith("fold1: all ") and "face predictions are 0.3700 (a constant model" in warning
+    assert f"warning: {warning}" in capsys.readouterr().err
