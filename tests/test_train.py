@@ -529,3 +529,46 @@ def test_a_constant_model_is_reported_loudly_at_the_end_of_training(
     (warning,) = report.warnings
     assert warning.startswith("fold1: all ") and "face predictions are 0.3700 (a constant model" in warning
     assert f"warning: {warning}" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_training_with_one_line_and_the_rerun_resumes_exactly(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC injected into the atomic writer (at last.pt of epoch 0): `dfdc train` ends with
+    one line naming the fold's folder; the same command after "freeing space" ends with the
+    weights and metrics of a run the disk never stopped."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+    from dfdc.cli import main
+
+    faces, folds = tiny
+    argv = _cli(tmp_path, faces, folds, "--fold-list", "0", "--epochs", "2")[3:]
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--name", "straight"]) == 0
+    real, writes = io.atomic_open, []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with real(path, mode, **kwargs) as handle:
+            writes.append(Path(path))
+            if Path(path).name == "last.pt":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_open", filling)
+        assert main([*argv, "--name", "full"]) == 1
+    err = capsys.readouterr().err
+    run = tmp_path / "runs" / "full"
+    assert writes[-1] == run / "fold0" / "last.pt" and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {run / 'fold0'}: no space left on the device")
+    assert err.strip().endswith("; free space and rerun: it resumes")
+    assert main([*argv, "--name", "full"]) == 0
+    a = torch.load(tmp_path / "runs" / "straight" / "fold0" / "last.pt", weights_only=False)
+    b = torch.load(run / "fold0" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="seconds"),
+                                  pd.read_csv(run / "metrics.csv").drop(columns="seconds"))
