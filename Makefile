@@ -166,5 +166,11 @@ bench-embed: $(STAMP)
 bench-analyze: $(STAMP)
 	$(PY) bench/bench_analyze.py $(BENCH_ARGS)
 
+# every GPU-only figure in one call (<= 8 min on an H100), logs under BENCH_LOG; QUICK=1: tiny, on a CPU
+.PHONY: bench-gpu
+BENCH_LOG ?= bench/out/gpu
+bench-gpu: $(STAMP)
+	PY=$(PY) bench/gpu.sh $(BENCH_LOG) $(if $(QUICK),--quick)
+
 clean:
 	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

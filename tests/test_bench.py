@@ -69,3 +69,27 @@ def test_bench_train_loop_figure_starts_after_the_prefetched_batches(tmp_path: P
         trainer, untimed = bench.loop_trainer(cfg, data, tmp_path, "smoke", Dist(device=torch.device("cpu")),
                                               warm, steps)
         assert untimed == skip and trainer.steps_per_epoch == skip + steps and trainer.workers == workers
+
+
+def test_gpu_script_runs_every_step_and_logs_under_one_folder(tmp_path: Path) -> None:
+    """bench/gpu.sh --quick: the GPU script's steps on tiny CPU settings, each logged in the
+    folder given, with the figures it promises (compile on and off, fp16, 1 and 5 models)."""
+    import json
+    import os
+    import subprocess
+
+    log = tmp_path / "gpu-log"
+    env = {**os.environ, "PY": sys.executable, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(BENCH.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(log), "--quick"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = ["device", "train-eager", "train-compile", "train-fp16", "predict-b7", "predict-t4like"]
+    summary = (log / "summary.log").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary[:-1]] == steps and all(": ok in " in s for s in summary[:-1])
+    figures = {name: json.loads((log / f"train-{name}.json").read_text())["rows"] for name in ("eager", "compile", "fp16")}
+    assert [rows[0]["compile"] for rows in figures.values()] == [False, True, False]
+    assert all(rows[0]["loop_images_per_s"] > 0 and rows[0]["loop_untimed_steps"] >= 1 for rows in figures.values())
+    predict = (log / "predict-b7.log").read_text()
+    assert "models: 1 on cpu" in predict and "models: 5 on cpu" in predict
+    assert "models: 5 on cpu" in (log / "predict-t4like.log").read_text()
