@@ -105,6 +105,38 @@ def test_bad_inputs_fall_back_with_their_reason(with_workers) -> None:
     assert report.faces == pred["n_faces"].astype(int).sum()
 
 
+def test_a_full_disk_ends_predict_with_one_line(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC while writing the submission: one line naming the folder and what to do, no
+    traceback; the same command with space again writes the submission."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+
+    out = tmp_path / "sub" / "submission.csv"
+    two = tmp_path / "two.csv"
+    pd.DataFrame({"filename": ["blank.mp4", "good1.mp4"], "label": 0.5}).to_csv(two, index=False)
+    argv = ["predict", "--profile", "smoke", *[x for o in OVERRIDES for x in ("--set", o)], "--videos",
+            str(inputs["videos"]), "--models", str(inputs["run"]), "--workers", "0", "--device", "cpu",
+            "--no-progress", "--sample-submission", str(two), "--out", str(out)]
+    real = io.atomic_open
+
+    @contextlib.contextmanager
+    def full(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with real(path, mode, **kwargs) as handle:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_open", full)
+        assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: {out.parent}: no space left on the device; free space and rerun: it resumes")
+    assert cli_main(argv) == 0 and read(out)[0]["filename"].tolist() == ["blank.mp4", "good1.mp4"]
+
+
 def test_values_are_clipped_probabilities(with_workers) -> None:
     _, out = with_workers
     sub, pred = read(out)
