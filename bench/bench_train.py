@@ -128,7 +128,8 @@ def prefetched_batches(trainer: FoldTrainer) -> int:
     return loader.num_workers * (loader.prefetch_factor or 0) if loader.num_workers > 0 else 0
 
 
-def loop_trainer(cfg, data, tmp: Path, profile: str, ctx: Dist, warm: int, steps: int) -> tuple[FoldTrainer, int]:  # noqa: ANN001
+def loop_trainer(cfg, data, tmp: Path, profile: str, ctx: Dist,  # noqa: ANN001
+                 warm: int, steps: int) -> tuple[FoldTrainer, int]:
     """The fold trainer for the loop figure and its untimed steps: ``warm`` plus the batches the
     loader prefetched (the epoch is made that much longer, with the same workers)."""
     trainer = FoldTrainer(cfg, data, 0, tmp / "runs" / profile, ctx)

@@ -56,7 +56,8 @@ else
 fi
 
 step device "$PY" -c "import subprocess, shutil, torch
-print(subprocess.run(['nvidia-smi'], capture_output=True, text=True).stdout if shutil.which('nvidia-smi') else 'no nvidia-smi')
+smi = shutil.which('nvidia-smi')
+print(subprocess.run([smi], capture_output=True, text=True).stdout if smi else 'no nvidia-smi')
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU: CPU figures only')"
 step train-eager "$PY" "$HERE/bench_train.py" "${TRAIN[@]}" --out "$LOG/train-eager.json"

@@ -861,7 +861,8 @@ class _Collector:
     def __init__(self, plan: _Plan, keep_units: bool) -> None:
         self.plan, self.cfg, self.pcfg, self.ensemble = plan, plan.cfg, plan.cfg.predict, plan.ensemble
         self.keep_units = keep_units  # keep every unit's probability per model (faces_csv)
-        self.results: dict[str, tuple[float, float, int, str, bool]] = {}  # name -> (label, raw, n_faces, reason, fell back)
+        # name -> (label, raw, n_faces, reason, fell back)
+        self.results: dict[str, tuple[float, float, int, str, bool]] = {}
         self.face_rows: list[pd.DataFrame] = []
         self.queue: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
         self.queued = 0  # units waiting for the models
@@ -993,7 +994,8 @@ def _collect(plan: _Plan, runner: _Workers, col: _Collector, t_start: float, pro
         left = runner.take_unstarted() + runner.take_started()
         if left:
             stopped = True
-            warn(f"time budget of {budget:g} s: {len(left)} videos not predicted (fallback {plan.cfg.predict.fallback})")
+            warn(f"time budget of {budget:g} s: {len(left)} videos not predicted "
+                 f"(fallback {plan.cfg.predict.fallback})")
             for name in left:
                 col.fallback(name, f"{REASON_TIME}: projected finish beyond {budget:g} s")
         while col.queue:  # faces of finished videos are always predicted
@@ -1068,11 +1070,11 @@ def predict_videos(
     ``calibration.json``, whose aggregation/temperature/clip override ``cfg.predict`` unless
     ``cfg.predict.calibration`` is "none" or the key is in ``explicit`` (keys the user set
     on the command line); one fitted at another ``predict.frames`` is applied with a warning
-    (``PredictReport.warnings``; so is a model whose every face got the same P(FAKE)). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1":
-    models spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``:
-    also write every unit's P(FAKE) per model there (``filename,model,frame,track,prob``:
-    each face, or each track of a sequence model with frame -1; calibration searches its
-    aggregation on them). ``process`` is the per-video worker function and ``start`` a
+    (``PredictReport.warnings``; so is a model whose every face got the same P(FAKE)).
+    ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1": models spread over them) or
+    None/"auto" (every visible GPU, else the CPU). ``faces_csv``: also write every unit's
+    P(FAKE) per model there (``filename,model,frame,track,prob``: each face, or each track of
+    a sequence model with frame -1; calibration searches its aggregation on them). ``process`` is the per-video worker function and ``start`` a
     worker's start-up (replaceable in tests; both must be importable by spawned processes).
 
     Steps: ``_plan`` (inputs, calibration, models), ``_Workers`` (decode, detect, crop),
