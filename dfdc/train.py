@@ -41,9 +41,9 @@ balanced epoch draw with its own dropout and augmentation seeds, validation is s
 gathered, only rank 0 writes. The learning rate follows ``train.lr_scaling`` over the global
 batch. The run folder must be shared by all nodes: every rank checks that it sees rank 0's
 marker; decisions read from that folder (a fold finished, a ``last.pt`` to resume) are rank
-0's, broadcast (``Dist.decide``). Failures that can hit one rank alone (inputs, weights, the shared folder, the frozen
-features) are agreed on by all ranks, so every rank stops with the message instead of the
-others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
+0's, broadcast (``Dist.decide``). Failures that can hit one rank alone (inputs, weights, the
+shared folder, the frozen features) are agreed on by all ranks, so every rank stops with the
+message instead of the others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
 under torchrun they are refused.
 
 The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
@@ -549,7 +549,7 @@ class FoldTrainer:
             self.tensorboard = SummaryWriter(str(self.dir / TENSORBOARD_DIR), purge_step=row["epoch"])
         scalars = {"loss/train": row["train_loss"], "loss/val": row["val_loss"], "val/logloss": row["val_logloss"],
                    "val/auc": row["val_auc"], "lr": row["lr"], "seconds": row["seconds"],
-                   "images_per_s/epoch": stats.images * self.ctx.world / max(stats.seconds, 1e-9),
+                   "images_per_s/epoch": stats.images * self.ctx.world / stats.seconds if stats.seconds > 0 else None,
                    "images_per_s/steady": stats.steady_images_per_s}
         for tag, value in scalars.items():
             if value is not None and math.isfinite(value):
