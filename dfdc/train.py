@@ -43,8 +43,8 @@ batch. The run folder must be shared by all nodes: every rank checks that it see
 marker; decisions read from that folder (a fold finished, a ``last.pt`` to resume) are rank
 0's, broadcast (``Dist.decide``). Failures that can hit one rank alone (inputs, weights, the
 shared folder, the frozen features) are agreed on by all ranks, so every rank stops with the
-message instead of the others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
-under torchrun they are refused.
+message instead of the others hanging. The classical baselines (scikit-learn,
+``dfdc.baselines``) fit in one process: under torchrun they are refused.
 
 The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
 the ones ``bench/bench_train.py`` times.
