@@ -89,7 +89,7 @@ from dfdc.runs import (
     finish_fold, fold_dir, fold_status, merge_oof, parse_folds, reset_fold, skipped_result, update_metrics,
     video_logloss, write_fold_oof,
 )
-from dfdc.threads import one_thread_worker
+from dfdc.threads import before_loader_fork, one_thread_worker
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
@@ -187,6 +187,8 @@ def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device:
             sampler: BalancedEpochSampler | None = None, seed: int = 0, drop_last: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)  # keeps DataLoader off the global RNG
     t = cfg.train
+    if workers > 0:
+        before_loader_fork()
     return DataLoader(source, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=t.pin_memory and device.type == "cuda", drop_last=drop_last, generator=generator,
                       persistent_workers=t.persistent_workers and workers > 0,
