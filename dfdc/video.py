@@ -133,15 +133,22 @@ class FrameRead:
 def ffmpeg_messages(path: Path) -> Iterator[list[str]]:
     """Capture what is written to this process's stderr (file descriptor 2: FFmpeg writes there,
     under Python) inside the block; afterwards print each line again as ``<path>: <line>`` and
-    give the lines in the yielded list. Falls back to no capture where fd 2 cannot be redirected."""
+    give the lines in the yielded list. Falls back to no capture where fd 2 cannot be redirected
+    or no temporary file can be made."""
     lines: list[str] = []
     try:
         sys.stderr.flush()
         saved = os.dup(2)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # no fd 2 to redirect: read without capturing
         yield lines
         return
-    with tempfile.TemporaryFile() as sink:
+    try:
+        sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with below
+    except OSError:  # no temporary space: read without capturing
+        os.close(saved)
+        yield lines
+        return
+    with sink:
         os.dup2(sink.fileno(), 2)
         try:
             yield lines
