@@ -366,7 +366,8 @@ def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFace
     back.
 
     Each video is announced before its work starts, so the main process knows which video
-    a worker was on when it hangs or dies.
+    a worker was on when it hangs or dies. After a video raised, the worker takes no other
+    video: it exits, and the main process gives its queued videos to a fresh worker.
     """
     limit_threads(setup.threads)
     try:
@@ -388,7 +389,8 @@ def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFace
         try:
             result: tuple[Any, ...] = ("done", name, process(path, setup), "")
         except Exception as exc:  # noqa: BLE001 - any per-video exception becomes this video's fallback
-            result = ("done", name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}")
+            conn.send(("done", name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}"))
+            return  # its state may be broken (a sticky CUDA error): no other video; it is replaced
         conn.send(result)
 
 

@@ -304,10 +304,10 @@ def test_a_worker_whose_video_raised_is_replaced_before_the_next(inputs: dict[st
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """After a non-video error the worker is replaced: the videos queued behind the failing one
     are predicted by a fresh worker instead of all inheriting its broken state."""
-    names = ["a.mp4", "cuda.mp4", "b.mp4", "c.mp4", "d.mp4"]
+    names = ["a.mp4", "cuda.mp4", "d.mp4", "e.mp4", "f.mp4"]  # in this order (sorted), no sample submission
     videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", names)
     out = tmp_path / "sub" / "submission.csv"
-    cfg = tiny_cfg("predict.workers=1", "predict.prefetch=3")  # b and c already queued to it when cuda fails
+    cfg = tiny_cfg("predict.workers=1", "predict.prefetch=3")  # d already queued to it when cuda fails
     report = predict_videos(videos, inputs["run"], out, cfg, None, "cpu", progress=False, process=sticky_failure)
     pred = read(out)[1].set_index("filename")
     assert pred.loc["cuda.mp4", "reason"].startswith("error: RuntimeError: CUDA error")
