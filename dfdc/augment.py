@@ -61,8 +61,8 @@ class SubsampledFancyPCA(A.FancyPCA):
     ``V diag(alpha * L) (x - mean)`` on the 0-1 scale, clipped -- except that the mean and
     covariance are estimated from at most ``PCA_SAMPLE_PIXELS`` pixels (every k-th) and the
     move is applied to the uint8 image by one ``cv2.transform`` (rounded and saturated to
-    0-255 in one step, where the library clips in float32 and converts back: within one grey
-    level of it). Other inputs than RGB uint8 go through the library's own function."""
+    0-255 in one step, where the library clips in float32 and converts back: within two grey
+    levels of it, tested). Other inputs than RGB uint8 go through the library's own function."""
 
     def apply(self, img: np.ndarray, alpha_vector: np.ndarray, **params):  # noqa: ANN003, ANN201
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
