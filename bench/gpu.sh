@@ -11,11 +11,14 @@
 #   predict-b7      bench_predict: 1 and 5 B7 fold models, the b7 profile's predictor, 12 videos
 #   predict-t4like  5 B7 models with the Kaggle kernel's GPU plan: fp16, 3 workers, MTCNN on the
 #                   GPU, on 4 CPU cores (Kaggle's T4 x2 machine has 4); the GPU itself is not a T4
-# PY (default .venv/bin/python) runs the benches; `make bench-gpu LOG=folder` calls this script.
+# PY (default .venv/bin/python) runs the benches; STEP_TIMEOUT (default 300 s) bounds each step, so
+# one hung step (a compile) cannot use up a lent GPU's minutes; `make bench-gpu BENCH_LOG=folder`
+# calls this script.
 set -u
 LOG=${1:?usage: bench/gpu.sh LOGDIR [--quick]}
 QUICK=${2:-}
 PY=${PY:-.venv/bin/python}
+STEP_TIMEOUT=${STEP_TIMEOUT:-300}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$LOG"
 LOG=$(cd "$LOG" && pwd)
@@ -27,13 +30,14 @@ step() {  # step NAME COMMAND...: run it, its output to LOG/NAME.log, one summar
   shift
   started=$(date +%s)
   echo "== $name: $*" > "$LOG/$name.log"
-  "$@" >> "$LOG/$name.log" 2>&1
+  timeout "$STEP_TIMEOUT" "$@" >> "$LOG/$name.log" 2>&1
   code=$?
   if [ "$code" -eq 0 ]; then
     echo "$name: ok in $(( $(date +%s) - started )) s" | tee -a "$LOG/summary.log"
   else
     FAILED=1
-    echo "$name: FAILED (exit $code) in $(( $(date +%s) - started )) s; see $LOG/$name.log" | tee -a "$LOG/summary.log"
+    echo "$name: FAILED (exit $code$([ "$code" -eq 124 ] && echo ", over STEP_TIMEOUT=$STEP_TIMEOUT s")) in" \
+      "$(( $(date +%s) - started )) s; see $LOG/$name.log" | tee -a "$LOG/summary.log"
   fi
 }
 
