@@ -49,8 +49,11 @@ class DiskFullError(OSError):
         return str(self.strerror)
 
 
+MEGABYTE = 1_000_000  # sizes in messages: MB from a tenth of one, bytes below
+
+
 def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n} bytes"
+    return f"{n / MEGABYTE:.1f} MB" if n >= MEGABYTE // 10 else f"{n} bytes"
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -175,9 +175,10 @@ def read_video(path: Path, k: int | None = None, indices: list[int] | None = Non
     Exactly one of ``k`` (that many evenly spaced frames over the whole video) and
     ``indices`` (these frame indices; ones past the end are skipped) may be given; with
     neither, every frame is read. Returns the indices actually read and the frames, in frame
-    order, with the container's frame count and the frames decoded. A truncated or partly corrupt video gives fewer frames rather than an error;
-    with ``k`` the sample is re-spaced over the frames that exist when the container's
-    frame count is missing or wrong.
+    order, with the container's frame count and the frames decoded. A truncated or partly
+    corrupt video gives fewer frames rather than an error (``FrameRead.partial`` says so); with
+    ``k`` the sample is re-spaced over the frames that exist when the container's frame count
+    is missing or wrong.
 
     Raises ``VideoReadError`` (naming the file and the reason) when the file is missing,
     empty, cannot be opened, or yields no frame. FFmpeg's messages meanwhile are printed with
