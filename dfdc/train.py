@@ -558,6 +558,12 @@ class FoldTrainer:
                 self.tensorboard.add_scalar(tag, value, row["epoch"])
         self.tensorboard.flush()
 
+    def close(self) -> None:
+        """Close the TensorBoard writer (also after a failed epoch: ``train`` calls it in any case)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
     def videos(self, units: pd.DataFrame) -> pd.DataFrame:
         """Per-video predictions of per-unit ones (``val_rule``; ``dfdc.aggregate.aggregate_videos``)."""
         return aggregate_videos(units, self.val_rule, self.cfg.predict)
@@ -605,8 +611,6 @@ class FoldTrainer:
                       f"val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}{' *' if improved else ''}",
                       file=sys.stderr)
             ctx.barrier()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
         finished = self.epoch >= t.epochs or self.bad_epochs >= t.patience
         if finished:  # also after a kill between last.pt and status.json
             self._full_oof()
@@ -725,7 +729,11 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
                     print(f"fold {fold}: finished earlier (best log loss {done[fold]['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen).run(resume)
+            trainer = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen)
+            try:
+                result = trainer.run(resume)
+            finally:
+                trainer.close()
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True
