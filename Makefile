@@ -86,7 +86,7 @@ endif
 
 .PHONY: help setup test demo synth data meta faces faces-merge embed analyze folds train predict score \
         calibrate kernel kernel-build kernel-local submit compare bench bench-faces bench-train bench-predict \
-        bench-label-cleaning bench-embed bench-analyze clean
+        bench-label-cleaning bench-embed bench-analyze bench-gpu clean
 
 help: ## this list: every target and variable, from the Makefile's own `##` comments
 	@echo "targets:"
@@ -202,6 +202,13 @@ bench-embed: $(STAMP) ## embedding throughput
 ## BENCH_ARGS: arguments of bench/bench_analyze.py (e.g. "--n 20000 --compare")
 bench-analyze: $(STAMP) ## PCA -> t-SNE -> HDBSCAN on synthetic embeddings (BENCH_ARGS)
 	$(PY) bench/bench_analyze.py $(BENCH_ARGS)
+
+## BENCH_LOG: the folder `make bench-gpu` logs under
+BENCH_LOG ?= bench/out/gpu
+## QUICK: 1 runs `make bench-gpu` tiny, on a CPU (what its test does)
+QUICK ?=
+bench-gpu: $(STAMP) ## every GPU-only figure in one call (<= 8 min on an H100), logs under BENCH_LOG
+	PY=$(PY) bench/gpu.sh $(BENCH_LOG) $(if $(QUICK),--quick)
 
 clean: ## remove runs, bundles, submissions, folds and bench output
 	rm -rf runs kernels/build submissions/*/ folds/*.csv bench/out .pytest_cache

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ from dfdc.config import PredictConfig
 
 METHODS = ("mean", "confident")  # rules over a video's face P(FAKE) (frame models; calibration searches them)
 TRACK_METHODS = ("max", "mean")  # rules over a video's track P(FAKE) (sequence models, sequence.aggregation)
+CONSTANT_TOLERANCE = 1e-6  # a model whose unit P(FAKE) all lie within this of each other is constant
+# (reported loudly): seen with 4 train / 2 predict frames on a 19-video tree, AUC 0.53 from ties alone
 EPS = 1e-15  # Kaggle clips predictions at [1e-15, 1 - 1e-15]; also keeps logits finite
 CALIBRATION = "calibration.json"  # in a run folder, written by dfdc calibrate
 CALIBRATION_KEYS = ("aggregation", "temperature", "clip")  # what every calibration.json holds
@@ -254,3 +256,16 @@ def apply_calibration(
     if calibration.get("unit") == TRACK_UNIT:
         del values["aggregation"]
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})
+
+
+def constant_models(names: Sequence[str], spread: np.ndarray, units: int, unit: str = "face") -> list[str]:
+    """A warning per model (``names``; ``spread``: each one's min and max P(FAKE) over its
+    ``units`` units) whose every unit (``unit``: face or track) got the same P(FAKE) within
+    ``CONSTANT_TOLERANCE``, over at least 2 units: its ranking of the videos is ties only (an
+    AUC near 0.5 from ties, not skill), usually an untrained or collapsed model. Used at the
+    end of training (per fold, on its OOF) and of prediction (per model)."""
+    if units < 2:
+        return []
+    return [f"{name}: all {units} {unit} predictions are {lo:.4f} (a constant model: untrained or collapsed; its "
+            "ranking of the videos is ties only); train longer, on more frames and videos"
+            for name, (lo, hi) in zip(names, spread) if np.isfinite(lo) and hi - lo <= CONSTANT_TOLERANCE]

@@ -66,7 +66,7 @@ import yaml
 from dfdc.config import Config, ConfigError, FacesConfig, read_config
 from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, shard_files
 from dfdc.faces import Detection, FaceDetector, check_margin, crop_box, crop_face, face_difference
-from dfdc.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_table, remove_temp_files_of
+from dfdc.io import atomic_write_csv, atomic_write_json, atomic_write_text, is_disk_full, read_table, remove_temp_files_of
 from dfdc.threads import available_cores, limit_threads
 from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
@@ -412,6 +412,8 @@ def _guard(job: Job, work) -> tuple[Outcome, Any]:
     except VideoReadError as exc:
         return Outcome(job.video, job.part, job.label, "failed", str(exc)), None
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the run; reason is reported
+        if is_disk_full(exc):  # not the video's fault: the stage stops, a rerun resumes
+            raise
         return Outcome(job.video, job.part, job.label, "failed", f"{type(exc).__name__}: {exc}"), None
 
 
@@ -571,6 +573,9 @@ def _run_units(todo: list[Unit], record: _Recorder, cfg: FacesConfig, out_dir: P
             try:
                 record(fut.result())
             except Exception as exc:  # noqa: BLE001 - a dead worker fails its unit, not the run
+                if is_disk_full(exc):  # a full disk stops the stage (the rerun resumes)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
                 u = futures[fut]
                 record([Outcome(j.video, j.part, j.label, "failed", f"worker error: {type(exc).__name__}: {exc}")
                         for j in u.jobs if not j.done])  # fmt: skip

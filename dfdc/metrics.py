@@ -26,6 +26,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from dfdc.aggregate import EPS
+from dfdc.video import PARTIAL_DECODE  # a predicted video's reason, not a fallback
 from dfdc.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_table
 
 BALANCED = 0.5  # FAKE share of DFDC's public and private test sets (Dolhansky et al. 2020)
@@ -241,7 +242,8 @@ def _fallbacks(submission: Path, scored: set[str]) -> dict[str, Any] | None:
         return None
     df = read_table(path, ("filename", "reason"), error=ScoreError, fix="rerun the predictor or delete the file",
                     what="predictions file", dtype={"filename": str, "reason": str}, keep_default_na=False)
-    failed = df[(df["reason"].str.strip() != "") & df["filename"].isin(scored)]
+    reason = df["reason"].str.strip()
+    failed = df[(reason != "") & ~reason.str.startswith(PARTIAL_DECODE) & df["filename"].isin(scored)]
     return {"count": int(len(failed)), "reasons": failed["reason"].value_counts().to_dict(), "file": path.name}
 
 

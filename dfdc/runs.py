@@ -8,6 +8,7 @@ Layout under ``<runs_dir>/<name>/``::
     fold{k}/inputs.json             fingerprints of the folds table and faces index the fold trains on
     fold{k}/status.json             {"finished": true, ...} once the fold is done (skipped on rerun)
     fold{k}/best.pt, last.pt, oof.csv, oof_<units>.csv, estimator.joblib   the fold's state
+    fold{k}/tensorboard/            TensorBoard event files of the fold's epochs (torch models)
     metrics.csv, curves.png         per fold and epoch
     oof.csv, oof_<units>.csv        out-of-fold predictions of every finished fold
 
@@ -23,14 +24,17 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import clip as clip_probability
+from dfdc.aggregate import constant_models
 from dfdc.config import ConfigError, make_hint
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json
 from dfdc.metrics import video_metrics
@@ -50,6 +54,7 @@ def retrain_advice() -> str:
     return (f"use another {make_hint('--name', 'RUN=')} (a new run), or {make_hint('--no-resume', 'NO_RESUME=1')} "
             f"to retrain the fold(s) on today's inputs ({make_hint('--fold-list', 'FOLDS=')} with every fold "
             "trained on the old ones)")
+TENSORBOARD_DIR = "tensorboard"  # per fold: TensorBoard event files (``tensorboard --logdir runs/NAME``)
 
 
 class InputsChangedError(ConfigError):
@@ -75,6 +80,7 @@ class TrainReport:
     oof_auc: float | None = None
     oof_videos: int = 0
     stopped_early: bool = False  # stop_after_epochs ended this invocation before all folds finished
+    warnings: list[str] = field(default_factory=list)  # said on stderr at the end (a constant model)
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -152,6 +158,7 @@ def reset_fold(folder: Path, fingerprints: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in FOLD_STATE:
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
     atomic_write_json(folder / INPUTS, fingerprints)
 
 
@@ -292,6 +299,18 @@ def merge_oof(run_dir: Path, unit_file: tuple[str, list[str]], clip: float, fing
     atomic_write_csv(Path(run_dir) / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
     loss, auc = video_logloss(oof, clip, balanced)
     return loss, auc, len(oof)
+
+
+def constant_folds(run_dir: Path, unit_file: tuple[str, list[str]]) -> list[str]:
+    """A warning per fold of the merged OOF whose every unit got the same P(FAKE)
+    (``dfdc.aggregate.constant_models``)."""
+    path = Path(run_dir) / unit_file[0]
+    if not path.is_file():
+        return []
+    units = pd.read_csv(path, usecols=["fold", "prob"])
+    unit = "track" if unit_file[0] == OOF_TRACKS[0] else "face"
+    return [text for fold, probs in units.groupby("fold")["prob"]
+            for text in constant_models([f"fold{fold}"], np.array([[probs.min(), probs.max()]]), len(probs), unit)]
 
 
 def recorded_folds(run_dir: Path) -> list[int]:

@@ -18,6 +18,8 @@ folder's bookkeeping -- inputs, status, metrics, OOF files -- is ``dfdc.runs``):
     fold{k}/last.pt        everything to resume: model, optimizer, scheduler, scaler, RNG states
     fold{k}/status.json    {"finished": true, ...} once the fold is done (skipped on rerun)
     fold{k}/oof.csv, oof_faces.csv   this fold's validation predictions of its best epoch
+    fold{k}/tensorboard/   TensorBoard events per epoch: loss/train, loss/val, val/logloss, val/auc,
+                           lr, seconds, images_per_s/epoch and /steady (``tensorboard --logdir runs/NAME``)
     metrics.csv            fold, epoch, train_loss, val_loss, val_logloss, val_auc, lr, seconds
     curves.png             loss curves per fold
     oof.csv                video, label, fold, pred, n_faces (out-of-fold, every finished fold)
@@ -38,10 +40,11 @@ train ...``; NCCL on GPUs, gloo on CPU. Each rank trains on a disjoint shard of 
 balanced epoch draw with its own dropout and augmentation seeds, validation is sharded and
 gathered, only rank 0 writes. The learning rate follows ``train.lr_scaling`` over the global
 batch. The run folder must be shared by all nodes: every rank checks that it sees rank 0's
-marker. Failures that can hit one rank alone (inputs, weights, the shared folder, the frozen
-features) are agreed on by all ranks, so every rank stops with the message instead of the
-others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
-under torchrun they are refused.
+marker; decisions read from that folder (a fold finished, a ``last.pt`` to resume) are rank
+0's, broadcast (``Dist.decide``). Failures that can hit one rank alone (inputs, weights, the
+shared folder, the frozen features) are agreed on by all ranks, so every rank stops with the
+message instead of the others hanging. The classical baselines (scikit-learn,
+``dfdc.baselines``) fit in one process: under torchrun they are refused.
 
 The optimizer is ``train.optimizer`` (AdamW, SGD with momentum, RAdam), the learning-rate schedule
 ``train.schedule`` (``Schedule``: warm-up + cosine, step decay, ReduceLROnPlateau, or step decay
@@ -87,9 +90,11 @@ from dfdc.models import TORCH_LOAD_ERRORS, class_loss, create_model, default_inp
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 from dfdc.runs import (
-    OOF_FACES, OOF_TRACKS, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
-    merge_oof, parse_folds, reset_fold, skipped_result, update_metrics, video_logloss, write_fold_oof,
+    OOF_FACES, OOF_TRACKS, TENSORBOARD_DIR, FoldResult, TrainReport, check_inputs, check_run, constant_folds,
+    finish_fold, fold_dir, fold_status, merge_oof, parse_folds, reset_fold, skipped_result, update_metrics,
+    video_logloss, write_fold_oof,
 )
+from dfdc.threads import before_loader_fork, one_thread_worker
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
@@ -247,9 +252,24 @@ def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device:
             sampler: BalancedEpochSampler | None = None, seed: int = 0, drop_last: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)  # keeps DataLoader off the global RNG
     t = cfg.train
+    if workers > 0:
+        before_loader_fork()
     return DataLoader(source, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=t.pin_memory and device.type == "cuda", drop_last=drop_last, generator=generator,
-                      persistent_workers=t.persistent_workers and workers > 0)
+                      persistent_workers=t.persistent_workers and workers > 0,
+                      worker_init_fn=one_thread_worker if workers > 0 else None)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None, where: Path) -> None:
+    """The GradScaler's state from ``last.pt`` (``where``). A run saved without one (bf16, or
+    no AMP: a disabled scaler saves ``{}``) resumed where training falls back to fp16 (a GPU
+    without native bfloat16) starts the scaler afresh, with a warning, instead of failing."""
+    if not saved:
+        if scaler.is_enabled():
+            print(f"warning: {where} holds no GradScaler state (saved by a bf16 or fp32 run); fp16 training "
+                  "goes on with a fresh loss scale", file=sys.stderr)
+        return
+    scaler.load_state_dict(saved)
 
 
 def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -298,6 +318,7 @@ class FoldTrainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.val_batch = eval_batch_size(t)
         self.fixed_shapes = ctx.device.type == "cuda" and t.cudnn_benchmark
+        self.tensorboard: Any = None  # rank 0's SummaryWriter, opened at the first epoch's end
         self._datasets()
 
     # -- data ----------------------------------------------------------------------------
@@ -357,17 +378,8 @@ class FoldTrainer:
         t, ctx = self.cfg.train, self.ctx
         last = self.dir / "last.pt"
         state = None
-        if resume and last.is_file():
-            check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
-            try:  # our own file (holds numpy RNG state), so the full unpickler is needed
-                state = torch.load(last, map_location="cpu", weights_only=False)
-            except TORCH_LOAD_ERRORS as exc:
-                raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass "
-                                  f"{make_hint('--no-resume', 'NO_RESUME=1')}") from None
-            if state.get("arch") != self.cfg.model.arch:
-                raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
-                                  f"use another {make_hint('--name', 'RUN=')} or pass "
-                                  f"{make_hint('--no-resume', 'NO_RESUME=1')}")
+        if ctx.decide(lambda: resume and last.is_file(), f"looking for {last}"):  # rank 0 decides for all
+            state = ctx.agree(lambda: self._read_last(last), f"reading {last}")
         if state is None and ctx.main:  # a fresh start: the old state goes, then the new fingerprints
             reset_fold(self.dir, self.data.fingerprints)
         ctx.barrier()
@@ -395,7 +407,7 @@ class FoldTrainer:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            restore_scaler(self.scaler, state.get("scaler"), last)
             self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
             self.bad_epochs, self.history = state["bad_epochs"], state["history"]
             self._restore_rng(state["rng"])
@@ -415,6 +427,20 @@ class FoldTrainer:
             self.net = torch.compile(self.net, mode=t.compile_mode)
         if t.debug_dir:
             self._debug_log("rng", f"build {torch.initial_seed()}")
+
+    def _read_last(self, last: Path) -> dict[str, Any]:
+        """``last.pt``'s training state, checked against today's inputs and model."""
+        check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
+        try:  # our own file (holds numpy RNG state), so the full unpickler is needed
+            state = torch.load(last, map_location="cpu", weights_only=False)
+        except TORCH_LOAD_ERRORS as exc:
+            raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass "
+                              f"{make_hint('--no-resume', 'NO_RESUME=1')}") from None
+        if state.get("arch") != self.cfg.model.arch:
+            raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
+                              f"use another {make_hint('--name', 'RUN=')} or pass "
+                              f"{make_hint('--no-resume', 'NO_RESUME=1')}")
+        return state
 
     def _restore_rng(self, saved: Any) -> None:
         """This rank's RNG state from ``last.pt`` (one per rank; older files hold one for all)."""
@@ -580,6 +606,30 @@ class FoldTrainer:
         if self.ctx.main:
             write_fold_oof(self.dir, faces, self.videos(faces), self.OOF_UNITS)
 
+    def _log_tensorboard(self, stats: EpochStats) -> None:
+        """The epoch's row of ``metrics.csv`` and its images/s as TensorBoard scalars in
+        ``fold{k}/tensorboard/`` (step = epoch; a resumed fold drops the events of the epochs
+        it runs again)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        row = self.history[-1]
+        if self.tensorboard is None:
+            self.tensorboard = SummaryWriter(str(self.dir / TENSORBOARD_DIR), purge_step=row["epoch"])
+        scalars = {"loss/train": row["train_loss"], "loss/val": row["val_loss"], "val/logloss": row["val_logloss"],
+                   "val/auc": row["val_auc"], "lr": row["lr"], "seconds": row["seconds"],
+                   "images_per_s/epoch": stats.images * self.ctx.world / stats.seconds if stats.seconds > 0 else None,
+                   "images_per_s/steady": stats.steady_images_per_s}
+        for tag, value in scalars.items():
+            if value is not None and math.isfinite(value):
+                self.tensorboard.add_scalar(tag, value, row["epoch"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (also after a failed epoch: ``train`` calls it in any case)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
     def videos(self, units: pd.DataFrame) -> pd.DataFrame:
         """Per-video predictions of per-unit ones (``val_rule``; ``dfdc.aggregate.aggregate_videos``)."""
         return aggregate_videos(units, self.val_rule, self.cfg.predict)
@@ -623,6 +673,7 @@ class FoldTrainer:
             self.save_last(finished)
             if ctx.main:
                 update_metrics(self.run_dir, self.fold, self.history)
+                self._log_tensorboard(stats)
                 print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {stats.loss:.4f} "
                       f"val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}{' *' if improved else ''}",
                       file=sys.stderr)
@@ -733,7 +784,8 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
         ctx.agree(prepare_run_dir, "checking and creating the run folder")
         check_shared_run_dir(run_dir, ctx, cfg.train.shared_dir_timeout)
         report = TrainReport(run_dir=run_dir)
-        done = {fold: fold_status(run_dir, fold) if resume else None for fold in chosen}
+        done = ctx.decide(lambda: {fold: fold_status(run_dir, fold) if resume else None for fold in chosen},
+                          "reading which folds finished")  # rank 0 decides for all
         frozen = None
         if is_sequence_model(cfg.model.arch) and cfg.sequence.mode == "frozen" and None in done.values():
             frozen = run_features(cfg, data.table, run_dir, ctx, default_input(cfg.model, cfg.train.size))
@@ -744,7 +796,11 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
                     print(f"fold {fold}: finished earlier (best log loss {done[fold]['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen).run(resume)
+            trainer = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen)
+            try:
+                result = trainer.run(resume)
+            finally:
+                trainer.close()
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True
@@ -757,6 +813,10 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
                              cfg.train.val_balanced)
 
         report.oof_logloss, report.oof_auc, report.oof_videos = ctx.agree(merge, "merging the OOF predictions")
+        if ctx.main:
+            report.warnings = constant_folds(run_dir, _trainer(cfg).OOF_UNITS)
+            for text in report.warnings:
+                print(f"warning: {text}", file=sys.stderr)
         return report
     finally:
         torch.set_num_threads(threads)

@@ -149,3 +149,38 @@ def test_first_place_sets_read_landmarks_through_the_dataset(tmp_path) -> None:
             plain = transform(image=image, landmarks=None)["image"]
             differ += not torch.equal(occluded, plain)
         assert 30 <= differ <= 50, (strength, differ)  # p 0.67 of an occlusion (60 draws)
+def _colourful(seed: int = 0, side: int = 200) -> np.ndarray:
+    """Smooth colour blobs whose colours spread mostly along one RGB direction."""
+    rng = np.random.default_rng(seed)
+    t = cv2.GaussianBlur(rng.normal(0, 1, (side, side)), (0, 0), 6)
+    t = (t - t.mean()) / t.std()
+    other = cv2.GaussianBlur(rng.normal(0, 1, (side, side, 3)), (0, 0), 6)
+    rgb = 128 + 40 * t[..., None] * np.array([0.8, 0.5, 0.3]) + 8 * other / other.std()
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def test_subsampled_fancy_pca_moves_colours_along_the_principal_components() -> None:
+    """With only the first component's alpha, every pixel moves along the image's first
+    principal colour direction; with any alpha it is albumentations' FancyPCA within a grey
+    level or two (covariance from a subsample)."""
+    from albumentations.augmentations.pixel.functional import fancy_pca
+
+    from dfdc.augment import SubsampledFancyPCA
+
+    img = _colourful()
+    pixels = img.reshape(-1, 3).astype(np.float64)
+    vals, vecs = np.linalg.eigh(np.cov(pixels, rowvar=False))
+    first = vecs[:, np.argmax(vals)]
+    pca = SubsampledFancyPCA(p=1.0)
+    moved = pca.apply(img, np.array([8.0, 0.0, 0.0], np.float32)).reshape(-1, 3).astype(np.float64) - pixels
+    along = moved @ first
+    across = moved - along[:, None] * first[None, :]
+    assert np.abs(along).mean() > 5.0  # the colours changed ...
+    assert np.abs(across).max() <= 1.5  # ... along the first component only (rounding aside)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        alpha = rng.normal(0, 20.0, 3).astype(np.float32)
+        ours, theirs = pca.apply(img, alpha).astype(int), fancy_pca(img, alpha).astype(int)
+        assert np.abs(theirs - img).mean() > 2.0  # a visible change to compare
+        assert np.abs(ours - theirs).max() <= 2 and np.abs(ours - theirs).mean() < 0.5
+    assert isinstance(train_transform(32).transforms[4].transforms[1], SubsampledFancyPCA)  # the recipe uses it

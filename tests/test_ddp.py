@@ -61,6 +61,9 @@ def test_two_ranks_disjoint_shards_one_set_of_outputs(tmp_path: Path) -> None:
     # one set of outputs, written once
     run = runs / "ddp"
     files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    events = [f for f in files if f.startswith("fold0/tensorboard/")]
+    assert len(events) == 1 and "tfevents" in events[0]  # rank 0's TensorBoard events
+    files = [f for f in files if f not in events]
     assert files == [".rank0-marker.json", "config.yaml", "curves.png", "fold0/best.pt", "fold0/inputs.json",
                      "fold0/last.pt", "fold0/oof.csv", "fold0/oof_faces.csv", "fold0/status.json", "metrics.csv",
                      "oof.csv", "oof_faces.csv"]
@@ -163,3 +166,63 @@ def test_a_rank_waiting_on_files_stops_when_another_fails(tmp_path: Path) -> Non
     with pytest.raises(RunDirError, match="features failed on rank 1 .*OSError: disk full"):
         wait_for_files(lambda: "3 chunks", tmp_path, "features", Dist(world=2), poll=0.01)
     wait_for_files(lambda: None, tmp_path / "elsewhere", "features", Dist(world=2))  # nothing missing: no wait
+
+
+def _decide_rank(rank: int, port: int, out: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    from dfdc.distributed import Dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        ctx = Dist(rank=rank, world=2)
+        calls = []
+
+        def view() -> dict:  # what this rank would see in the shared folder: the ranks' views differ
+            calls.append(rank)
+            return {"finished": rank == 0, "rank": rank}
+
+        got = ctx.decide(view, "reading which folds finished")
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"got": got, "calls": calls}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_file_system_decisions_are_rank_0s_for_every_rank(tmp_path: Path) -> None:
+    """``Dist.decide``: only rank 0 looks, every rank gets its answer (a rank whose view of the
+    shared folder lags cannot skip a fold the others train)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_decide_rank, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    seen = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)}
+    assert seen[0]["got"] == seen[1]["got"] == {"finished": True, "rank": 0}
+    assert seen[0]["calls"] == [0] and seen[1]["calls"] == []
+
+
+def test_training_asks_rank_0_whether_a_fold_finished_and_last_pt_exists(tmp_path: Path, monkeypatch) -> None:
+    """The fold-finished and resume decisions of ``train`` go through ``Dist.decide``."""
+    import torch
+
+    from dfdc.config import load_config
+    from dfdc.distributed import Dist
+    from dfdc.train import train
+
+    faces, folds = make_tiny_faces(tmp_path)
+    asked: list[str] = []
+    decide = Dist.decide
+
+    def spy(self, work, what):  # noqa: ANN001, ANN202
+        asked.append(what)
+        return decide(self, work, what)
+
+    monkeypatch.setattr(Dist, "decide", spy)
+    torch.set_num_threads(1)
+    cfg = load_config("smoke", ["model.arch=tiny-cnn", "model.pretrained=none", "train.size=32",
+                                "train.loader_workers=0", "train.epochs=1", "train.folds=0",
+                                f"train.runs_dir={tmp_path / 'runs'}", "train.name=d"])
+    train(faces, folds, cfg)
+    assert asked[0] == "reading which folds finished" and any("last.pt" in what for what in asked), asked

@@ -202,3 +202,42 @@ def test_the_loop_gives_torch_this_process_share_of_the_cores(faces: Path, tmp_p
     embed_module.embed_chunks(net, files, 32, tmp_path / "alone", **kwargs)
     embed_module.embed_chunks(net, files, 32, tmp_path / "shared", cores=3, **kwargs)
     assert asked == [64, 3]
+
+
+def test_a_full_disk_ends_embed_with_one_line_and_the_rerun_resumes_exactly(faces: Path, tmp_path: Path,
+                                                                             monkeypatch, capsys) -> None:
+    """ENOSPC injected into the atomic writer at the third chunk: `dfdc embed` ends with one
+    line naming the folder; the same command then reuses the two chunks written and ends with
+    the embeddings of a run the disk never stopped."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+
+    argv = ["embed", "--faces", str(faces), "--model", "tiny-cnn", "--profile", "smoke", "--set",
+            "embed.loader_workers=0", "--set", "embed.size=32", "--set", "embed.center=1.0", "--set",
+            "embed.chunk_size=5"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole, _ = load_embeddings(tmp_path / "whole", dtype=None)
+    chunks: list[Path] = []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with io.atomic_open(path, mode, **kwargs) as handle:
+            if Path(path).name.startswith("chunk_"):
+                chunks.append(Path(path))
+                if len(chunks) == 3:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(embed_module, "atomic_open", filling)
+        assert main([*argv, "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"error: {chunks[-1].parent}: no space left on the device")
+    assert err.strip().endswith("free space and rerun: it resumes")
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    resumed, _ = load_embeddings(tmp_path / "b", dtype=None)
+    np.testing.assert_array_equal(resumed, whole)

@@ -696,6 +696,73 @@ def test_kernel_fails_loudly_when_the_dataset_is_missing(bundle: Bundle, mini_df
     assert got["filename"].tolist() == want["filename"].tolist() and (got["label"] == 0.5).all()
 
 
+KILLABLE = """
+import importlib.util, pathlib, sys, time
+spec = importlib.util.spec_from_file_location("inference", sys.argv[1])
+kernel = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel)
+def stalled():  # the kernel's work has begun: say so, then wait to be killed
+    pathlib.Path(sys.argv[2]).write_text("started")
+    time.sleep(600)
+kernel.find_dataset = stalled
+sys.exit(kernel.main())
+"""
+
+
+def test_a_kernel_killed_mid_run_leaves_a_complete_fallback_submission(bundle: Bundle, mini_dfdc: Path,
+                                                                        tmp_path: Path) -> None:
+    """The fallback submission is written before the kernel's work starts: killed (SIGKILL,
+    as Kaggle's timeout does) while it works, every video is in submission.csv at 0.5."""
+    import signal
+    import time
+
+    root = tmp_path / "kaggle"
+    comp = root / "input" / "deepfake-detection-challenge"
+    comp.mkdir(parents=True)
+    shutil.copyfile(mini_dfdc / "sample_submission.csv", comp / "sample_submission.csv")
+    marker = tmp_path / "started"
+    env = dict(os.environ, DFDC_KAGGLE_ROOT=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(bundle.kernel_dir / "inference.py"), str(marker)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the kernel did not reach its work"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    got = pd.read_csv(root / "working" / "submission.csv")
+    want = pd.read_csv(mini_dfdc / "sample_submission.csv")
+    assert got["filename"].tolist() == want["filename"].tolist() and (got["label"] == 0.5).all()
+
+
+def test_the_time_budget_is_reduced_by_the_kernels_start_up(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_kernel plans with ``kernel.time_budget`` less the seconds since the kernel started
+    (installing the wheels, probing CUDA), not the whole budget."""
+    import time
+
+    from dfdc.kaggle import runtime
+
+    budgets: list[float] = []
+
+    class Planned(Exception):
+        pass
+
+    def plan(cfg, devices, checkpoints, budget, calibration=None):  # noqa: ANN001, ANN202
+        budgets.append(budget)
+        raise Planned
+
+    monkeypatch.setattr(runtime, "plan_run", plan)
+    spent = 1000.0  # seconds the kernel spent before predicting
+    with pytest.raises(Planned):
+        runtime.run_kernel(bundle.dataset_dir, Path("videos"), Path("sample.csv"), Path("submission.csv"),
+                           time.monotonic() - spent, lambda message: None, probe=lambda log: ([], {}))
+    full = read_config(bundle.dataset_dir / "config.yaml").kernel.time_budget
+    (budget,) = budgets
+    assert full - spent - 60 < budget <= full - spent
+
+
 # ------------------------------------------------------------------ inside the kernel (dfdc.kaggle.runtime)
 
 

@@ -105,6 +105,21 @@ def test_confident_rule_is_the_first_place_strategy() -> None:
     assert aggregate(four, "confident", PredictConfig(confident_min_count=3, confident_min_share=0.1)) == 0.9
 
 
+def test_confident_real_branch_needs_more_than_the_share() -> None:
+    """The REAL branch fires on more than ``confident_real_share * n`` confident REAL faces
+    (the 1st place's ``> 0.9 * sz``): exactly 0.9 n gives the plain mean, one more the mean
+    of the confident ones."""
+    cfg = PredictConfig()
+    for n in (10, 20, 30):
+        k = round(cfg.confident_real_share * n)
+        assert k == cfg.confident_real_share * n  # exactly 0.9 n, no rounding in the test's favour
+        exact = np.array([0.1] * k + [0.5] * (n - k))
+        assert aggregate(exact, "confident", cfg) == pytest.approx(exact.mean()), n
+        assert confident_strategy(exact) == pytest.approx(exact.mean())
+        more = np.array([0.1] * (k + 1) + [0.5] * (n - k - 1))
+        assert aggregate(more, "confident", cfg) == pytest.approx(0.1), n
+
+
 def test_empty_or_invalid_input_is_an_error() -> None:
     cfg = PredictConfig()
     with pytest.raises(AggregationError, match="no face probabilities"):

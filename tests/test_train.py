@@ -232,6 +232,40 @@ def test_best_epoch_is_chosen_on_the_class_balanced_loss(tmp_path: Path, monkeyp
                f"train.val_balanced={str(balanced).lower()}")
     (fold,) = train(faces, folds, cfg).folds
     assert fold.best_epoch == (1 if balanced else 0)
+def test_best_pt_and_oof_are_the_best_epochs_not_the_last(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt and the fold's OOF are written only when validation improves: after a run
+    whose best epoch (1) is not its last (3), they hold epoch 1's weights and predictions."""
+    import dfdc.train as train_module
+
+    losses = iter([0.60, 0.50, 0.55, 0.56])  # best at epoch 1, then two worse epochs (patience 2)
+    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip, balanced=True: (next(losses), 0.5))
+    weights: list[dict[str, torch.Tensor]] = []
+    predictions: list[pd.DataFrame] = []
+    validate, save_last = train_module.FoldTrainer.validate, train_module.FoldTrainer.save_last
+
+    def recorded_validate(self):  # noqa: ANN001, ANN202
+        predictions.append(validate(self))
+        return predictions[-1]
+
+    def recorded_save_last(self, finished):  # noqa: ANN001, ANN202
+        weights.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return save_last(self, finished)
+
+    monkeypatch.setattr(train_module.FoldTrainer, "validate", recorded_validate)
+    monkeypatch.setattr(train_module.FoldTrainer, "save_last", recorded_save_last)
+    cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=2")
+    (fold,) = train(tiny[0], tiny[1], cfg).folds
+    assert fold.best_epoch == 1 and fold.epochs_run == 4 and len(weights) == 4
+    run = tmp_path / "runs" / "t" / "fold0"
+    model, meta = load_checkpoint(run / "best.pt")
+    assert meta["epoch"] == 1 and meta["val_logloss"] == 0.50
+    saved = model.state_dict()
+    assert all(torch.equal(saved[k], weights[1][k]) for k in weights[1])  # epoch 1's weights ...
+    assert not all(torch.equal(saved[k], weights[3][k]) for k in weights[3])  # ... not the last epoch's
+    oof_faces = pd.read_csv(run / "oof_faces.csv")
+    assert np.allclose(oof_faces["prob"], predictions[1]["prob"])  # epoch 1's predictions
+    assert not np.allclose(oof_faces["prob"], predictions[3]["prob"])
 
 
 def test_lr_scaling_rules() -> None:
@@ -352,6 +386,29 @@ def test_only_finished_folds_of_todays_table_are_merged(tiny: tuple[Path, Path],
     assert again.oof_videos == 9 and "fold4 is not a fold of today's folds table" in capsys.readouterr().err
 
 
+def test_resume_with_a_loss_scaler_from_a_run_saved_without_one(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bf16 (or fp32) run saves an empty GradScaler state; resumed where training falls
+    back to fp16 (an enabled scaler), it goes on with a fresh loss scale and a warning."""
+    faces, folds = tiny
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=2")
+    train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=2",
+                             "train.stop_after_epochs=1"))
+    last = tmp_path / "runs" / "t" / "fold0" / "last.pt"
+    assert torch.load(last, weights_only=False)["scaler"] == {}  # a checkpoint made without scaler state
+    made, scaler = [], torch.amp.GradScaler
+
+    def fp16_scaler(device: str, enabled: bool = True) -> torch.amp.GradScaler:  # what an fp16 GPU builds
+        made.append(scaler("cpu", enabled=True))
+        return made[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", fp16_scaler)
+    (fold,) = train(faces, folds, cfg).folds
+    assert fold.finished and fold.epochs_run == 2 and made and made[-1].is_enabled()
+    assert "holds no GradScaler state" in capsys.readouterr().err
+
+
 def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     """A T4 / V100 answers is_bf16_supported() with True (emulation); natively it has none."""
     from dfdc.train import amp_dtype
@@ -429,3 +486,115 @@ def test_compile_option_keeps_plain_checkpoints(tiny: tuple[Path, Path], tmp_pat
     assert not any("_orig_mod" in key for key in state["model"])
     model, _ = load_checkpoint(tmp_path / "runs" / "t" / "fold0" / "best.pt")
     assert model is not None
+
+
+class _ThreadCounts(torch.utils.data.Dataset):
+    """Reports, from inside a loader worker, the threads torch, OpenCV and BLAS would use."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from threadpoolctl import threadpool_info
+
+        blas = max([p["num_threads"] for p in threadpool_info()] or [1])
+        return torch.tensor([torch.get_num_threads(), cv2.getNumThreads(), blas])
+
+
+def test_loader_workers_run_one_thread_each(tmp_path: Path) -> None:
+    """Each training loader worker sets torch, OpenCV and the BLAS pools to one thread."""
+    from dfdc.train import _loader
+
+    cv2.setNumThreads(4)  # a wide parent: the workers must not inherit it
+    try:
+        loader = _loader(_ThreadCounts(), 1, 1, _cfg(tmp_path), torch.device("cpu"))
+        counts = torch.cat(list(loader))
+    finally:
+        cv2.setNumThreads(-1)
+    assert counts.tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_tensorboard_events_per_fold_match_the_metrics(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """fold{k}/tensorboard holds each epoch's metrics.csv row (and images/s) once, also after
+    a stopped fold resumes; a fresh retrain starts its events afresh."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    faces, folds = tiny
+    train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0", "train.stop_after_epochs=2"))
+    train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0"))
+    run = tmp_path / "runs" / "t"
+
+    def scalars() -> dict[str, list[tuple[int, float]]]:
+        events = EventAccumulator(str(run / "fold0" / "tensorboard")).Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    got = scalars()
+    assert {"loss/train", "loss/val", "val/logloss", "val/auc", "lr", "images_per_s/epoch"} <= set(got)
+    metrics = pd.read_csv(run / "metrics.csv")
+    for tag, column in (("loss/train", "train_loss"), ("val/logloss", "val_logloss"), ("lr", "lr")):
+        assert [step for step, _ in got[tag]] == [0, 1, 2], tag
+        assert np.allclose([value for _, value in got[tag]], metrics[column], rtol=1e-6), tag
+    assert all(value > 0 for _, value in got["images_per_s/epoch"])
+    train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"), resume=False)
+    assert [step for step, _ in scalars()["loss/train"]] == [0]
+
+
+def test_a_constant_model_is_reported_loudly_at_the_end_of_training(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A fold whose every OOF face got the same P(FAKE) (its AUC would be ties only) is named in
+    a warning on stderr and in the report; a fold that ranks its faces is not."""
+    import dfdc.train as train_module
+
+    faces, folds = tiny
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"))
+    assert report.warnings == [] and "constant model" not in capsys.readouterr().err
+    real = train_module.fake_probability
+    monkeypatch.setattr(train_module, "fake_probability", lambda logits: torch.full_like(real(logits), 0.37))
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=1"))
+    (warning,) = report.warnings
+    assert warning.startswith("fold1: all ") and "face predictions are 0.3700 (a constant model" in warning
+    assert f"warning: {warning}" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_training_with_one_line_and_the_rerun_resumes_exactly(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC injected into the atomic writer (at last.pt of epoch 0): `dfdc train` ends with
+    one line naming the fold's folder; the same command after "freeing space" ends with the
+    weights and metrics of a run the disk never stopped."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+    from dfdc.cli import main
+
+    faces, folds = tiny
+    argv = _cli(tmp_path, faces, folds, "--fold-list", "0", "--epochs", "2")[3:]
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--name", "straight"]) == 0
+    real, writes = io.atomic_open, []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with real(path, mode, **kwargs) as handle:
+            writes.append(Path(path))
+            if Path(path).name == "last.pt":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_open", filling)
+        assert main([*argv, "--name", "full"]) == 1
+    err = capsys.readouterr().err
+    run = tmp_path / "runs" / "full"
+    assert writes[-1] == run / "fold0" / "last.pt" and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {run / 'fold0'}: no space left on the device")
+    assert err.strip().endswith("; free space and rerun: it resumes")
+    assert main([*argv, "--name", "full"]) == 0
+    a = torch.load(tmp_path / "runs" / "straight" / "fold0" / "last.pt", weights_only=False)
+    b = torch.load(run / "fold0" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="seconds"),
+                                  pd.read_csv(run / "metrics.csv").drop(columns="seconds"))

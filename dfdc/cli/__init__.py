@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from dfdc.config import DEFAULT_PROFILE, Config, ConfigError, load_config
+from dfdc.io import disk_full_message, is_disk_full
 
 # Pipeline order; `python -m dfdc --help` lists them in this order.
 COMMANDS = ("synth", "meta", "faces", "embed", "analyze", "folds", "train", "predict", "score", "calibrate", "kernel",
@@ -84,3 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # a full disk ends any stage with one line, not a traceback
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_message(exc)}", file=sys.stderr)
+        return 1

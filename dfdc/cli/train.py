@@ -55,6 +55,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"OOF {kind}log loss {report.oof_logloss:.4f} (AUC {report.oof_auc:.3f}) over {report.oof_videos} videos "
               f"-> {report.run_dir}")
     print(f"{latest}: {report.run_dir} (predict, calibrate, kernel and score use it when no run is named)")
+    for text in report.warnings:  # again at the end of the report, where it is read
+        print(f"warning: {text}")
     if report.stopped_early:
         print("stopped by train.stop_after_epochs; rerun the same command to continue")
     return 0
