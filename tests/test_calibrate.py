@@ -311,7 +311,8 @@ def test_a_setting_that_wins_only_through_the_folds_fake_skew_is_not_chosen() ->
     at_test_prior, _ = fit(faces, cfg_with())
     at_fold_prior, _ = fit(faces, cfg_with("calibrate.test_fake_share=0.84"))
     assert at_fold_prior["bias"] >= 0.75, at_fold_prior  # leaning FAKE pays on the skewed folds ...
-    assert abs(at_test_prior["bias"]) <= 0.25, at_test_prior  # ... and is not chosen for the test's prior
+    assert abs(at_test_prior["bias"]) <= 0.25, at_test_prior  # ... and is not chosen for the test's prior,
+    assert abs(at_test_prior["halves"]["free_setting"]["bias"]) <= 0.25  # not even on the fit part alone
     # scored on a 50 %-FAKE test set made the same way, the test-prior setting is the better one
     test = skewed_table(1200, 0.5, seed=1)
     y, raw, _ = video_probs(test, cfg_with().predict)
