@@ -35,7 +35,7 @@ def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> Non
     table = pd.read_csv(report.csv, keep_default_na=False)
     assert table["system"].tolist() == ["lstm", "logreg"] and not report.failed, table["error"].tolist()
     assert table["kind"].tolist() == ["sequence", "baseline"] and (table["folds"] == 2).all()
-    assert table["init"].tolist() == ["random", "random"]  # pixel features: the runs resolve pretrained: none
+    assert table["init"].tolist() == ["imagenet", "imagenet"]  # both read the ImageNet Lite0 backbone's features
     for _, row in table.iterrows():
         oof = pd.read_csv(tmp_path / "runs" / row["system"] / "oof.csv")
         assert set(oof["video"]) == set(pd.read_csv(folds)["video"])  # every video of the same folds
