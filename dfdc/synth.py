@@ -800,7 +800,9 @@ def _render_group(group: _Group, folder: Path, ids: dict[str, Identity], cfg: Sy
 
 
 def _config_record(cfg: SynthConfig) -> dict:
-    return {"version": SYNTH_VERSION, **dataclasses.asdict(cfg)}
+    """The configuration as ``.synth.json`` stores it (a JSON round trip: tuples such as
+    ``methods`` come back as lists, so a rerun compares equal to the file it wrote)."""
+    return json.loads(json.dumps({"version": SYNTH_VERSION, **dataclasses.asdict(cfg)}))
 
 
 def _report_from_marker(out: Path, record: dict, skipped: bool) -> SynthReport:

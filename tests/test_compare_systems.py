@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import timm
 import torch
 from test_compare import make_heldout
 from test_sequences import make_track_faces
@@ -42,5 +43,9 @@ def test_compare_trains_and_scores_them_on_the_same_folds(tmp_path: Path) -> Non
         assert float(row["oof_logloss"]) == pytest.approx(oof_scores(oof, 0.01)["logloss"])
         assert 0 <= float(row["heldout_logloss"]) < 5 and float(row["predict_s_per_video"]) > 0
     assert (tmp_path / "runs" / "lstm" / "oof_tracks.csv").is_file()
-    # 16 x 16 x 3 pixels: the scaler's mean and scale, 768 coefficients, the intercept, the (identity) sigmoid
-    assert int(table.loc[1, "params"]) == 2 * 768 + 768 + 1 + 2
+    # the frozen Lite0 backbone, then on its 1280 features: the scaler's mean and scale, 1280 coefficients,
+    # the intercept, the (identity) sigmoid
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    features = backbone.num_features
+    assert features == 1280
+    assert int(table.loc[1, "params"]) == sum(p.numel() for p in backbone.parameters()) + 3 * features + 1 + 2

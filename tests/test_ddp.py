@@ -144,7 +144,7 @@ def test_two_ranks_share_the_frozen_features_of_a_sequence_model(tmp_path: Path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert done.stdout.count("OOF log loss") == 1
+    assert done.stdout.count("OOF class-balanced log loss") == 1
     computed = {r: sum(int(x) for x in (debug / f"features_rank{r}.txt").read_text().split()) for r in (0, 1)}
     data = load_training_data(faces, folds)
     assert computed[0] > 0 and computed[1] > 0 and computed[0] + computed[1] == len(data.table)  # each its share

@@ -117,7 +117,7 @@ def test_a_full_disk_ends_predict_with_one_line(inputs: dict[str, Path], tmp_pat
     out = tmp_path / "sub" / "submission.csv"
     two = tmp_path / "two.csv"
     pd.DataFrame({"filename": ["blank.mp4", "good1.mp4"], "label": 0.5}).to_csv(two, index=False)
-    argv = ["predict", "--profile", "smoke", *[x for o in OVERRIDES for x in ("--set", o)], "--videos",
+    argv = ["predict", "--profile", "smoke-random", *[x for o in OVERRIDES for x in ("--set", o)], "--videos",
             str(inputs["videos"]), "--models", str(inputs["run"]), "--workers", "0", "--device", "cpu",
             "--no-progress", "--sample-submission", str(two), "--out", str(out)]
     real = io.atomic_open
@@ -217,6 +217,7 @@ def test_calibration_file_is_used_unless_overridden(inputs: dict[str, Path], tmp
     out = tmp_path / "a" / "submission.csv"
     report = predict_videos(inputs["videos"], run, out, cfg, inputs["sample"], "cpu", progress=False)
     assert report.calibration == {"aggregation": "mean", "temperature": 2.0, "clip": 0.05,
+                                  "bias": 0.0,  # a file written before predict.bias existed: no offset
                                   "source": str(run / "calibration.json")}
     assert "temperature=2" in report.summary()
     cfg = tiny_cfg("predict.time_budget=1e-9", "predict.workers=0")

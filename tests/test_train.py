@@ -62,9 +62,13 @@ def test_outputs_and_skip_on_rerun(tiny: tuple[Path, Path], tmp_path: Path) -> N
         assert meta["val_logloss"] == pytest.approx(fold.best_logloss)
         best_row = metrics[(metrics["fold"] == fold.fold) & (metrics["epoch"] == fold.best_epoch)]
         assert best_row["val_logloss"].item() == pytest.approx(fold.best_logloss)
-    # the run's OOF log loss is Kaggle's log loss of oof.csv's predictions clipped at train.val_clip
+    # the run's OOF log loss is the class-balanced log loss (train.val_balanced, the default) of oof.csv's
+    # predictions clipped at train.val_clip: each class's videos weigh 1 / its count
     clipped = oof["pred"].clip(cfg.train.val_clip, 1 - cfg.train.val_clip)
-    assert report.oof_logloss == pytest.approx(sk_log_loss(oof["label"], clipped, labels=[0, 1]), rel=1e-9)
+    weights = 1.0 / oof["label"].map(oof["label"].value_counts())
+    balanced = sk_log_loss(oof["label"], clipped, labels=[0, 1], sample_weight=weights)
+    assert report.oof_logloss == pytest.approx(balanced, rel=1e-9)
+    assert abs(balanced - sk_log_loss(oof["label"], clipped, labels=[0, 1])) > 1e-3  # the folds are imbalanced
     stamp = (run / "fold0" / "best.pt").stat().st_mtime_ns
     again = train(faces, folds, cfg)
     assert all(f.skipped for f in again.folds)
@@ -131,7 +135,7 @@ def test_kill_9_mid_run_then_resume(tiny: tuple[Path, Path], tmp_path: Path, cap
     assert main(cmd[3:]) == 0  # the same command again, in this process
     out, err = capsys.readouterr()
     assert f"resuming at epoch {state['epoch']}" in err
-    assert "fold 0: best validation log loss" in out and "OOF log loss" in out
+    assert "fold 0: best validation log loss" in out and "OOF class-balanced log loss" in out
     metrics = pd.read_csv(tmp_path / "runs" / "cli" / "metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
     # the later stages find this run without being told (runs/LATEST, written atomically by train)
@@ -149,7 +153,7 @@ def test_cli_efficientnet_b0_and_errors(tiny: tuple[Path, Path], tmp_path: Path,
                 "--set", "train.size=64", "--set", "train.steps_per_epoch=2", "--batch-size", "4")[3:]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "fold 1: best validation log loss" in out and "OOF log loss" in out
+    assert "fold 1: best validation log loss" in out and "OOF class-balanced log loss" in out
     _, meta = load_checkpoint(tmp_path / "runs" / "cli" / "fold1" / "best.pt")
     assert meta["arch"] == "efficientnet-b0" and meta["config"]["train"]["batch_size"] == 4
     assert main([*argv, "--name", "other", "--pretrained", str(tmp_path / "missing.pth")]) == 1
