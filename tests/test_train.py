@@ -139,7 +139,7 @@ def test_kill_9_mid_run_then_resume(tiny: tuple[Path, Path], tmp_path: Path, cap
     metrics = pd.read_csv(tmp_path / "runs" / "cli" / "metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
     # the later stages find this run without being told (runs/LATEST, written atomically by train)
-    assert read_latest(tmp_path / "runs") == {"run": str(tmp_path / "runs" / "cli"), "profile": "smoke",
+    assert read_latest(tmp_path / "runs") == {"run": str(tmp_path / "runs" / "cli"), "profile": "smoke-random",
                                               "faces": str(faces), "folds": str(folds)}
     assert not list((tmp_path / "runs").rglob("*.tmp-*"))
 
