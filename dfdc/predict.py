@@ -812,7 +812,7 @@ def predict_videos(
     aggregation on them). ``process`` is the per-video worker function and ``start`` a
     worker's start-up (replaceable in tests; both must be importable by spawned processes).
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
     t_start = time.perf_counter()
     pcfg = cfg.predict
@@ -870,7 +870,7 @@ def predict_videos(
     faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
     queued_faces = 0  # units (faces, or tracks) waiting for the models
     batch_units = ensemble.batch_units(pcfg.batch_size)
-    bar = tqdm(total=len(paths), unit="video", disable=not progress, desc="predict")
+    bar = progress_bar(total=len(paths), unit="video", disable=not progress, desc="predict")
 
     def finish(item: _Pending) -> None:
         if item.failed:
