@@ -11,6 +11,7 @@ e.g. one training epoch, whose caller logs its own summary) prints only the time
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 LINE_EVERY_S = 30.0  # seconds between two lines in a log, at most: a stalled-looking log is one quiet for minutes
 LINE_EVERY_PERCENT = 10.0  # a line per tenth of the work: about a dozen lines for a stage, however long
+HF_PROGRESS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"  # the Hugging Face hub's switch (timm's weight downloads)
 LINE_FORMAT = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 LINE_FORMAT_NO_TOTAL = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"  # (tqdm's own format without a total)
 
@@ -85,3 +87,16 @@ def progress(iterable: Iterable | None = None, *, desc: str, total: float | None
     stream = sys.stderr if file is None else file
     kind = tqdm if is_terminal(stream) else LineProgress
     return kind(iterable, desc=desc, total=total, file=stream, **kwargs)
+
+
+def quiet_third_party_progress(stream: IO[str] | None = None) -> None:
+    """Off a terminal, turn off the progress bars of the libraries the kit calls that draw
+    their own: the Hugging Face hub's downloads (timm's pretrained weights), in this process
+    and in the worker processes it starts (an environment variable; a value the user set
+    wins). On a terminal nothing changes."""
+    if is_terminal(stream) or os.environ.get(HF_PROGRESS_ENV) is not None:
+        return
+    os.environ[HF_PROGRESS_ENV] = "1"
+    hub = sys.modules.get("huggingface_hub")
+    if hub is not None:  # imported already: it read the variable at import time
+        hub.utils.disable_progress_bars()

@@ -110,3 +110,25 @@ def test_a_stage_redirected_to_a_pipe_writes_no_carriage_return(tmp_path: Path, 
     lines = [line for line in _lines(stderr) if line.startswith(f"{stage}:")]
     assert 2 <= len(lines) <= MAX_LINES, stderr
     assert lines[-1].startswith(f"{stage}: 100%")
+
+
+def test_third_party_progress_is_off_in_a_log_only(monkeypatch) -> None:
+    """Off a terminal the Hugging Face hub (timm's weight downloads) draws no bars; on one it does."""
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    monkeypatch.setenv(progress_module.HF_PROGRESS_ENV, "")  # (so that monkeypatch restores the original)
+    monkeypatch.delenv(progress_module.HF_PROGRESS_ENV)
+    enable_progress_bars()
+    progress_module.quiet_third_party_progress(_Terminal())
+    assert progress_module.HF_PROGRESS_ENV not in os.environ and not are_progress_bars_disabled()
+    try:
+        progress_module.quiet_third_party_progress(io.StringIO())
+        assert os.environ[progress_module.HF_PROGRESS_ENV] == "1"  # inherited by worker processes
+        assert are_progress_bars_disabled()
+    finally:
+        enable_progress_bars()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True

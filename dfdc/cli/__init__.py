@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from dfdc.config import DEFAULT_PROFILE, ConfigError, load_config
+from dfdc.progress import quiet_third_party_progress
 
 # Pipeline order; `python -m dfdc --help` lists them in this order.
 COMMANDS = ("synth", "meta", "faces", "embed", "analyze", "folds", "train", "predict", "score", "calibrate", "kernel",
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    quiet_third_party_progress()
     try:
         cfg = load_config(args.profile, args.overrides)
         return int(modules[args.command].run(args, cfg) or 0)
