@@ -1,0 +1,86 @@
+"""The README and docs/: short README, every make target and variable documented, links that
+resolve, configuration keys that exist."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from dfdc.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+MAKE_DOC = DOCS / "make.md"
+README_MAX_LINES = 250  # what it is, how to start, where to go next; the reference lives in docs/
+README_COMMANDS = ("make demo", "make test", "make folds train", "make kernel")
+TARGET = re.compile(r"^([a-z][a-z0-9-]*)\s*:(?!=)", re.M)  # `name:` rules (not `:=` assignments)
+USER_VARIABLE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*\?=", re.M)  # what `make X=...` may set
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+KEY = re.compile(r"`[^`]*?\b([a-z]+)\.([a-z_][a-z0-9_]*)\b[^`]*`")  # `section.key` inside code spans
+NOT_KEYS = {"csv", "json", "yaml", "py", "png", "pt", "md", "npy", "txt", "jpg", "mp4", "joblib", "sh"}  # file names
+
+
+def _docs() -> list[Path]:
+    return sorted(DOCS.glob("*.md"))
+
+
+def test_readme_is_short_and_names_the_commands() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= README_MAX_LINES
+    for command in README_COMMANDS:
+        assert command in text, command
+
+
+def test_every_make_target_and_variable_is_in_docs_make() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    doc = MAKE_DOC.read_text(encoding="utf-8")
+    targets = set(TARGET.findall(makefile))
+    assert {"demo", "test", "folds", "train", "kernel", "clean"} <= targets  # the parser reads the Makefile
+    missing = sorted(t for t in targets if f"`{t}`" not in doc)
+    assert not missing, f"make targets not documented in {MAKE_DOC.name}: {missing}"
+    variables = set(USER_VARIABLE.findall(makefile)) | {"SET", "BENCH_ARGS"}
+    missing = sorted(v for v in variables if f"`{v}`" not in doc)
+    assert not missing, f"make variables not documented in {MAKE_DOC.name}: {missing}"
+
+
+@pytest.mark.parametrize("page", [README, *_docs()], ids=lambda p: p.name)
+def test_relative_links_resolve(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    broken = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address or an anchor on the same page
+        if not (page.parent / target.split("#")[0]).exists():
+            broken.append(target)
+    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+
+
+def test_readme_links_every_docs_page() -> None:
+    text = README.read_text(encoding="utf-8")
+    unlinked = [p.name for p in _docs() if f"docs/{p.name}" not in text]
+    assert not unlinked, f"docs pages the README does not link: {unlinked}"
+
+
+def test_configuration_keys_in_the_docs_exist() -> None:
+    """Every `section.key` the docs name is a field of dfdc.config (a renamed key breaks this)."""
+    cfg = Config()
+    sections = {f.name: {g.name for g in dataclasses.fields(getattr(cfg, f.name))}
+                for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    unknown = []
+    for page in [README, *_docs()]:
+        for section, key in KEY.findall(page.read_text(encoding="utf-8")):
+            if section in sections and key not in NOT_KEYS and key not in sections[section]:
+                unknown.append(f"{page.name}: {section}.{key}")
+    assert not unknown, f"configuration keys that dfdc/config.py does not have: {sorted(set(unknown))}"
+
+
+def test_every_registered_model_is_in_the_model_table() -> None:
+    from dfdc.models import list_models
+
+    table = (DOCS / "models.md").read_text(encoding="utf-8")
+    missing = [name for name in list_models() if f"`{name}`" not in table]
+    assert not missing, f"models registered but not in docs/models.md: {missing}"
