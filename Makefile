@@ -22,7 +22,7 @@ DEMO_DATA := data/demo
 DATA ?= $(DEMO_DATA)
 ifeq ($(DATA),$(DEMO_DATA))
 PROFILE ?= smoke
-# the demo's folds keep each actor in one fold (face clusters of the embeddings; README: identity folds)
+# the demo's folds keep each actor in one fold (face clusters of the embeddings; docs/folds.md: identity folds)
 GROUP_BY ?= identity
 else
 PROFILE ?= b7
