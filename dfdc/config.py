@@ -116,8 +116,9 @@ class FacesConfig:
     track_max_gap: int = 5  # a track unseen for more sampled frames than this ends
     workers: int = 1  # worker processes over videos
     image_format: str = "jpg"  # crop files: "jpg", "webp" or "png" (lossless). JPEG at image_quality 95:
-    # 5.7x smaller than PNG (10.6 vs 60.5 KB per 240-px crop) at 45.3 dB PSNR and the fastest decode (bench-faces (d); docs/benchmarks.md). Label
-    # cleaning compares the decoded video pixels before encoding, so the format cannot change it
+    # 5.7x smaller than PNG (10.6 vs 60.5 KB per 240-px crop) at 45.3 dB PSNR, the fastest decode
+    # (bench-faces (d); docs/benchmarks.md). Label cleaning compares the decoded video pixels before
+    # encoding, so the format cannot change it
     image_quality: int = 95  # JPEG / WebP quality 1-100 (PNG is lossless and ignores it); the recipe's
     # training augmentation recompresses crops at JPEG quality 60-100 anyway
 
