@@ -84,3 +84,12 @@ def test_every_registered_model_is_in_the_model_table() -> None:
     table = (DOCS / "models.md").read_text(encoding="utf-8")
     missing = [name for name in list_models() if f"`{name}`" not in table]
     assert not missing, f"models registered but not in docs/models.md: {missing}"
+
+
+def test_every_compare_system_is_in_the_compare_page() -> None:
+    from dfdc.compare import SYSTEMS
+
+    page = (DOCS / "compare.md").read_text(encoding="utf-8")
+    missing = [name for name in SYSTEMS if f"`{name}`" not in page]
+    assert {"efficientnet-b7", "lstm", "svm"} <= set(SYSTEMS)  # the registry was read
+    assert not missing, f"compare systems not in docs/compare.md: {missing}"
