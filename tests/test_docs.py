@@ -47,16 +47,25 @@ def test_every_make_target_and_variable_is_in_docs_make() -> None:
     assert not missing, f"make variables not documented in {MAKE_DOC.name}: {missing}"
 
 
+def _anchors(page: Path) -> set[str]:
+    """The heading anchors of a Markdown page, as GitHub makes them (lower case, punctuation
+    dropped, spaces to hyphens)."""
+    headings = re.findall(r"^#+\s+(.*)$", page.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 @pytest.mark.parametrize("page", [README, *_docs()], ids=lambda p: p.name)
 def test_relative_links_resolve(page: Path) -> None:
     text = page.read_text(encoding="utf-8")
     broken = []
     for target in LINK.findall(text):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
-            continue  # a web address or an anchor on the same page
-        if not (page.parent / target.split("#")[0]).exists():
+        if re.match(r"^[a-z]+:", target):
+            continue  # a web address
+        path, _, anchor = target.partition("#")
+        linked = page.parent / path if path else page
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
             broken.append(target)
-    assert not broken, f"{page.relative_to(ROOT)} links to missing files: {broken}"
+    assert not broken, f"{page.relative_to(ROOT)} links to missing files or headings: {broken}"
 
 
 def test_readme_links_every_docs_page() -> None:
