@@ -9,6 +9,7 @@ and how well the clusters were recovered (adjusted Rand index against the true c
     python bench/bench_analyze.py                       # full size, openTSNE (the default)
     python bench/bench_analyze.py --n 20000 --compare   # both t-SNE libraries side by side
     python bench/bench_analyze.py --n 20000 --tsne-3d   # with the 3-D map
+    python bench/bench_analyze.py --n 3000 --profiles b7,study004   # the kit's default vs study 004's
 
 Target: 130,000 x 512 in <= 9 minutes on 2 CPU cores (the study: 45 minutes).
 """
@@ -36,11 +37,12 @@ TARGET_SECONDS = 9 * 60  # the issue's target for 130,000 x 512 on 2 cores
 CLUSTER_STD = 4.0  # blob spread: neighbouring blobs overlap a little, as face clusters do
 
 
-def synthetic_embeddings(folder: Path, n: int, dim: int, centers: int, seed: int) -> np.ndarray:
+def synthetic_embeddings(folder: Path, n: int, dim: int, centers: int, seed: int,
+                         cluster_std: float = CLUSTER_STD) -> np.ndarray:
     """Write an embeddings folder of ``make_blobs`` points; returns the true centre per row."""
     from sklearn.datasets import make_blobs
 
-    x, truth = make_blobs(n_samples=n, n_features=dim, centers=centers, cluster_std=CLUSTER_STD,
+    x, truth = make_blobs(n_samples=n, n_features=dim, centers=centers, cluster_std=cluster_std,
                           center_box=(-10.0, 10.0), random_state=seed)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / ARRAY_FILE, x.astype(np.float16))
@@ -55,7 +57,7 @@ def synthetic_embeddings(folder: Path, n: int, dim: int, centers: int, seed: int
     return truth
 
 
-def run_once(emb: Path, out: Path, truth: np.ndarray, cfg: AnalyzeConfig) -> dict:
+def run_once(emb: Path, out: Path, truth: np.ndarray, cfg: AnalyzeConfig, setting: str = "") -> dict:
     from sklearn.metrics import adjusted_rand_score
 
     started = time.perf_counter()
@@ -63,7 +65,7 @@ def run_once(emb: Path, out: Path, truth: np.ndarray, cfg: AnalyzeConfig) -> dic
     total = time.perf_counter() - started
     labels = pd.read_csv(out / "clusters.csv")["cluster"].to_numpy()
     clustered = labels >= 0
-    return {"tsne": cfg.tsne, **report.seconds, "total": round(total, 1), "clusters": report.clusters,
+    return {**({"setting": setting} if setting else {}), "tsne": cfg.tsne, **report.seconds, "total": round(total, 1), "clusters": report.clusters,
             "noise": round(report.noise_share, 3), "ari_clustered": round(adjusted_rand_score(truth[clustered], labels[clustered]), 3)}
 
 
@@ -74,7 +76,11 @@ def main() -> int:
     parser.add_argument("--centers", type=int, default=0, help="true clusters (default n / 250, the study's average)")
     parser.add_argument("--tsne", choices=("opentsne", "sklearn"), default=None, help="t-SNE library (default: the config's)")
     parser.add_argument("--compare", action="store_true", help="run both t-SNE libraries on the same data")
+    parser.add_argument("--profiles", default="", metavar="A,B",
+                        help="run the analyze settings of these profiles on the same data (e.g. b7,study004)")
     parser.add_argument("--tsne-3d", action="store_true", help="also the 3-D map")
+    parser.add_argument("--cluster-std", type=float, default=CLUSTER_STD,
+                        help=f"blob spread (default {CLUSTER_STD}; larger: clusters overlap more, harder to recover)")
     parser.add_argument("--threads", type=int, default=0, help="t-SNE threads (0 = all cores)")
     parser.add_argument("--min-cluster-size", type=int, default=0, help="HDBSCAN min_cluster_size (default the config's)")
     parser.add_argument("--out", type=Path, default=None, help="work folder (default a temp folder)")
@@ -85,16 +91,25 @@ def main() -> int:
     cfg = dataclasses.replace(base, tsne_3d=args.tsne_3d, threads=args.threads,
                               min_cluster_size=args.min_cluster_size or base.min_cluster_size)
     backends = ["opentsne", "sklearn"] if args.compare else [args.tsne or cfg.tsne]
+    settings = [(b, dataclasses.replace(cfg, tsne=b)) for b in backends]
+    if args.profiles:
+        from dfdc.config import load_config
+
+        settings = [(name, dataclasses.replace(load_config(name).analyze, threads=args.threads,
+                                               min_cluster_size=args.min_cluster_size or base.min_cluster_size))
+                    for name in args.profiles.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-analyze-") as tmp:
         work = args.out or Path(tmp)
         t0 = time.perf_counter()
-        truth = synthetic_embeddings(work / "embeddings", args.n, args.dim, centers, seed=0)
-        print(f"synthetic embeddings: {args.n} x {args.dim}, {centers} clusters ({time.perf_counter() - t0:.1f} s to make)")
-        rows = [run_once(work / "embeddings", work / f"analysis-{b}", truth, dataclasses.replace(cfg, tsne=b))
-                for b in backends]
+        truth = synthetic_embeddings(work / "embeddings", args.n, args.dim, centers, seed=0,
+                                     cluster_std=args.cluster_std)
+        print(f"synthetic embeddings: {args.n} x {args.dim}, {centers} clusters, std {args.cluster_std} "
+              f"({time.perf_counter() - t0:.1f} s to make)")
+        rows = [run_once(work / "embeddings", work / f"analysis-{name}", truth, setting,
+                         name if args.profiles else "") for name, setting in settings]
     table = pd.DataFrame(rows)
     print(table.to_string(index=False))
-    if len(rows) == 2:
+    if len(rows) == 2 and not args.profiles:
         print(f"sklearn / openTSNE t-SNE 2-D time: {rows[1]['tsne_2d'] / rows[0]['tsne_2d']:.2f}x")
     if args.n == 130_000 and args.dim == 512:
         for row in rows:

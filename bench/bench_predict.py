@@ -18,6 +18,12 @@ The worker stage runs ``workers`` videos at once, so its throughput time per vid
 (decode + detect + crop) / workers; the stages overlap, so the total should be close to the
 slowest stage: ratio = total / max(worker stage, model), target <= 1.15. Also prints the
 projected time for 4,000 videos (the Kaggle test set): fill + 4,000 x steady.
+
+``--models 1,5`` times an ensemble of that many fold models of each architecture (the
+recipe's five B7 folds); ``--set predict.KEY=VALUE`` sets the predictor (``bench/gpu.sh`` runs
+the Kaggle kernel's T4 plan this way: fp16, 3 workers, MTCNN on the GPU, 4 CPU cores);
+``--synth KEY=VALUE`` makes other bench videos (``bench/gpu.sh --quick``: small ones) and
+``--out`` keeps videos, runs and submissions elsewhere than bench/out/predict.
 """
 
 from __future__ import annotations
@@ -46,17 +52,18 @@ def bench_config():
     return BENCH_SYNTH
 
 
-def bench_videos() -> Path:
-    """The folder of 1080p bench videos (reusing bench_faces' cache when it matches)."""
+def bench_videos(synth=None, out: Path = OUT) -> Path:  # noqa: ANN001
+    """The folder of bench videos (``synth``, default 1080p ones, reusing bench_faces' cache
+    when it matches)."""
     from dfdc.synth import generate, read_marker
 
-    synth = bench_config()
-    for data in (SHARED, OUT / "data"):
+    synth = synth or bench_config()
+    for data in (SHARED, out / "data"):
         marker = read_marker(data)
         if marker is not None and all(marker["config"].get(k) == getattr(synth, k) for k in SHAPE_KEYS):
             print(f"bench videos: {data} (cached)")
             return data / "dfdc_train_part_0"
-    data = OUT / "data"
+    data = out / "data"
     shutil.rmtree(data, ignore_errors=True)
     t = time.perf_counter()
     generate(data, synth)
@@ -64,9 +71,9 @@ def bench_videos() -> Path:
     return data / "dfdc_train_part_0"
 
 
-def video_set(source: Path, n: int) -> tuple[Path, Path]:
+def video_set(source: Path, n: int, out: Path = OUT) -> tuple[Path, Path]:
     """``n`` videos (hard links cycling over the source ones) and a sample submission."""
-    folder = OUT / f"videos{n}"
+    folder = out / f"videos{n}"
     folder.mkdir(parents=True, exist_ok=True)
     sources = sorted(source.glob("*.mp4"))
     names = []
@@ -94,19 +101,20 @@ def saved_side(ckpt: Path) -> int | None:
     return checkpoint_input(saved).size if saved.get("format") == CHECKPOINT_FORMAT else None
 
 
-def make_run(arch: str, size: int, out: Path = OUT) -> Path:
-    """A one-model run folder with random weights for ``arch`` at ``size`` px: crops and network
-    input (a cached one saved at another side -- e.g. at the model's native side, as this bench
-    did before -- is rebuilt)."""
+def make_run(arch: str, size: int, out: Path = OUT, models: int = 1) -> Path:
+    """A run folder of ``models`` fold models with random weights for ``arch`` at ``size`` px:
+    crops and network input (a cached one saved at another side -- e.g. at the model's native
+    side, as this bench did before -- is rebuilt)."""
     from dfdc.config import load_config
     from dfdc.models import create_model, save_checkpoint
 
-    run = out / f"run-{arch}-{size}"
-    ckpt = run / "fold0" / "best.pt"
-    if not ckpt.exists() or saved_side(ckpt) != size:
-        cfg = load_config("b7", [f"model.arch={arch}", "model.pretrained=none", f"faces.size={size}",
-                                 f"train.size={size}"])  # fmt: skip
-        save_checkpoint(ckpt, create_model(cfg.model, size), cfg, {"fold": 0})
+    run = out / (f"run-{arch}-{size}" + (f"-x{models}" if models > 1 else ""))
+    for fold in range(models):
+        ckpt = run / f"fold{fold}" / "best.pt"
+        if not ckpt.exists() or saved_side(ckpt) != size:
+            cfg = load_config("b7", [f"model.arch={arch}", "model.pretrained=none", f"faces.size={size}",
+                                     f"train.size={size}"])  # fmt: skip
+            save_checkpoint(ckpt, create_model(cfg.model, size), cfg, {"fold": fold})
     return run
 
 
@@ -118,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="decode+detect worker processes")
     parser.add_argument("--frames", type=int, default=32, help="frames per video")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--models", default="1", help="comma list of ensemble sizes (fold models per run)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="configuration override of the predictor, e.g. predict.fp16=true")
+    parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
+                        help="bench video setting (dfdc.config.SynthConfig), e.g. width=320")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for videos, runs and submissions")
     args = parser.parse_args(argv)
 
     import torch
@@ -125,16 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     from dfdc.config import load_config
     from dfdc.predict import predict_videos
 
-    folder, sample = video_set(bench_videos(), args.videos)
+    import dataclasses
+
+    synth = dataclasses.replace(bench_config(), **{k: type(getattr(bench_config(), k))(v) for k, v in
+                                                   (item.split("=", 1) for item in args.synth)})
+    folder, sample = video_set(bench_videos(synth, args.out), args.videos, args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"{args.videos} videos 1920x1080, {args.frames} frames each, {args.workers} workers, device {device}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")  # fmt: skip
     rows = []
-    for arch in args.archs.split(","):
-        run = make_run(arch, args.size)
+    for arch, models in [(a, int(m)) for a in args.archs.split(",") for m in args.models.split(",")]:
+        run = make_run(arch, args.size, args.out, models)
         cfg = load_config("b7", [f"predict.frames={args.frames}", f"predict.workers={args.workers}",
-                                 "predict.calibration=none"])  # fmt: skip
-        out = OUT / f"sub-{arch}" / "submission.csv"
+                                 "predict.calibration=none", *args.sets])  # fmt: skip
+        out = args.out / f"sub-{arch}-x{models}" / "submission.csv"
         report = predict_videos(folder, run, out, cfg, sample, device)
         n = max(report.processed, 1)
         s = report.seconds
@@ -146,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             {
                 "arch": arch,
+                "models": models,
+                "fp16": cfg.predict.fp16 and device != "cpu",
                 "input px": saved_side(run / "fold0" / "best.pt"),
                 "faces/video": report.faces / n,
                 "decode": decode,

@@ -5,9 +5,11 @@ through ``dfdc.train.FoldTrainer`` -- the class ``dfdc train`` runs, with its lo
 profile's augmentation, AMP, channels_last, fused AdamW, cuDNN autotune, torch.compile as the
 profile says -- on synthetic crops in the profile's crop format and size:
 
-1. loop: ``train_epoch`` over ``warm + steps`` batches of the real loader; images/s from
-   step ``warm`` on (the first steps pay worker start-up, cuDNN autotune, compilation; the
-   first step's time is printed apart);
+1. loop: ``train_epoch`` over ``warm + prefetched + steps`` batches of the real loader;
+   images/s over the last ``steps`` (the first steps pay worker start-up, cuDNN autotune,
+   compilation, and the ``prefetched`` = workers x prefetch_factor batches the workers made
+   during the first step run from stock, faster than the loader delivers; the first step's
+   time is printed apart);
 2. step: the same ``train_step`` on one batch already on the device, ``steps`` times:
    what the model alone allows;
 3. loader: faces/s of ONE loader worker (read + decode + the profile's augmentation,
@@ -60,7 +62,7 @@ MEASURED_GPU = "524 img/s, B7 240 px batch 96 bf16 fused AdamW on an H200 (synth
 TRAIN_FLOPS_PER_FORWARD = 3.0  # forward + backward is about 3 forward passes (standard rule of thumb)
 BF16_BYTES_RATIO = 0.5  # bf16 activations take half the bytes of fp32 ones
 OPTIMIZER_BYTES_PER_PARAM = 16  # fp32 weight + grad + AdamW's two moments
-GPU_BATCHES = {"b7": (12, 48, 96)}  # the recipe's 12 and the batches measured on an H200 (synthetic)
+GPU_BATCHES = {"b7": (12, 48, 96)}  # b7-recipe's 12 (the 1st place's per-GPU batch) and the batches measured on an H200 (synthetic)
 CPU_BATCHES = {"b7": (4,)}  # B7 steps take seconds on a CPU: one small batch
 POOL = 256  # distinct synthetic crops; epochs draw from them (with repeats when more are needed)
 
@@ -118,6 +120,27 @@ def saved_bytes_per_image(arch: str, size: int) -> tuple[float, int]:
     return total / 2, sum(p.numel() for p in model.parameters())
 
 
+def prefetched_batches(trainer: FoldTrainer) -> int:
+    """Batches the training loader's workers hold ready when the first step starts (workers x
+    prefetch_factor): the steps right after them run from that stock, faster than the loader
+    delivers, so the loop figure starts after them."""
+    loader = trainer.train_loader
+    return loader.num_workers * (loader.prefetch_factor or 0) if loader.num_workers > 0 else 0
+
+
+def loop_trainer(cfg, data, tmp: Path, profile: str, ctx: Dist,  # noqa: ANN001
+                 warm: int, steps: int) -> tuple[FoldTrainer, int]:
+    """The fold trainer for the loop figure and its untimed steps: ``warm`` plus the batches the
+    loader prefetched (the epoch is made that much longer, with the same workers)."""
+    trainer = FoldTrainer(cfg, data, 0, tmp / "runs" / profile, ctx)
+    skip = warm + prefetched_batches(trainer)
+    if skip > warm:
+        cfg.train.steps_per_epoch = skip + steps
+        cfg.train.loader_workers = trainer.workers  # the same workers (auto would measure them again)
+        trainer = FoldTrainer(cfg, data, 0, tmp / "runs" / profile, ctx)
+    return trainer, skip
+
+
 def bench_one(profile: str, batch: int, steps: int, warm: int, tmp: Path, sets: list[str]) -> dict:
     cfg = load_config(profile, [f"train.batch_size={batch}", f"train.steps_per_epoch={warm + steps}",
                                 "model.pretrained=none", f"train.runs_dir={tmp / 'runs'}", *sets])
@@ -129,9 +152,9 @@ def bench_one(profile: str, batch: int, steps: int, warm: int, tmp: Path, sets: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ctx = Dist(device=device)
     set_cpu_threads(cfg, ctx)  # dfdc train's rule: on a CPU, the cores less one per loader worker
-    trainer = FoldTrainer(cfg, data, 0, tmp / "runs" / profile, ctx)
+    trainer, skip = loop_trainer(cfg, data, tmp, profile, ctx, warm, steps)
     trainer.build(resume=False)
-    epoch = trainer.train_epoch(warm=warm)
+    epoch = trainer.train_epoch(warm=skip)
     trainer.sampler.set_epoch(0)
     keys = list(trainer.sampler)[:max(32, batch)]
     per_worker = loader_rate(trainer.train_ds, keys[:32])
@@ -147,7 +170,7 @@ def bench_one(profile: str, batch: int, steps: int, warm: int, tmp: Path, sets: 
     step_rate = steps * batch / (time.perf_counter() - start)
     return {"profile": profile, "arch": cfg.model.arch, "size": trainer.input.size, "batch": batch,
             "crop_format": fmt, "amp": trainer.amp if trainer.use_amp else "fp32", "compile": cfg.train.compile,
-            "workers": trainer.workers, "loop_images_per_s": epoch.steady_images_per_s,
+            "workers": trainer.workers, "loop_images_per_s": epoch.steady_images_per_s, "loop_untimed_steps": skip,
             "first_step_seconds": epoch.first_step_seconds, "step_images_per_s": step_rate,
             "loader_faces_per_s_per_worker": per_worker, "workers_needed": step_rate / per_worker,
             "loop_over_step": epoch.steady_images_per_s / step_rate, "device": str(device)}
@@ -190,7 +213,8 @@ def main() -> int:
                 rows.append(row)
                 print(f"{profile:6s} {row['arch']} {row['size']} px batch {batch:3d} {row['amp']}: "
                       f"loop {row['loop_images_per_s']:7.1f} img/s (first step {row['first_step_seconds']:.1f} s, "
-                      f"{row['workers']} workers), step alone {row['step_images_per_s']:7.1f} img/s; loader "
+                      f"{row['workers']} workers, timed after {row['loop_untimed_steps']} steps), "
+                      f"step alone {row['step_images_per_s']:7.1f} img/s; loader "
                       f"{row['loader_faces_per_s_per_worker']:.0f} faces/s per worker ({row['crop_format']}) -> "
                       f"{row['workers_needed']:.2f} workers for the step; loop/step {row['loop_over_step']:.2f} "
                       f"[measured on {row['device']}]")

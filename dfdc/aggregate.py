@@ -2,7 +2,7 @@
 predictions, calibration and the predictor, so the three cannot drift.
 
 ``finalize(probs, cfg)`` = ``ensemble_probability`` (``aggregate`` per model, then the mean
-over models) -> ``apply_temperature`` -> ``clip``. The settings of those steps are what
+over models) -> ``apply_temperature`` (temperature and logit offset) -> ``clip``. The settings of those steps are what
 ``dfdc calibrate`` chooses; ``calibration.json`` holds them (``read_calibration``,
 ``load_calibration``, ``apply_calibration`` here, so the predictor reads them without
 depending on the calibration stage).
@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,12 @@ from dfdc.config import PredictConfig
 
 METHODS = ("mean", "confident")  # rules over a video's face P(FAKE) (frame models; calibration searches them)
 TRACK_METHODS = ("max", "mean")  # rules over a video's track P(FAKE) (sequence models, sequence.aggregation)
+CONSTANT_TOLERANCE = 1e-6  # a model whose unit P(FAKE) all lie within this of each other is constant
+# (reported loudly): seen with 4 train / 2 predict frames on a 19-video tree, AUC 0.53 from ties alone
 EPS = 1e-15  # Kaggle clips predictions at [1e-15, 1 - 1e-15]; also keeps logits finite
 CALIBRATION = "calibration.json"  # in a run folder, written by dfdc calibrate
-CALIBRATION_KEYS = ("aggregation", "temperature", "clip")
+CALIBRATION_KEYS = ("aggregation", "temperature", "clip")  # what every calibration.json holds
+OPTIONAL_KEYS = {"bias": 0.0}  # and what a calibration may hold (older ones: the default)
 TRACK_UNIT = "track"  # calibration.json "unit" of a sequence model's calibration (else faces)
 # the "confident" rule's parameters the calibration was fitted with: applied with it
 CONFIDENT_KEYS = (
@@ -101,13 +104,15 @@ def aggregate(probs: np.ndarray, method: str, cfg: PredictConfig) -> float:
     return float(p.mean())
 
 
-def apply_temperature(p: float | np.ndarray, t: float) -> float | np.ndarray:
-    """``sigmoid(logit(p) / t)``: t > 1 pulls towards 0.5, t < 1 pushes away, t = 1 is identity."""
+def apply_temperature(p: float | np.ndarray, t: float, bias: float = 0.0) -> float | np.ndarray:
+    """``sigmoid(logit(p) / t + bias)``: t > 1 pulls towards 0.5, t < 1 pushes away; ``bias``
+    moves the threshold (< 0 towards REAL; temperature + bias is Platt scaling with a = 1/t);
+    t = 1 with bias 0 is the identity."""
     if not t > 0:
         raise AggregationError(f"temperature must be > 0, got {t}")
     q = np.clip(np.asarray(p, dtype=np.float64), EPS, 1.0 - EPS)
-    out = 1.0 / (1.0 + np.exp(-np.log(q / (1.0 - q)) / t))
-    out = np.where(t == 1.0, np.asarray(p, dtype=np.float64), out)
+    out = 1.0 / (1.0 + np.exp(-(np.log(q / (1.0 - q)) / t + bias)))
+    out = np.where(t == 1.0 and bias == 0.0, np.asarray(p, dtype=np.float64), out)
     return float(out) if np.ndim(out) == 0 else out
 
 
@@ -133,7 +138,8 @@ def ensemble_probability(per_model: np.ndarray | list[np.ndarray], method: str, 
 def finalize(probs: np.ndarray, cfg: PredictConfig) -> float:
     """The submitted P(FAKE) of a video: ``ensemble_probability`` (cfg.aggregation; rows of a
     2-D ``probs`` are models), temperature, clip."""
-    return clip(apply_temperature(ensemble_probability(probs, cfg.aggregation, cfg), cfg.temperature), cfg.clip)
+    return clip(apply_temperature(ensemble_probability(probs, cfg.aggregation, cfg), cfg.temperature, cfg.bias),
+                cfg.clip)
 
 
 VIDEO_KEYS = ("video", "label", "fold")  # what names a video in a per-unit table (fold when present)
@@ -177,11 +183,13 @@ def _validate(calibration: Any, where: str) -> dict[str, Any]:
     try:
         values = {"aggregation": str(calibration["aggregation"]), "temperature": float(calibration["temperature"]),
                   "clip": float(calibration["clip"])}
+        values.update({key: float(calibration.get(key, default)) for key, default in OPTIONAL_KEYS.items()})
         if calibration.get("frames") is not None:
             values["frames"] = int(calibration["frames"])
     except (TypeError, ValueError):
-        raise CalibrationError(f"{where}: temperature, clip and frames must be numbers; {FIX}") from None
+        raise CalibrationError(f"{where}: temperature, bias, clip and frames must be numbers; {FIX}") from None
     if values["aggregation"] not in unit_rules(calibration) or not values["temperature"] > 0 \
+            or not np.isfinite(values["bias"]) \
             or not 0 <= values["clip"] < 0.5 or values.get("frames", 1) <= 0:
         raise CalibrationError(f"{where}: calibration values out of range: {values}; {FIX}")
     return values
@@ -228,13 +236,13 @@ def explicit_keys(overrides: list[str], flags: Collection[str] = ()) -> set[str]
         name = item.split("=", 1)[0].strip()
         if name.startswith("predict."):
             keys.add(name.split(".", 1)[1])
-    return keys & set(CALIBRATION_KEYS + CONFIDENT_KEYS)
+    return keys & set(CALIBRATION_KEYS + tuple(OPTIONAL_KEYS) + CONFIDENT_KEYS)
 
 
 def apply_calibration(
     cfg: PredictConfig, calibration: dict[str, Any], explicit: Collection[str] = ()
 ) -> PredictConfig:
-    """A copy of ``cfg`` with the calibrated aggregation, temperature and clip (and the
+    """A copy of ``cfg`` with the calibrated aggregation, temperature, bias and clip (and the
     confident-rule parameters they were fitted with), except the ``explicit`` keys (set by
     the user on the command line, which win). A calibration of track units (a sequence
     model's, ``"unit": "track"``) leaves ``aggregation``, a rule over faces, alone: its rule
@@ -248,3 +256,16 @@ def apply_calibration(
     if calibration.get("unit") == TRACK_UNIT:
         del values["aggregation"]
     return dataclasses.replace(cfg, **{k: v for k, v in values.items() if k not in explicit})
+
+
+def constant_models(names: Sequence[str], spread: np.ndarray, units: int, unit: str = "face") -> list[str]:
+    """A warning per model (``names``; ``spread``: each one's min and max P(FAKE) over its
+    ``units`` units) whose every unit (``unit``: face or track) got the same P(FAKE) within
+    ``CONSTANT_TOLERANCE``, over at least 2 units: its ranking of the videos is ties only (an
+    AUC near 0.5 from ties, not skill), usually an untrained or collapsed model. Used at the
+    end of training (per fold, on its OOF) and of prediction (per model)."""
+    if units < 2:
+        return []
+    return [f"{name}: all {units} {unit} predictions are {lo:.4f} (a constant model: untrained or collapsed; its "
+            "ranking of the videos is ties only); train longer, on more frames and videos"
+            for name, (lo, hi) in zip(names, spread) if np.isfinite(lo) and hi - lo <= CONSTANT_TOLERANCE]

@@ -13,12 +13,16 @@ into ``out``::
     gallery_cluster_K.png  a grid of face crops of each of the largest clusters
     map3d.png            with ``analyze.tsne_3d``: the 3-D map coloured by cluster
 
-The pipeline (the study: B7 embeddings -> PCA(50) -> t-SNE -> HDBSCAN, 520 clusters from
-130,000 faces in 45 minutes): scikit-learn's ``PCA`` (randomized SVD on large inputs) to
-``analyze.pca_components``; t-SNE with openTSNE (FFT-interpolated gradients; the 2-D map)
-or scikit-learn's Barnes-Hut; ``sklearn.cluster.HDBSCAN`` on the 2-D map (or on the PCA
-scores, ``analyze.cluster_space: pca``). ``embed_map`` is the same pipeline as a function
-of an array (identity folds use it).
+The pipeline (study 004: B7 embeddings -> ``PCA(n_components=50)`` -> ``TSNE(perplexity=50,
+n_components=3)`` -> HDBSCAN, 520 clusters from 130,000 faces in 45 minutes): scikit-learn's
+``PCA`` (randomized SVD on large inputs) to ``analyze.pca_components``; t-SNE with openTSNE
+(FFT-interpolated gradients; the 2-D map) or scikit-learn's Barnes-Hut;
+``sklearn.cluster.HDBSCAN`` on the 2-D map (the kit's default), on the 3-D map
+(``analyze.cluster_space: tsne3d``, with ``analyze.tsne_3d``) or on the PCA scores
+(``analyze.cluster_space: pca``). The study's own setting -- scikit-learn's t-SNE at
+perplexity 50 in 3-D, HDBSCAN on that map -- is the profile ``study004``
+(``dfdc analyze --profile study004``). ``embed_map`` is the same pipeline as a function of an
+array (identity folds use it).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json
 from dfdc.threads import available_cores
 
 TSNE_BACKENDS = ("opentsne", "sklearn")
-CLUSTER_SPACES = ("tsne", "pca")
+CLUSTER_SPACES = ("tsne", "tsne3d", "pca")  # HDBSCAN on: the 2-D map, the 3-D map (study 004), the PCA scores
 NOISE = -1  # HDBSCAN's label of points in no cluster
 LARGE_PCA = 20_000  # rows from which PCA uses the randomized solver (exact SVD is slow there)
 MIN_TSNE_POINTS = 4  # t-SNE needs a handful of points (perplexity < (n - 1) / 3)
@@ -90,6 +94,8 @@ def check_config(cfg: AnalyzeConfig) -> None:
         raise AnalysisError(f"analyze.tsne={cfg.tsne!r}: use one of {', '.join(TSNE_BACKENDS)}")
     if cfg.cluster_space not in CLUSTER_SPACES:
         raise AnalysisError(f"analyze.cluster_space={cfg.cluster_space!r}: use one of {', '.join(CLUSTER_SPACES)}")
+    if cfg.cluster_space == "tsne3d" and not cfg.tsne_3d:
+        raise AnalysisError("analyze.cluster_space=tsne3d clusters the 3-D map: set analyze.tsne_3d: true too")
     if cfg.pca_components < 2 or cfg.min_cluster_size < 2 or cfg.perplexity <= 0:
         raise AnalysisError("analyze.pca_components and analyze.min_cluster_size must be >= 2, perplexity > 0")
 
@@ -141,8 +147,8 @@ def hdbscan_labels(x: np.ndarray, cfg: AnalyzeConfig, min_cluster_size: int | No
 
 def embed_map(x: np.ndarray, cfg: AnalyzeConfig, min_cluster_size: int | None = None,
               with_map: bool = True) -> MapResult:
-    """PCA -> t-SNE (2-D, and 3-D when ``cfg.tsne_3d``) -> HDBSCAN of an N x D array
-    (``with_map=False`` with ``cluster_space: pca``: clusters only, no t-SNE)."""
+    """PCA -> t-SNE (2-D, and 3-D when ``cfg.tsne_3d``) -> HDBSCAN (on ``cfg.cluster_space``)
+    of an N x D array (``with_map=False`` with ``cluster_space: pca``: clusters only, no t-SNE)."""
     check_config(cfg)
     if not with_map and cfg.cluster_space != "pca":
         raise AnalysisError("clusters without the t-SNE map need analyze.cluster_space: pca")
@@ -160,7 +166,8 @@ def embed_map(x: np.ndarray, cfg: AnalyzeConfig, min_cluster_size: int | None = 
         map3d = tsne(scores, 3, cfg)
         seconds["tsne_3d"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    labels = hdbscan_labels(map2d if cfg.cluster_space == "tsne" else scores, cfg, min_cluster_size)
+    space = {"tsne": map2d, "tsne3d": map3d, "pca": scores}[cfg.cluster_space]
+    labels = hdbscan_labels(space, cfg, min_cluster_size)
     seconds["hdbscan"] = time.perf_counter() - t0
     return MapResult(scores, explained, map2d, labels, map3d, seconds)
 
@@ -380,6 +387,7 @@ def analyze(embeddings_dir: Path, out: Path, cfg: AnalyzeConfig, faces_dir: Path
     summary = summarize(index, result.labels)
     summary.update({"embeddings": str(embeddings_dir), "pca_components": int(result.pca.shape[1]),
                     "explained_variance": round(float(np.sum(result.explained)), 4), "tsne": cfg.tsne,
+                    "perplexity": cfg.perplexity, "tsne_3d": cfg.tsne_3d,
                     "cluster_space": cfg.cluster_space, "min_cluster_size": cfg.min_cluster_size, "seconds": seconds})
     atomic_write_json(out / "summary.json", strict_json(summary))
     files.insert(2, "summary.json")

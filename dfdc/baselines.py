@@ -160,7 +160,7 @@ def train_baselines(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[i
             report.folds.append(_fit_fold(cfg, data, fold, run_dir, frozen.array, model, share))
     report.folds.sort(key=lambda r: chosen.index(r.fold))
     report.oof_logloss, report.oof_auc, report.oof_videos = merge_oof(run_dir, OOF_FACES, t.val_clip,
-                                                                      data.fingerprints, available)
+                                                                      data.fingerprints, available, t.val_balanced)
     return report
 
 
@@ -192,7 +192,7 @@ def _fit_fold(cfg: Config, data: Any, fold: int, run_dir: Path, features: np.nda
     faces = table.loc[val_idx, ["video", "y", "fold", "frame", "face"]].rename(columns={"y": "label"})
     faces = faces.assign(prob=val_p).reset_index(drop=True)
     videos = aggregate_videos(faces, t.val_aggregation, cfg.predict)
-    val_logloss, val_auc = video_logloss(videos, t.val_clip)
+    val_logloss, val_auc = video_logloss(videos, t.val_clip, t.val_balanced)
     save_checkpoint(folder / "best.pt", model, cfg, {"fold": fold, "epoch": 0, "val_logloss": val_logloss})
     with atomic_open(folder / "estimator.joblib", "wb") as handle:
         joblib.dump(estimator, handle)

@@ -67,11 +67,11 @@ import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import (
-    CALIBRATION, CONFIDENT_KEYS, METHODS, TRACK_UNIT, CalibrationError, apply_temperature, clip, ensemble_probability,
+    CALIBRATION, CONFIDENT_KEYS, EPS, METHODS, TRACK_UNIT, CalibrationError, apply_temperature, clip, ensemble_probability,
 )
 from dfdc.config import Config, PredictConfig
 from dfdc.io import atomic_write_csv, atomic_write_json, read_table
-from dfdc.metrics import log_loss, plot_reliability
+from dfdc.metrics import log_loss, plot_reliability, prior_log_loss
 
 CALIBRATION_FACES = "calibration_faces.csv"
 CALIBRATION_DIR = "calibration"  # RUN/calibration/fold{k}/: the per-fold predictor outputs
@@ -223,27 +223,61 @@ def run_unit(run_dir: Path) -> str:
     return TRACK_UNIT if kind == "sequence" else "face"
 
 
-def search(raw: dict[str, np.ndarray], y: np.ndarray, temperatures: np.ndarray, clips: np.ndarray) -> dict[str, Any]:
-    """Best (method, temperature, clip) by log loss; ``raw`` maps method -> video probs.
+def _bias_grid(spec: tuple[float, float, int]) -> np.ndarray:
+    """Linear grid of logit offsets plus 0, ordered by distance from 0 (0 first)."""
+    low, high, steps = spec
+    if not low <= 0 <= high or int(steps) < 1:
+        raise CalibrationError(f"calibrate.biases={spec}: expected (min <= 0, max >= 0, steps >= 1)")
+    values = np.unique(np.append(np.linspace(low, high, int(steps)), 0.0))
+    return values[np.argsort(np.abs(values), kind="stable")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """The settings one search may choose from: rules (``raw``: rule -> video P(FAKE)),
+    temperatures, clips and logit offsets, each in the order ties are broken."""
+
+    raw: dict[str, np.ndarray]
+    temperatures: np.ndarray
+    clips: np.ndarray
+    biases: np.ndarray
+
+    def subset(self, index: np.ndarray) -> Space:
+        return dataclasses.replace(self, raw=_subset(self.raw, index))
+
+
+def search(space: Space, y: np.ndarray, fake_share: float) -> dict[str, Any]:
+    """Best (aggregation, temperature, bias, clip) by the prior-weighted log loss
+    (``dfdc.metrics.prior_log_loss`` at ``fake_share``).
 
     Candidates are tried in the given order and only a strictly lower loss replaces the
     best, so among equal losses the first (closest to the baseline) wins.
     """
     best: dict[str, Any] | None = None
-    for method, p in raw.items():
-        for t in temperatures:
-            q = apply_temperature(p, float(t))
-            for c in clips:
-                loss = log_loss(y, clip(q, float(c)))
-                if best is None or loss < best["loss"]:
-                    best = {"aggregation": method, "temperature": float(t), "clip": float(c), "loss": loss}
+    y = np.asarray(y, dtype=int)
+    classes = [(y == 1, fake_share), (y == 0, 1.0 - fake_share)] if 0 < y.mean() < 1 else [(y >= 0, 1.0)]
+    bounds = np.asarray(space.clips, dtype=np.float64)[:, None]
+    for method, p in space.raw.items():
+        for t in space.temperatures:
+            for b in space.biases:
+                q = np.clip(np.clip(apply_temperature(p, float(t), float(b)), bounds, 1.0 - bounds), EPS, 1.0 - EPS)
+                terms = -np.where(y == 1, np.log(q), np.log(1.0 - q))  # clips x videos: every clip at once
+                losses = sum(weight * terms[:, rows].mean(axis=1) for rows, weight in classes)
+                k = int(np.argmin(losses))  # the first of equal losses: tie order kept
+                if best is None or losses[k] < best["loss"]:
+                    best = {"aggregation": method, "temperature": float(t), "bias": float(b),
+                            "clip": float(space.clips[k]), "loss": float(losses[k])}
     assert best is not None
     return best
 
 
-def _score(setting: dict[str, Any], raw: dict[str, np.ndarray], y: np.ndarray) -> float:
-    p = clip(apply_temperature(raw[setting["aggregation"]], setting["temperature"]), setting["clip"])
-    return log_loss(y, p)
+def _probs(setting: dict[str, Any], raw: dict[str, np.ndarray]) -> np.ndarray:
+    return clip(apply_temperature(raw[setting["aggregation"]], setting["temperature"], setting.get("bias", 0.0)),
+                setting["clip"])
+
+
+def _score(setting: dict[str, Any], raw: dict[str, np.ndarray], y: np.ndarray, fake_share: float) -> float:
+    return prior_log_loss(y, _probs(setting, raw), fake_share)
 
 
 def _subset(raw: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
@@ -261,6 +295,37 @@ def nested_split(y: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(fit_idx), np.sort(hold_idx)
 
 
+SETTING_KEYS = ("aggregation", "temperature", "bias", "clip")
+
+
+def _spaces(raw: dict[str, np.ndarray], rule: str, small: bool, cfg: Config) -> tuple[Space, Space]:
+    """(free, soft): what the guarded search may choose beyond the baseline, and softening only
+    (the baseline's rule, T >= 1, clip >= predict.clip, no offset). Below calibrate.min_videos
+    the free space softens too and its offsets are bounded by calibrate.small_bias."""
+    pcfg, ccfg = cfg.predict, cfg.calibrate
+    temperatures = _grid(ccfg.temperatures, 1.0, "temperatures")
+    clips = _grid(ccfg.clips, pcfg.clip, "clips")
+    clips = clips[clips < 0.5]  # clip(p, c) needs c < 0.5
+    biases = _bias_grid(ccfg.biases)
+    soft = Space({rule: raw[rule]}, temperatures[temperatures >= 1.0], clips[clips >= pcfg.clip], biases[:1])
+    if small:
+        return dataclasses.replace(soft, biases=biases[np.abs(biases) <= ccfg.small_bias]), soft
+    return Space(raw, temperatures, clips, biases), soft
+
+
+def _bounded(free: Space, validated: dict[str, Any], rule: str, pclip: float) -> tuple[Space, dict[str, Any]]:
+    """The final search's space: no sharper and no further from 0 than the validated setting."""
+    bound = {"temperature": min(1.0, validated["temperature"]), "clip": min(pclip, validated["clip"]),
+             "aggregations": list(dict.fromkeys([rule, validated["aggregation"]])),
+             "bias": sorted((0.0, validated["bias"]))}
+    low, high = bound["bias"]
+    space = Space({m: free.raw[m] for m in bound["aggregations"]},
+                  free.temperatures[free.temperatures >= bound["temperature"]],
+                  free.clips[free.clips >= bound["clip"]],
+                  free.biases[(free.biases >= low) & (free.biases <= high)])
+    return space, bound
+
+
 def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The search with its guard (steps 2 and 3) on per-unit predictions (``FACES_COLUMNS``:
     faces, or the tracks of a sequence model with ``unit`` "track").
@@ -268,76 +333,77 @@ def fit(faces: pd.DataFrame, cfg: Config, unit: str = "face") -> tuple[dict[str,
     Returns the calibration dictionary and the before/after video probabilities (for plots).
     """
     pcfg, ccfg = cfg.predict, cfg.calibrate
+    share = ccfg.test_fake_share
+    if not 0.0 < share < 1.0:
+        raise CalibrationError(f"calibrate.test_fake_share={share}: expected a share strictly between 0 and 1")
     rule = cfg.sequence.aggregation if unit == TRACK_UNIT else pcfg.aggregation  # the predictor's, uncalibrated
     methods = (rule,) if unit == TRACK_UNIT else tuple([rule] + [m for m in METHODS if m != rule])  # baseline first
     y, raw, _ = video_probs(faces, pcfg, methods)
-    temperatures = _grid(ccfg.temperatures, 1.0, "temperatures")
-    clips = _grid(ccfg.clips, pcfg.clip, "clips")
-    clips = clips[clips < 0.5]  # clip(p, c) needs c < 0.5
-    soft_t, soft_c = temperatures[temperatures >= 1.0], clips[clips >= pcfg.clip]
-    soft_raw = {rule: raw[rule]}  # softening keeps the baseline's rule: another one is a sharper setting too
-    baseline = {"aggregation": rule, "temperature": 1.0, "clip": pcfg.clip}
+    baseline = {"aggregation": rule, "temperature": 1.0, "bias": 0.0, "clip": pcfg.clip}
+    small = len(y) < ccfg.min_videos
+    free_space, soft_space = _spaces(raw, rule, small, cfg)
 
-    def sharper(setting: dict[str, Any]) -> bool:
-        return setting["temperature"] < 1.0 or setting["clip"] < pcfg.clip or setting["aggregation"] != rule
+    def moved(setting: dict[str, Any]) -> bool:  # beyond softening: sharper, another rule, or an offset
+        return (setting["temperature"] < 1.0 or setting["clip"] < pcfg.clip or setting["aggregation"] != rule
+                or setting["bias"] != 0.0)
 
     halves: dict[str, Any] = {}
-    small = len(y) < ccfg.min_videos
-    sharper_allowed = False
+    allowed = False
     split = nested_split(y, ccfg.holdout_share, ccfg.seed)
     if split is not None:
         fit_idx, hold_idx = split
-        free = search(_subset(raw, fit_idx), y[fit_idx], temperatures, clips)
-        soft = search(_subset(soft_raw, fit_idx), y[fit_idx], soft_t, soft_c)
+        free = search(free_space.subset(fit_idx), y[fit_idx], share)
+        soft = search(soft_space.subset(fit_idx), y[fit_idx], share)
         for part, index in (("fit", fit_idx), ("holdout", hold_idx)):
-            halves[part] = {
-                "videos": int(len(index)),
-                "before": _score(baseline, _subset(raw, index), y[index]),
-                "free": _score(free, _subset(raw, index), y[index]),
-                "soft": _score(soft, _subset(raw, index), y[index]),
-            }
-        halves["free_setting"] = {k: free[k] for k in ("aggregation", "temperature", "clip")}
-        halves["soft_setting"] = {k: soft[k] for k in ("aggregation", "temperature", "clip")}
-        sharper_allowed = (not small and sharper(free)
-                           and halves["holdout"]["free"] < halves["holdout"]["soft"])
+            halves[part] = {"videos": int(len(index)),
+                            **{name: _score(setting, _subset(raw, index), y[index], share)
+                               for name, setting in (("before", baseline), ("free", free), ("soft", soft))}}
+        halves["free_setting"] = {k: free[k] for k in SETTING_KEYS}
+        halves["soft_setting"] = {k: soft[k] for k in SETTING_KEYS}
+        allowed = moved(free) and halves["holdout"]["free"] < halves["holdout"]["soft"]
     bound: dict[str, Any] = {}
-    if sharper_allowed:  # sharpening no further than the setting that won on the held-out part
-        validated = halves["free_setting"]
-        bound = {"temperature": min(1.0, validated["temperature"]), "clip": min(pcfg.clip, validated["clip"]),
-                 "aggregations": list(dict.fromkeys([rule, validated["aggregation"]]))}
-        best = search({m: raw[m] for m in bound["aggregations"]}, y, temperatures[temperatures >= bound["temperature"]],
-                      clips[clips >= bound["clip"]])
+    if allowed:  # no further than the setting that won on the held-out part
+        space, bound = _bounded(free_space, halves["free_setting"], rule, pcfg.clip)
+        best = search(space, y, share)
     else:
-        best = search(soft_raw, y, soft_t, soft_c)
-    before_p = clip(raw[rule], pcfg.clip)
-    after_p = clip(apply_temperature(raw[best["aggregation"]], best["temperature"]), best["clip"])
-    if small:
-        guard = (f"fewer than calibrate.min_videos={ccfg.min_videos} videos: only softening tried "
-                 f"({rule}, T >= 1, clip >= {pcfg.clip:g})")
-    elif sharper_allowed:
-        guard = ("a sharper setting won on the held-out part too: sharpening allowed down to it "
-                 f"(T >= {bound['temperature']:.3g}, clip >= {bound['clip']:.3g}, {' or '.join(bound['aggregations'])})")
-    elif halves and sharper(halves.get("free_setting", baseline)):
-        guard = "the sharper setting chosen on the fit part lost on the held-out part: only softening kept"
-    else:
-        guard = "no sharper setting was better on the fit part: only softening"
+        best = search(soft_space, y, share)
+    before_p, after_p = _probs(baseline, raw), _probs(best, raw)
     result = {
-        "aggregation": best["aggregation"],
-        "temperature": best["temperature"],
-        "clip": best["clip"],
-        "logloss_before": log_loss(y, before_p),
+        **{k: best[k] for k in SETTING_KEYS},
+        "logloss_before": prior_log_loss(y, before_p, share),
         "logloss_after": best["loss"],
+        "test_fake_share": share,
+        "logloss_plain_before": log_loss(y, before_p),
+        "logloss_plain_after": log_loss(y, after_p),
         "videos": int(len(y)),
+        "fake_share": float(np.mean(y)),
         "unit": unit,
         f"{unit}s": int(len(faces)),
-        "sharper_allowed": bool(sharper_allowed),
-        "guard": guard,
+        "sharper_allowed": bool(allowed),
+        "guard": _guard_text(small, allowed, halves, bound, moved, baseline, rule, cfg),
         "halves": halves,
         "bound": bound,
         "baseline": baseline,
         **{key: getattr(pcfg, key) for key in CONFIDENT_KEYS},
     }
     return result, {"before": before_p, "after": after_p, "y": y}
+
+
+def _guard_text(small: bool, allowed: bool, halves: dict[str, Any], bound: dict[str, Any], moved: Any,
+                baseline: dict[str, Any], rule: str, cfg: Config) -> str:
+    """What the guard let the final search do, in words (calibration.json's ``guard``)."""
+    pcfg, ccfg = cfg.predict, cfg.calibrate
+    lead = (f"fewer than calibrate.min_videos={ccfg.min_videos} videos: softening only ({rule}, T >= 1, clip >= "
+            f"{pcfg.clip:g}) and |bias| <= calibrate.small_bias={ccfg.small_bias:g}; " if small else "")
+    if allowed:
+        return lead + ("the setting chosen on the fit part won on the held-out part too: the final search may go "
+                       f"as far as it (T >= {bound['temperature']:.3g}, clip >= {bound['clip']:.3g}, bias in "
+                       f"[{bound['bias'][0]:.3g}, {bound['bias'][1]:.3g}], {' or '.join(bound['aggregations'])})")
+    if halves and moved(halves.get("free_setting", baseline)):
+        return lead + "the setting chosen on the fit part lost on the held-out part: only softening kept"
+    if not halves:
+        return lead + "too few videos of a class for the nested split: only softening"
+    return lead + "nothing beyond softening was better on the fit part: only softening"
 
 
 def calibrate(
@@ -360,7 +426,8 @@ def calibrate(
     plot_reliability(
         y,
         {f"before ({result['baseline']['aggregation']}, clip {cfg.predict.clip:g})": curves["before"],
-         f"after ({result['aggregation']}, T {result['temperature']:.3g}, clip {result['clip']:.3g})": curves["after"]},
+         f"after ({result['aggregation']}, T {result['temperature']:.3g}, bias {result['bias']:.3g}, "
+         f"clip {result['clip']:.3g})": curves["after"]},
         run_dir / CALIBRATION_PLOT,
         title=f"held-out training videos, each fold's model alone: {len(y)} videos",
     )

@@ -8,10 +8,14 @@ on them -- all through the kit's own stages (``dfdc.train.train``,
 ``dfdc.predict.predict_videos``, ``dfdc.metrics``). Outputs in ``out_dir``
 (``submissions/compare/``)::
 
-    compare.csv      one row per system: system, kind, study, params, oof_logloss, oof_auc,
-                     oof_logloss_std / oof_auc_std (spread over folds), folds, heldout_logloss,
-                     heldout_auc, train_seconds, predict_s_per_video, wall_seconds, error
-    compare.png      log loss and AUC per system: pooled OOF bar, one dot per fold, held-out mark
+    compare.csv      one row per system: system, kind, study (the reference study it comes from),
+                     study_reported (that study's own figure and its metric, on its own data),
+                     init (imagenet | random: how the row's weights started, from the run's
+                     resolved model config), params, oof_logloss, oof_auc, oof_logloss_std /
+                     oof_auc_std (spread over folds), folds, heldout_logloss, heldout_auc,
+                     train_seconds, predict_s_per_video, wall_seconds, error
+    compare.png      log loss and AUC per system [study, init]: pooled OOF bar, one dot per fold,
+                     held-out mark
     <system>/        the system's submission.csv, predictions.csv, report.{json,md}, result.json
 
 Models go to ``runs_dir/<system>/`` (``runs/compare/``); a frame system keeps each fold's
@@ -22,8 +26,12 @@ Models go to ``runs_dir/<system>/`` (``runs/compare/``); a frame system keeps ea
 scratch. A system that fails (bad weights, a crash) is reported in the ``error`` column
 and the others go on; a rerun retries it.
 
-Adding a system is one ``register_system`` call (frame classifiers: ``frame_system``); any
-model ``dfdc train`` takes is selected by ``model.arch`` in its overrides, e.g.::
+The studies' systems are one table (``STUDY_SYSTEMS``: name, study, the study's figure, setup);
+``--systems all`` runs ``DEFAULT_SYSTEMS`` (one name a line). A study's grid (``GRIDS``:
+``000-cnn``, ``000-rnn``, ``000-mlp``) is one command, ``dfdc compare --grid 000-rnn``: each
+variant a system of its own, with its own run folder and row. Adding a system is one
+``register_system`` call (frame classifiers: ``frame_system``); any model ``dfdc train`` takes
+is selected by ``model.arch`` in its overrides, e.g.::
 
     register_system(System("gru-2layer", train=train_frame, predict=predict_frame, kind="sequence",
                            study="000", overrides=("model.arch=gru", "model.rnn_layers=2", *HEAD_STEPS)))
@@ -54,21 +62,24 @@ import pandas as pd
 import yaml
 
 from dfdc.aggregate import clip as clip_probability
-from dfdc.config import Config, ConfigError, FacesConfig, apply_override, config_from_dict
+from dfdc.config import Config, ConfigError, FacesConfig, ModelConfig, apply_override, config_from_dict, read_config
 from dfdc.data import folds_fingerprint
 from dfdc.faceindex import INDEX
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json, read_table
 from dfdc.metrics import read_labels, score_submission, video_metrics
 
-COLUMNS = ["system", "kind", "study", "params", "oof_logloss", "oof_auc", "oof_logloss_std", "oof_auc_std", "folds",
-           "heldout_logloss", "heldout_auc", "train_seconds", "predict_s_per_video", "wall_seconds", "error"]
+COLUMNS = ["system", "kind", "study", "study_reported", "init", "params", "oof_logloss", "oof_auc", "oof_logloss_std",
+           "oof_auc_std", "folds", "heldout_logloss", "heldout_auc", "train_seconds", "predict_s_per_video",
+           "wall_seconds", "error"]
 INT_COLUMNS = {"params": "Int64", "folds": "Int64"}
 OOF_COLUMNS = ("video", "label", "fold", "pred")  # what a system's train returns (dfdc.train's oof.csv has them)
 RESULT_FILE = "result.json"  # per system, in out_dir/<system>/: its row, per-fold figures, fingerprint
+RUN_CONFIG = "config.yaml"  # per system, in its run dir: the resolved configuration it was trained with
 STARTED_FILE = "compare.json"  # per system, in its run dir: the fingerprint it was started with
 HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input file
 CSV_NAME, PNG_NAME = "compare.csv", "compare.png"
 NOT_GIVEN = "not given"  # a study's figure that the study does not publish
+INIT_IMAGENET, INIT_RANDOM = "imagenet", "random"  # the init column: how a row's weights started
 
 
 # ----------------------------------------------------------------------------- the system contract
@@ -127,8 +138,14 @@ class System:
     overrides: tuple[str, ...] = ()  # section.key=value over the compare profile
     kind: str = "frame"  # frame | sequence | baseline (informational)
     study: str = ""  # the reference study it comes from
-    reported: str = NOT_GIVEN  # the study's own published figure, or NOT_GIVEN
+    reported: str = NOT_GIVEN  # the study's own figure and its metric (compare.csv's study_reported), or NOT_GIVEN
     description: str = ""
+
+    @property
+    def arch(self) -> str | None:
+        """The model it trains (its ``model.arch`` override; None: a system with its own code)."""
+        archs = [o.split("=", 1)[1].strip() for o in self.overrides if o.split("=", 1)[0].strip() == "model.arch"]
+        return archs[-1] if archs else None
 
 
 SYSTEMS: dict[str, System] = {}
@@ -142,15 +159,52 @@ def register_system(system: System) -> System:
     return system
 
 
+def unavailable(system: System) -> str | None:
+    """Why this version cannot build ``system`` (its model is not registered, or an override
+    names a configuration key it lacks), or None."""
+    from dfdc.models import list_models
+
+    if system.arch is not None and system.arch not in list_models():
+        return f"its model {system.arch!r} is not registered in dfdc.models"
+    try:
+        cfg = Config()
+        for item in system.overrides:
+            apply_override(cfg, item)
+    except ConfigError as exc:
+        return f"its setting does not fit this version's configuration ({exc})"
+    return None
+
+
+def default_systems() -> list[System]:
+    """The default set (``DEFAULT_SYSTEMS``), less the PENDING_MODELS this version lacks (each named)."""
+    chosen = []
+    for name in DEFAULT_SYSTEMS:
+        why = unavailable(SYSTEMS[name]) if name in PENDING_MODELS else None
+        if why:
+            print(f"{name}: left out of the default set: {why}; it comes with the studies' models", file=sys.stderr)
+            continue
+        chosen.append(SYSTEMS[name])
+    return chosen
+
+
 def resolve_systems(spec: str) -> list[System]:
-    """``all`` or a comma list of registered names."""
+    """``all`` (the default set) or a comma list of registered names and grid names (``GRIDS``:
+    each expands to its variants)."""
     if spec.strip().lower() == "all":
-        return list(SYSTEMS.values())
+        return default_systems()
     names = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [n for n in names if n not in SYSTEMS]
+    unknown = [n for n in names if n not in SYSTEMS and n not in GRIDS]
     if unknown or not names:
-        raise ConfigError(f"--systems {spec!r}: unknown {unknown or 'empty list'}; registered: {', '.join(SYSTEMS)}")
-    return [SYSTEMS[n] for n in dict.fromkeys(names)]
+        raise ConfigError(f"--systems {spec!r}: unknown {unknown or 'empty list'}; registered: {', '.join(SYSTEMS)}; "
+                          f"grids: {', '.join(GRIDS)}")
+    chosen: dict[str, System] = {}
+    for name in names:
+        for system in GRIDS.get(name, (SYSTEMS.get(name),)):
+            chosen.setdefault(system.name, system)
+    missing = {n: why for n, s in chosen.items() if (why := unavailable(s))}
+    if missing:
+        raise ConfigError("--systems: this version cannot build " + "; ".join(f"{n} ({w})" for n, w in missing.items()))
+    return list(chosen.values())
 
 
 # ----------------------------------------------------------------------------- frame classifiers
@@ -202,40 +256,199 @@ def frame_system(arch: str, study: str, reported: str = NOT_GIVEN, extra: tuple[
                                   reported, description))
 
 
+# ----------------------------------------------------------------------------- the studies' systems
+#
+# Each system names the study it comes from (the reference studies by file number: 000..004)
+# and that study's own figure with its metric, as the study prints it; the studies measured on
+# their own data (000: 1,000 FaceForensics++ videos; 001: FaceForensics++ with DeepFakeDetection;
+# 002: DFDC samples; 003: 200 videos; 004: DFDC), so the figures sit beside ours, they are not
+# comparable with them. NOT_GIVEN only where the study gives no figure for that model.
+
+S000, S001, S002, S003, S004 = "000", "001", "002", "003", "004"
+FIRST_PLACE = "1st place (Selim Seferbekov)"  # not a reference study: DFDC's winning solution
+KIT = "kit (smoke profile)"  # not a reference study: this kit's own CPU detector
 MIN_SIDE_75 = ("train.size=80",)  # Inception stems have no padding: at least 75 px (the profile's 64 is less)
-STUDIES = "reference studies"  # the studies list these backbones without saying which study file used which
-
-frame_system("custom-cnn", "000", description="2-5 conv layers, width rule ascending/descending/constant")
-frame_system("reseption-v1", "001", extra=MIN_SIDE_75, description="Inception-V3 stem, wide residual inception blocks")
-frame_system("reseption-v2", "001", extra=MIN_SIDE_75, description="1x1 reductions and a 1x1 remap before the sum")
-frame_system("xception", STUDIES)
-frame_system("inception-v3", STUDIES, extra=MIN_SIDE_75)
-frame_system("inception-resnet-v2", STUDIES, extra=MIN_SIDE_75)
-frame_system("resnet50", STUDIES)
-frame_system("resnet152", STUDIES)
-frame_system("resnext101", STUDIES)
-frame_system("vgg16", STUDIES)
-frame_system("efficientnet-b5", STUDIES)
-frame_system("efficientnet-b7", "the study this kit follows (~50th place)",
-             reported="0.48702 private LB log loss (B7 at ~240 px, ImageNet weights)")
-frame_system("tf-efficientnet-b7-ns", "1st place (Selim Seferbekov)",
-             reported="0.42798 private LB log loss (7 x B7-NS at 380 px, an ensemble)")
-
-# Sequence models and classical baselines (studies 000 and 002): `dfdc train` and the predictor
-# take them by model.arch (face tracks for lstm/gru; scikit-learn on per-crop features for the
-# baselines), so they are systems like the frame classifiers. They read frozen features of
-# model.backbone / baseline.features (the compare profile: the crops' downscaled pixels, as a
-# frozen random CNN gives constant features offline); a frozen head takes milliseconds a step,
-# so the sequence models get more of them than the profile's frame budget.
+# Sequence models and MLPs over frozen per-frame features: a frozen head takes milliseconds a
+# step, so they get more steps than the profile's frame budget
 HEAD_STEPS = ("train.epochs=10", "train.steps_per_epoch=10")
-for _cell in ("lstm", "gru"):
-    register_system(System(_cell, train_frame, predict_frame, (f"model.arch={_cell}", *HEAD_STEPS), "sequence",
-                           "000, 002", description=f"frozen features per frame of a face track -> {_cell.upper()} "
-                           "-> 1024 -> 2; max over a video's tracks"))
-for _name, _what in (("logreg", "logistic regression"), ("svm", "linear SVM + Platt scaling"),
-                     ("mlp", "one-hidden-layer MLP")):
-    register_system(System(_name, train_frame, predict_frame, (f"model.arch={_name}",), "baseline", "000, 002",
-                           description=f"scikit-learn {_what} on per-crop features, mean over a video's faces"))
+# Systems that read frozen features of model.backbone (the compare profile's ImageNet EfficientNet-Lite0)
+IMAGENET_FEATURES = ("model.pretrained=imagenet",)
+
+# 000 Table 3 (best model of each kind; A_v validation accuracy, L_v validation loss) and §3.2
+R000_CNN = "0.6085 validation accuracy, 0.6941 validation loss (000 Table 3: constant 128 x 3 layers)"
+R000_INCEPTION = "0.7434 validation accuracy, 0.5474 validation loss (000 Table 3: InceptionV3, top 50 % trainable)"
+R000_LSTM = ("0.7106 validation accuracy, 0.6423 validation loss (000 §3.2.3: 128 units x 2 layers; its Table 3 "
+             "prints the 256-unit model's 0.7052 / 0.6283 under this name)")
+R000_GRU = "0.7119 validation accuracy, 0.6064 validation loss (000 Table 3: 128 units x 1 layer)"
+R000_MLP = "0.7432 validation accuracy, 0.6275 validation loss (000 Table 3: constant 128 x 3 layers)"
+# 001 Table 5.4 (validation, video classification accuracy, overall, RAdam / SGDM), Tables 7.6
+# (test split: average loss, video accuracy) and 7.7 (test split: balanced accuracy)
+R001_XCEPTION = "94.76 % / 94.94 % validation video accuracy, RAdam / SGDM (001 Table 5.4)"
+R001_INCEPTION = ("96.07 % / 96.44 % validation video accuracy, RAdam / SGDM (001 Table 5.4); test: 95.39 % video "
+                  "accuracy, 0.24088 loss (Table 7.6), 94.78 % balanced accuracy (Table 7.7)")
+R001_EFFNET_B5 = "92.32 % / 92.98 % validation video accuracy, RAdam / SGDM (001 Table 5.4)"
+R001_RESNET152 = "95.97 % / 96.07 % validation video accuracy, RAdam / SGDM (001 Table 5.4)"
+R001_RESNEXT = ("96.54 % / 97.19 % validation video accuracy, RAdam / SGDM (001 Table 5.4); test: 95.93 % video "
+                "accuracy, 0.23245 loss (Table 7.6), 94.21 % balanced accuracy (Table 7.7)")
+R001_RESEPTION_V1 = ("93.04 % test video accuracy, 0.25242 test loss (001 Table 7.6), "
+                     "91.81 % balanced accuracy (Table 7.7)")
+R001_RESEPTION_V2 = ("91.68 % test video accuracy, 0.28180 test loss (001 Table 7.6), "
+                     "90.79 % balanced accuracy (Table 7.7)")
+R001_ENSEMBLE = "93.22 % test video accuracy, 0.23860 test loss (001 Table 7.6), 93.04 % balanced accuracy (Table 7.7)"
+# 002 ("Experiments and Implementation")
+R002_LOGREG = "83.33 % validation accuracy (002; 83.25 % training)"
+R002_SVM = "67 % validation accuracy (002)"
+R002_FINETUNED = "~0.7 validation accuracy (002: ResNet50 and VGG16 fine-tuned, 'around 0.7'; 0.8 training)"
+R002_SIMPLE_CNN = "0.75 validation accuracy (002: the better of its two simple CNNs; training plateau ~0.8)"
+R002_CNN_LSTM = "0.85 validation accuracy (002; training plateau ~0.87)"
+R002_XCEPTION = "~0.84 validation accuracy, 0.05 validation loss (002)"
+R003_IRV2 = "0.9092 validation accuracy (003, after 20 epochs; 0.2572 validation loss, 0.9923 training accuracy)"
+R004_B7 = ("0.48702 log loss (004: scikit-learn's unclipped log_loss on its own data, a score it placed "
+           "'in top 50/2114' of the private leaderboard)")
+R_FIRST_PLACE = "0.42798 private leaderboard log loss (7 x B7-NS at 380 px, an ensemble)"
+
+
+def custom_cnn_overrides(depth: int, widths: str, base: int = 0) -> tuple[str, ...]:
+    """Study 000's Table-1 custom CNN of ``depth`` conv layers and width rule ``widths``
+    (ascending | descending | constant; ``base``: the constant width) as model overrides."""
+    extra = (f"model.custom_base_width={base}",) if widths == "constant" else ()
+    return ("model.arch=custom-cnn", f"model.custom_depth={depth}", f"model.custom_widths={widths}", *extra)
+
+
+def mlp_overrides(name: str) -> tuple[str, ...]:
+    """Study 000's Table-2 MLP registered as model ``name`` (``mlp-3-constant-128`` ...): the
+    features of a track's frames read at once, trained like the sequence heads."""
+    return (f"model.arch={name}", *HEAD_STEPS, *IMAGENET_FEATURES)
+
+
+def rnn_overrides(cell: str, layers: int, units: int) -> tuple[str, ...]:
+    """Study 000's LSTM / GRU of ``layers`` x ``units`` over frozen per-frame features."""
+    return (f"model.arch={cell}", f"model.rnn_layers={layers}", f"model.rnn_hidden={units}", *HEAD_STEPS,
+            *IMAGENET_FEATURES)
+
+
+def _system(name: str, kind: str, study: str, reported: str, overrides: tuple[str, ...],
+            description: str = "") -> System:
+    return System(name, train_frame, predict_frame, overrides, kind, study, reported, description)
+
+
+def _frame(arch: str, study: str, reported: str, extra: tuple[str, ...] = (), description: str = "") -> System:
+    return _system(arch, "frame", study, reported, (f"model.arch={arch}", *extra), description)
+
+
+# Every system of the studies, one row each: name, study, the study's figure + metric, setup.
+STUDY_SYSTEMS: tuple[System, ...] = (
+    _system("custom-cnn", "frame", S000, R000_CNN, custom_cnn_overrides(3, "constant", 128),
+            "Table 1's best configuration: 3 conv layers of 128 filters"),
+    _frame("simple-cnn", S002, R002_SIMPLE_CNN, description="small CNN from scratch, FC 120 -> 84 -> 2"),
+    _frame("reseption-v1", S001, R001_RESEPTION_V1, MIN_SIDE_75, "Inception-V3 stem, residual inception blocks"),
+    _frame("reseption-v2", S001, R001_RESEPTION_V2, MIN_SIDE_75, "1x1 reductions and a 1x1 remap before the sum"),
+    _frame("reseption-ensemble", S001, R001_ENSEMBLE, MIN_SIDE_75, "V1 + V2, 512 features each -> classifier"),
+    _frame("xception", f"{S001}, {S002}", f"{R001_XCEPTION}; {R002_XCEPTION}"),
+    _frame("inception-v3", f"{S000}, {S001}", f"{R000_INCEPTION}; {R001_INCEPTION}", MIN_SIDE_75),
+    _frame("inception-resnet-v2", S003, R003_IRV2, MIN_SIDE_75),
+    _frame("resnet50", S002, R002_FINETUNED),
+    _frame("resnet152", S001, R001_RESNET152),
+    _frame("resnext101", S001, R001_RESNEXT),
+    _frame("vgg16", S002, R002_FINETUNED),
+    _frame("efficientnet-b5", S001, R001_EFFNET_B5),
+    _frame("efficientnet-b7", S004, R004_B7, description="B7 + softmax, the study this kit follows"),
+    _frame("tf-efficientnet-b7-ns", FIRST_PLACE, R_FIRST_PLACE),
+    _frame("tf-efficientnet-lite0", KIT, NOT_GIVEN, IMAGENET_FEATURES,
+           "the demo's detector: EfficientNet-Lite0 fine-tuned from the ImageNet weights its package ships"),
+    _system("cnn-lstm", "sequence", S002, R002_CNN_LSTM, ("model.arch=cnn-lstm",),
+            "time-distributed conv blocks -> LSTM, trained end to end"),
+    _system("lstm", "sequence", S000, R000_LSTM, rnn_overrides("lstm", 2, 128),
+            "frozen per-frame features of a face track -> LSTM 128 x 2 -> 1024 -> 2; max over a video's tracks"),
+    _system("gru", "sequence", S000, R000_GRU, rnn_overrides("gru", 1, 128),
+            "frozen per-frame features of a face track -> GRU 128 x 1 -> 1024 -> 2; max over a video's tracks"),
+    _system("mlp", "baseline", S000, R000_MLP, ("model.arch=mlp", *IMAGENET_FEATURES),
+            "scikit-learn MLP on per-crop features, mean over a video's faces"),
+    _system("logreg", "baseline", S002, R002_LOGREG, ("model.arch=logreg", *IMAGENET_FEATURES),
+            "scikit-learn logistic regression on per-crop features, mean over a video's faces"),
+    _system("svm", "baseline", S002, R002_SVM, ("model.arch=svm", *IMAGENET_FEATURES),
+            "scikit-learn linear SVM + Platt scaling on per-crop features, mean over a video's faces"),
+)
+for _system_row in STUDY_SYSTEMS:
+    register_system(_system_row)
+
+# What `--systems all` (make compare) runs, one name a line: adding a registered system is one line.
+DEFAULT_SYSTEMS: tuple[str, ...] = (
+    "custom-cnn",
+    "simple-cnn",
+    "reseption-v1",
+    "reseption-v2",
+    "reseption-ensemble",
+    "xception",
+    "inception-v3",
+    "inception-resnet-v2",
+    "resnet50",
+    "resnet152",
+    "resnext101",
+    "vgg16",
+    "efficientnet-b5",
+    "efficientnet-b7",
+    "tf-efficientnet-b7-ns",
+    "tf-efficientnet-lite0",
+    "cnn-lstm",
+    "lstm",
+    "gru",
+    "mlp",
+    "logreg",
+    "svm",
+)
+# Models of the default set that the study-000/001/002 model change registers: until it is merged,
+# `--systems all` leaves them out and says so. Once they are registered a test fails until this
+# set is emptied, so the final default set skips nothing.
+PENDING_MODELS: frozenset[str] = frozenset()
+
+
+# ----------------------------------------------------------------------------- grids of a study
+
+
+def _grid_000_cnn() -> tuple[System, ...]:
+    """000 Table 1: 2-5 layers x ascending / descending / constant 32, 64, 128, 256 (no
+    constant 256 at 5 layers): 23 configurations."""
+    rows = []
+    for depth in (2, 3, 4, 5):
+        rules = [("ascending", 0), ("descending", 0)] + [("constant", w) for w in (32, 64, 128, 256)]
+        for rule, width in rules[:5] if depth == 5 else rules:
+            label = f"{rule}-{width}" if width else rule
+            reported = {(2, "ascending"): "0.6599 validation accuracy, 0.5725 training accuracy (000 §3.2.1)",
+                        (3, "constant-128"): R000_CNN}.get((depth, label), NOT_GIVEN)
+            rows.append(_system(f"custom-cnn-{depth}-{label}", "frame", S000, reported,
+                                custom_cnn_overrides(depth, rule, width), f"000 Table 1: {depth} layers, {label}"))
+    return tuple(rows)
+
+
+def _grid_000_rnn() -> tuple[System, ...]:
+    """000 §1.3.4: LSTM and GRU x 1-4 layers x 128 / 512 / 1024 / 2048 units: 32 variants."""
+    known = {("lstm", 2, 128): R000_LSTM, ("gru", 1, 128): R000_GRU}
+    return tuple(_system(f"{cell}-{layers}x{units}", "sequence", S000, known.get((cell, layers, units), NOT_GIVEN),
+                         rnn_overrides(cell, layers, units), f"000: {cell.upper()} {units} units x {layers} layers")
+                 for cell in ("lstm", "gru") for layers in (1, 2, 3, 4) for units in (128, 512, 1024, 2048))
+
+
+# 000 Table 2: (model name, hidden widths) of its 15 MLPs; each ends in a 2-unit output
+TABLE2_MLPS: tuple[tuple[str, tuple[int, ...]], ...] = (
+    *((f"mlp-1-constant-{w}", (w,)) for w in (128, 256, 512, 1024, 2048)),
+    ("mlp-2-ascending", (512, 1024)), ("mlp-2-descending", (1024, 512)),
+    *((f"mlp-2-constant-{w}", (w, w)) for w in (256, 512, 1024)),
+    ("mlp-3-ascending", (64, 160, 1024)), ("mlp-3-descending", (1024, 160, 64)),
+    *((f"mlp-3-constant-{w}", (w, w, w)) for w in (64, 128, 256)),
+)
+
+
+def _grid_000_mlp() -> tuple[System, ...]:
+    known = {"mlp-3-ascending": "0.6792 validation accuracy, 0.6054 validation loss (000 §3.2.5)",
+             "mlp-3-constant-128": R000_MLP}
+    return tuple(_system(name, "sequence", S000, known.get(name, NOT_GIVEN), mlp_overrides(name),
+                         f"000 Table 2: hidden {'-'.join(map(str, widths))} -> 2")
+                 for name, widths in TABLE2_MLPS)
+
+
+GRIDS: dict[str, tuple[System, ...]] = {"000-cnn": _grid_000_cnn(), "000-rnn": _grid_000_rnn(),
+                                        "000-mlp": _grid_000_mlp()}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -280,6 +493,28 @@ def system_config(base: Config, system: System, runs_dir: Path) -> Config:
     cfg.train.runs_dir = str(runs_dir)
     cfg.train.name = system.name
     return cfg
+
+
+def weights_init(model: ModelConfig) -> str:
+    """How a model's weights started, read from its resolved model section: ``imagenet``,
+    ``random`` (``pretrained: none``) or ``file NAME`` (a local weights file). A model that reads
+    frames through a backbone (sequence models, baselines) loads ``model.pretrained`` into that
+    backbone (``dfdc.models.create_backbone``; its own head starts random), so the same field
+    answers for it; a baseline on pixel features resolves to ``pretrained: none``."""
+    choice = model.pretrained.strip()
+    if choice.lower() in ("", "none"):
+        return INIT_RANDOM
+    if choice.lower() == INIT_IMAGENET:
+        return INIT_IMAGENET
+    return f"file {Path(choice).name}"
+
+
+def run_init(run_dir: Path, cfg: Config) -> str:
+    """``weights_init`` of the configuration the run in ``run_dir`` was trained with (its
+    ``config.yaml``, which the trainers write resolved), else of ``cfg`` (what compare gave the
+    system: a system with its own code that writes none)."""
+    saved = Path(run_dir) / RUN_CONFIG
+    return weights_init(read_config(saved).model if saved.is_file() else cfg.model)
 
 
 def _file_digest(path: Path) -> str | None:
@@ -345,6 +580,9 @@ def _run_system(system: System, base: Config, faces_dir: Path, folds_csv: Path, 
     fingerprint = _fingerprint(cfg, inputs)
     done = _read_json(folder / RESULT_FILE)
     if resume and done is not None and done.get("fingerprint") == fingerprint:
+        # the study's labels and figures are the current table's; an older result may lack init
+        done["row"].update(study=system.study, study_reported=system.reported,
+                           init=done["row"].get("init") or run_init(run_dir, cfg))
         return done, True
     started = _read_json(run_dir / STARTED_FILE)
     fresh = not resume or (started is not None and started.get("fingerprint") != fingerprint)
@@ -356,7 +594,8 @@ def _run_system(system: System, base: Config, faces_dir: Path, folds_csv: Path, 
     train_wall = time.perf_counter() - start
     scores = oof_scores(trained.oof, cfg.train.val_clip)
     row: dict[str, Any] = {
-        "system": system.name, "kind": system.kind, "study": system.study, "params": int(trained.params),
+        "system": system.name, "kind": system.kind, "study": system.study, "study_reported": system.reported,
+        "init": run_init(run_dir, cfg), "params": int(trained.params),
         "oof_logloss": scores["logloss"], "oof_auc": scores["auc"], "oof_logloss_std": scores["logloss_std"],
         "oof_auc_std": scores["auc_std"], "folds": len(scores["folds"]), "heldout_logloss": None, "heldout_auc": None,
         "train_seconds": trained.seconds if trained.seconds is not None else train_wall,
@@ -406,7 +645,7 @@ def compare(systems: list[System], faces_dir: Path, folds_csv: Path, cfg: Config
             print(f"{system.name}: failed ({type(exc).__name__}: {exc}); the other systems go on", file=sys.stderr)
             report.failed.append(system.name)
             rows.append({"system": system.name, "kind": system.kind, "study": system.study,
-                         "error": f"{type(exc).__name__}: {exc}"})
+                         "study_reported": system.reported, "error": f"{type(exc).__name__}: {exc}"})
         else:
             if reused:
                 report.skipped.append(system.name)
@@ -423,13 +662,17 @@ def compare(systems: list[System], faces_dir: Path, folds_csv: Path, cfg: Config
 
 
 def plot_comparison(table: pd.DataFrame, folds: dict[str, dict[Any, dict[str, Any]]], path: Path) -> None:
-    """Log loss and AUC per system: pooled OOF bar, per-fold dots, held-out diamond."""
+    """Log loss and AUC per system: pooled OOF bar, per-fold dots, held-out diamond; each system
+    labelled with its study and init (the studies' own figures are in compare.csv's study_reported:
+    other data, mostly other metrics, so no mark on these axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = table["system"].tolist()
+    ticks = [f"{row.system} [{row.study or '-'}{', ' + row.init if isinstance(row.init, str) and row.init else ''}]"
+             for row in table.itertuples()]
     x = np.arange(len(names))
     fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 0.7 * len(names) + 4), 4.5))
     for ax, key, title in ((axes[0], "logloss", "log loss (lower is better)"), (axes[1], "auc", "ROC AUC")):
@@ -441,7 +684,7 @@ def plot_comparison(table: pd.DataFrame, folds: dict[str, dict[Any, dict[str, An
         held = pd.to_numeric(table[f"heldout_{key}"], errors="coerce").to_numpy(dtype=float)
         ax.plot(x, held, "D", color="#e6550d", ms=6, ls="none", label="held-out")
         ax.axhline(np.log(2) if key == "logloss" else 0.5, color="grey", lw=0.8, ls=":", label="constant 0.5")
-        ax.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(x, ticks, rotation=60, ha="right", fontsize=7)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)

@@ -14,6 +14,7 @@ comes from; stage code reads them from the config and never repeats the numbers.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ class SynthConfig:
     """The built-in mini DFDC (``dfdc synth``)."""
 
     videos: int = 48  # training videos in all (REAL + FAKE); about 1 real : 5 fakes as in DFDC
-    test_videos: int = 24  # held-out videos with identities unseen in training
+    test_videos: int = 28  # held-out videos with identities unseen in training: 14 REAL (7 test
+    # identities x 2 takes) and 14 FAKE (test_unseen_share 0.5: 7 of the held-out method, 7 of the others)
     parts: int = 2  # dfdc_train_part_N folders
     fakes_per_real: int = 5  # DFDC ships about 100k FAKE for 19k REAL videos
     width: int = 320
@@ -77,6 +79,25 @@ class SynthConfig:
     mask_width: float = 1.05  # blend-ellipse half-width / eye distance
     mask_height: float = 1.45  # blend-ellipse half-height / eye-to-mouth distance
     feather: float = 0.06  # Gaussian sigma of the blend-mask edge / face box side (the seam)
+    # -- swap methods (dfdc.synth.SWAP_METHODS): DFDC's fakes come from several methods (DF-128, DF-256,
+    # MM/NN, NTH, FSGAN, StyleGAN) and its private test holds methods absent from training --
+    methods: tuple[str, ...] = ("blend", "sharp", "colour", "poisson")  # the methods used; each FAKE gets
+    # one, in turn (training fakes from the methods not in test_methods). "partial" (eyes or mouth only) is
+    # left out by default: with the 25-px LFW donors its swapped region is nearly as soft as the face it
+    # replaces, and Lite0 models scored its held-out fakes 0.59-0.72 (README: swap methods, measured)
+    test_methods: tuple[str, ...] = ("poisson",)  # held out of training: their fakes appear only in
+    # test_videos (a method the detector has never seen, as on DFDC's private set)
+    test_unseen_share: float = 0.5  # share of the test fakes made with test_methods (the rest cycles
+    # through the training methods, so both seen and unseen methods are scored)
+    sharp_fraction: float = 1.0  # "sharp": generator canvas at this fraction of the on-screen resolution
+    sharp_max: int = 512  # "sharp": canvas cap (px), a high-resolution swap ...
+    sharp_noise: float = 1.0  # ... with sensor noise of this x synth.noise re-injected into the face ...
+    sharp_feather: float = 0.015  # ... blended through a hard-edged mask: its seam (Gaussian sigma / face box
+    # side; `feather` for the others) is the artefact left once blur and missing noise are gone
+    partial_width: float = 1.0  # "partial": half-width of the swapped eyes or mouth ellipse / eye distance
+    partial_height: float = 0.5  # "partial": its half-height / eye-to-mouth distance
+    colour_shift: tuple[float, float] = (6.0, 14.0)  # "colour": no colour matching, and the swapped face
+    # shifted by this many LAB a/b units (uniform, random direction): a skin tone that does not fit
     # -- encoding --
     crf: int = 20  # libx264 constant rate factor (lower = better quality; x264 default 23)
     preset: str = "veryfast"  # libx264 preset (1080p bench videos stay fast)
@@ -143,7 +164,8 @@ class EmbedConfig:
     """Pooled backbone features per face crop (``dfdc embed``)."""
 
     model: str = "efficientnet-b7"  # a registered model, a training run folder or a checkpoint; the
-    # study embedded faces with its B7 (set model.pretrained for ImageNet weights)
+    # study embedded faces with its B7 (set embed.pretrained / model.pretrained for ImageNet weights)
+    pretrained: str = ""  # weights of a named embed.model: "imagenet", "none" or a file; "" = model.pretrained
     size: int = 0  # input side; 0 = the checkpoint's own side, or a named model's default capped at the
     # crops' side (B7's 600 px on 240-px crops: 6.25x the pixels, no new detail)
     select: str = "all"  # the crops embedded: "all", or "identity": only what identity folds cluster (the
@@ -165,16 +187,20 @@ class EmbedConfig:
 class AnalyzeConfig:
     """The study's PCA -> t-SNE -> HDBSCAN analysis of embeddings (``dfdc analyze``)."""
 
+    # Study 004's own analysis is PCA(n_components=50) -> sklearn TSNE(perplexity=50, n_components=3)
+    # -> HDBSCAN on that 3-D map: the profile study004. The defaults below are the kit's 2-D map: on
+    # overlapping synthetic clusters it recovered more of them, faster (bench_analyze --profiles b7,study004)
     pca_components: int = 50  # the study: PCA to 50 components, then t-SNE
     tsne: str = "opentsne"  # "opentsne" (FFT-interpolated gradients, measured faster: bench_analyze)
-    # or "sklearn" (Barnes-Hut)
-    perplexity: float = 30.0  # t-SNE's customary default (both libraries); capped at (n - 1) / 3
-    tsne_3d: bool = False  # also a 3-D map (the study's t-SNE(3)): Barnes-Hut only (no FFT in 3-D),
+    # or "sklearn" (Barnes-Hut; the study's library)
+    perplexity: float = 30.0  # t-SNE's customary default (both libraries; the study: 50); capped at (n - 1) / 3
+    tsne_3d: bool = False  # also a 3-D map (the study's n_components=3): Barnes-Hut only (no FFT in 3-D),
     # O(n log n) where the 2-D map is FFT from 10k points; off by default (docs/benchmarks.md: analysis)
     cluster_space: str = "tsne"  # HDBSCAN on the 2-D t-SNE map ("tsne": what the pictures show, cheap
-    # in 2-D) or on the PCA scores ("pca"); identity folds always use "pca" (dfdc.identity)
-    min_cluster_size: int = 20  # HDBSCAN: faces in the smallest cluster (the study: 520 clusters
-    # of 130,000 faces, 250 on average)
+    # in 2-D), on the 3-D map ("tsne3d": the study's; needs tsne_3d) or on the PCA scores ("pca");
+    # identity folds always use "pca" (dfdc.identity)
+    min_cluster_size: int = 20  # HDBSCAN: faces in the smallest cluster (our choice; the study states no
+    # HDBSCAN setting: 520 clusters of 130,000 faces, 250 on average)
     min_samples: int = 0  # HDBSCAN core-distance neighbours; 0 = min_cluster_size
     threads: int = 0  # CPU threads for t-SNE; 0 = all cores
     seed: int = 0
@@ -191,26 +217,31 @@ class ModelConfig:
     pretrained: str = "imagenet"  # "imagenet" (download when online), "none", or a path to a state dict
     dropout: float = 0.5
     num_classes: int = 2  # softmax over REAL/FAKE; P(FAKE) = softmax[:, 1]
+    head: str = "softmax"  # "softmax": num_classes outputs + cross-entropy (study 004; the kit's default);
+    # "sigmoid": one output neuron + binary cross-entropy, P(FAKE) = sigmoid (studies 001 and 003)
     bn_momentum: float = 0.01  # BatchNorm running-stat update per step (PyTorch convention): efficientnet-
     # pytorch's default (TF's decay 0.99); from random init with few steps use 0.1, or eval drifts.
     # Applied to every BatchNorm of every model family by dfdc.models.create_model (one place; tested per model)
     trainable: str = "all"  # study 000's transfer settings: "all" layers, "top50" / "top25" (the top 50 % /
     # 25 % of the backbone's layers, any topN works) or "head" (the classifier only); the rest is frozen
     # (dfdc.models.registry.FrameModel.set_trainable defines "layer")
-    custom_depth: int = 3  # custom-cnn: conv layers, 2-5 (study 000's custom CNNs)
-    custom_widths: str = "ascending"  # custom-cnn width rule (study 000): "ascending" (base, 2x base, 4x ...),
-    # "descending" (the same widths reversed) or "constant" (base everywhere)
-    custom_base_width: int = 32  # custom-cnn: channels of its narrowest conv layer (our choice; 000 gives none)
-    custom_head_width: int = 128  # custom-cnn: hidden units of its small classifier head (our choice)
-    reseption_blocks: int = 2  # reseption-v1/v2: residual inception blocks per stage, 3 stages (our choice;
-    # study 001 does not give the count)
+    custom_depth: int = 3  # custom-cnn: conv layers, 2-5 (study 000's custom CNNs; its best: 3)
+    custom_widths: str = "constant"  # custom-cnn width rule (study 000, Table 1): "ascending" / "descending"
+    # (Table 1's filters for the depth) or "constant" (custom_base_width in every layer); its best: constant
+    custom_base_width: int = 128  # custom-cnn constant width (Table 1: 32, 64, 128, 256; the study's best: 128)
+    custom_head_width: int = 512  # custom-cnn: units of the dense layer after the flatten (study 000 does not
+    # state it; 512 at 240 px reproduces its 51.7 M and 55 M parameter counts: dfdc.models.custom)
+    ensemble_v1: str = ""  # reseption-ensemble: a trained reseption-v1 checkpoint (best.pt) and ...
+    ensemble_v2: str = ""  # ... a trained reseption-v2 one; both empty = the whole ensemble from random init
     # -- models over a frame backbone (sequence models lstm/gru, the baselines logreg/svm/mlp) --
     backbone: str = "efficientnet-b7"  # the registered frame model whose pooled features they read (its
     # input size and normalisation, its weights from ``pretrained``); the seed study's backbone
-    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4)
-    rnn_hidden: int = 512  # units per recurrent layer (study 000 tried 128-2048)
+    rnn_layers: int = 1  # recurrent layers of lstm / gru (study 000 tried 1-4; its best GRU: 1, its best LSTM: 2)
+    rnn_hidden: int = 128  # units per recurrent layer (study 000 tried 128-2048; its best GRU and LSTM: 128)
     head_hidden: int = 1024  # the sequence classifier: Linear(rnn_hidden, this) -> ReLU -> Linear(this, 2) (study 000)
     mlp_hidden: int = 256  # the mlp baseline's one hidden layer (our choice; studies 000/002 give no width)
+    mlp_frames: int = 40  # study 000's MLPs (mlp-3-constant-128 ...): frames whose features they read at once
+    # (the study's 40); must equal sequence.seq_len
 
 
 @dataclass
@@ -219,16 +250,25 @@ class TrainConfig:
 
     size: int = 240  # network input side; the seed study trained B7 at about 240 px; 0 = the model's own
     # default (its pretrained config: e.g. 299 for xception, 600 for efficientnet-b7)
-    epochs: int = 30
-    batch_size: int = 12  # per process (GPU); the recipe's 12 for B7 at 240 px on a 2020 GPU
-    optimizer: str = "adamw"  # "adamw" or "sgd"
-    lr: float = 2e-4  # at a global batch of lr_reference_batch; see lr_scaling
+    epochs: int = 30  # the kit's choice (study 004 states none; the 1st place: 40 epochs of 2,500 steps)
+    batch_size: int = 12  # per process (GPU): the 1st place's 12 crops per GPU for B7 (study 004 states none)
+    optimizer: str = "adamw"  # "adamw", "sgd" (with momentum; Nesterov when nesterov) or "radam" (study 001)
+    schedule: str = "cosine"  # "cosine": linear warm-up + cosine decay (the kit's default); "exponential": lr x
+    # decay_gamma every decay_every epochs; "plateau": ReduceLROnPlateau on the validation loss; or
+    # "exponential+plateau" (both, as study 001 trained Reseption)
+    decay_gamma: float = 0.94  # exponential: the lr factor per decay (study 001, after Inception's training)
+    decay_every: float = 2.0  # exponential: epochs between decays (study 001: every 2 epochs)
+    plateau_factor: float = 0.5  # plateau: the lr factor when the validation loss stalls (study 001)
+    plateau_patience: int = 2  # plateau: epochs without improvement before a reduction (study 001)
+    lr: float = 2e-4  # the kit's choice for AdamW (study 004 states none); at a global batch of
+    # lr_reference_batch; see lr_scaling
     lr_scaling: str = "none"  # how the lr follows the global batch (batch_size x processes) against
     # lr_reference_batch: "none", "linear" (lr x B/B0; Goyal et al. 2017, for SGD) or "sqrt"
     # (lr x sqrt(B/B0); the square-root rule for Adam-type optimizers, Malladi et al. 2022)
-    lr_reference_batch: int = 12  # the global batch train.lr was tuned at (the recipe: 12 on one GPU)
+    lr_reference_batch: int = 12  # the global batch train.lr was chosen at (batch_size's 12 on one GPU)
     weight_decay: float = 1e-2
-    momentum: float = 0.9  # SGD only
+    momentum: float = 0.9  # SGD only (study 001's SGDM: 0.9)
+    nesterov: bool = True  # SGD: Nesterov momentum (the kit's choice); false = plain momentum (study 001's SGDM)
     warmup_epochs: float = 1.0  # linear warm-up length in epochs (of steps_per_epoch steps; may be a fraction)
     label_smoothing: float = 0.0  # the 1st place used 0.01
     grad_clip: float = 1.0
@@ -249,6 +289,9 @@ class TrainConfig:
     # one shape (drop_last) and validation batches are padded to one, so it tunes once per shape
     patience: int = 5  # early stopping on video-level validation log loss
     val_clip: float = 0.01  # clip of video predictions in the validation log loss
+    val_balanced: bool = True  # best epoch, early stopping and the OOF log loss on the class-balanced
+    # video log loss, (REAL videos' + FAKE videos' log loss) / 2, as the 1st place selected: a fold is
+    # ~84 % FAKE like DFDC's training set, its test sets are 50 % FAKE. false: Kaggle's plain log loss
     steps_per_epoch: int = 0  # optimizer steps per epoch, each epoch a fresh class-balanced draw of
     # steps x batch_size x processes crops (the 1st place: 2,500 batches); 0 = the whole balanced draw
     # (every crop of the smaller class once)
@@ -267,7 +310,9 @@ class TrainConfig:
     shared_dir_timeout: float = 30.0  # seconds a rank waits to see rank 0's marker in the run folder
     # (a shared file system may show a new file a few seconds late) before failing
     debug_dir: str = ""  # when set, each rank logs the sample indices it trained on (DDP tests)
-    augment: str = "recipe"  # "recipe" (the seed study's list, dfdc.augment), "light" (flip + affine), "none"
+    augment: str = "recipe"  # "recipe" (the seed study's list, dfdc.augment), "light" (flip + affine), "none",
+    # "first-place" / "light-first-place" (recipe / light + the 1st place's landmark cut-outs, half-face
+    # blackout and random-interpolation isotropic resize; dfdc.augment)
     channels_last: bool = True  # NHWC tensors: the layout oneDNN (CPU) and tensor cores (AMP) prefer
     cpu_threads: int = 0  # torch threads per CPU process; 0 = cores / processes - loader_workers, at
     # least 1 (more threads than free cores makes OpenMP spin: 5-10x slower steps, measured here)
@@ -318,6 +363,11 @@ class PredictConfig:
     confident_real_share: float = 0.9  # ... and rule 2 needs more than this share of the faces (their 0.9 n)
     clip: float = 0.01  # predictions clipped to [clip, 1 - clip] (NTech used 0.01)
     temperature: float = 1.0
+    bias: float = 0.0  # logit offset after the temperature: sigmoid(logit(p) / temperature + bias); set by
+    # dfdc calibrate (a threshold move, e.g. towards REAL when unseen people look fake); 0 = none
+    crop_roundtrip: bool = False  # encode and decode each face crop as the model's training crops were
+    # (its run's faces.image_format at faces.image_quality, JPEG q95 by default) before the model: training
+    # reads crop files, the predictor crops decoded frames (README: the crop format, measured)
     fallback: float = 0.5  # any failed video gets this value (log loss 0.693 at worst)
     time_budget: float = 0.0  # seconds; 0 = no limit; the kernel sets a margin under 9 h
     video_timeout: float = 0.0  # seconds one video's decode + detect may take in a worker before it
@@ -349,8 +399,15 @@ class CalibrateConfig:
     # (T > 1 softens, T < 1 sharpens); 1.0 is always tried
     clips: tuple[float, float, int] = (0.001, 0.2, 31)  # grid of clip bounds: min, max, log-spaced
     # steps; predict.clip (the default) is always tried
-    min_videos: int = 200  # fewer calibration videos: only softening (T >= 1, clip >= predict.clip),
-    # without even trying the nested split (a tiny sample cannot justify sharper predictions)
+    biases: tuple[float, float, int] = (-3.0, 3.0, 25)  # grid of logit offsets (predict.bias): min, max,
+    # linear steps; 0 is always tried. An offset moves the threshold, which temperature and clip cannot
+    test_fake_share: float = 0.5  # the calibration videos are weighted to a test set with this FAKE share:
+    # loss = share x LL(FAKE videos) + (1 - share) x LL(REAL videos); DFDC's public and private test sets
+    # are 50 % FAKE (Dolhansky et al. 2020), its training folds ~84 %
+    min_videos: int = 200  # fewer calibration videos: temperature and clip only soften (T >= 1, clip >=
+    # predict.clip, the predictor's rule), and a logit offset is bounded by small_bias ...
+    small_bias: float = 0.5  # ... |bias| <= this, and only when the offset chosen on the fit part also wins
+    # on the held-out part (a few near-separable videos overfit an unbounded offset: README, calibration)
     holdout_share: float = 0.5  # nested split: a sharper-than-default setting chosen on the other
     # part must also beat the best softening-only setting on this held-out part to be kept
 
@@ -378,6 +435,11 @@ class KernelConfig:
     # before the kernel is pushed (Kaggle processes uploads; a kernel pushed earlier sees no files)
     dataset_poll: float = 15.0  # seconds between two `kaggle datasets status` calls
     local_timeout: float = 9 * 3600.0  # seconds for `dfdc kernel --local`: Kaggle's 9 h kernel limit
+    local_image: str = "linked"  # the local run's interpreter (kernels/kaggle-image.txt): "linked" = this
+    # environment's copies of the listed packages, linked (seconds, offline, any version); "pinned" = the
+    # image's versions installed from the package index into a cached venv (GBs: PyPI's torch is a CUDA build)
+    pinned_image_dir: str = ".cache/kaggle-image"  # where the "pinned" interpreter is built and kept
+    pinned_image_timeout: float = 3600.0  # seconds for its pip install (torch and its CUDA libraries)
     # -- the kernel's own run --
     max_fallback_share: float = 0.2  # more videos than this share falling back for reasons that say the
     # system broke (import, CUDA, model errors, dead or hung workers; not the video's own fault, not the
@@ -438,7 +500,9 @@ def _coerce(current: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return bool(value)
     if isinstance(current, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = value.split(",") if isinstance(value, str) else list(value or ())
+        if all(isinstance(c, str) for c in current):  # a list of names (synth.methods): any length
+            return tuple(str(v).strip() for v in items if str(v).strip())
         if len(items) != len(current):
             raise ConfigError(f"{where}: expected {len(current)} values, got {value!r}")
         return tuple(_coerce(c, v, where) for c, v in zip(current, items))
@@ -560,6 +624,7 @@ RENAMED_KEYS: dict[str, str | None] = {
     "predict.calib_min_videos": "calibrate.min_videos",
     "kernel.wheel_packages": None,  # the bundle now ships what its models need (dfdc.kaggle.wheels)
     "train.max_steps_per_epoch": "train.steps_per_epoch",  # 0 = a whole balanced draw in both
+    "model.reseption_blocks": None,  # Reseption now has Inception-V3's 3 / 4 / 2 modules (dfdc.models.reseption)
 }
 
 
@@ -595,6 +660,15 @@ def read_config(path: Path) -> Config:
         return config_from_dict(yaml.safe_load(Path(path).read_text()) or {})
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the saved configuration ({exc})") from None
+
+
+VIA_MAKE_ENV = "DFDC_VIA_MAKE"  # set (to 1) by the Makefile: advice then names make variables, not flags
+
+
+def make_hint(cli: str, make: str) -> str:
+    """What a message tells the user to pass: the make variable (``RUN=NAME``) when the command
+    came through make (``VIA_MAKE_ENV``), else the command-line option (``--models runs/NAME``)."""
+    return make if os.environ.get(VIA_MAKE_ENV, "").strip() not in ("", "0") else cli
 
 
 def warn(message: str) -> None:

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dfdc.config import TrainConfig, warn
-from dfdc.faceindex import FILLED, INDEX, read_index
+from dfdc.faceindex import FILLED, INDEX, parse_landmarks, read_index
 from dfdc.io import read_table
 
 LABELS = {"REAL": 0, "FAKE": 1}
@@ -234,6 +234,9 @@ class FaceDataset(KeyedDataset):
         super().__init__(table["y"].to_numpy(dtype=np.int64), seed, rank)
         self.files = file_array(table)
         self.transform = transform
+        # crop landmarks for a transform that reads them (dfdc.augment.FaceAugment); "" = none
+        self.landmarks = (table["landmarks"].fillna("").astype(str).to_numpy()
+                          if getattr(transform, "uses_landmarks", False) and "landmarks" in table.columns else None)
 
     def sample_seed(self, epoch: int, index: int) -> np.random.SeedSequence:
         """The seed of one sample's augmentation (``sample_seed``: seed, epoch, row[, rank])."""
@@ -248,6 +251,9 @@ class FaceDataset(KeyedDataset):
         image = self.read(index)
         if self.seed is not None:
             reseed(self.transform, self.sample_seed(epoch, index))
+        if getattr(self.transform, "uses_landmarks", False):
+            points = parse_landmarks(self.landmarks[index]) if self.landmarks is not None else None
+            return self.transform(image=image, landmarks=points)["image"], int(self.labels[index]), index
         return self.transform(image=image)["image"], int(self.labels[index]), index
 
 

@@ -100,6 +100,18 @@ class Dist:
             raise RunDirError(f"{what} failed on rank {r} (host {host}): {msg}")
         return result
 
+    def decide(self, work: Callable[[], Any], what: str) -> Any:
+        """``work()`` on rank 0 only, its result broadcast to every rank: a decision every rank
+        must share that reads the file system (a fold already finished, a ``last.pt`` to resume
+        from), so that a rank whose view of the shared folder lags cannot go another way and
+        leave the others waiting in a collective call. Failures are agreed (``agree``)."""
+        result = self.agree(lambda: work() if self.main else None, what)
+        if self.world == 1:
+            return result
+        box = [result]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def local_first(self, build: Callable[[], Any], what: str) -> Any:
         """``build()`` on the first process of each node, then on the others (each rank gets
         its own result): the first fetches pretrained weights into the node's cache while the

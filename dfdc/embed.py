@@ -173,7 +173,7 @@ def load_model(source: str, cfg: Config, device: torch.device) -> tuple[torch.nn
     if source not in list_models():
         raise EmbedError(f"--model {source!r} is neither a registered model ({', '.join(list_models())}) "
                          "nor a training run folder or checkpoint file")
-    model_cfg = dataclasses.replace(cfg.model, arch=source)
+    model_cfg = dataclasses.replace(cfg.model, arch=source, pretrained=cfg.embed.pretrained or cfg.model.pretrained)
     torch.manual_seed(cfg.train.seed)  # random-init weights: the same every run (resume needs that)
     model = create_model(model_cfg, input_size=cfg.embed.size)
     described = {"source": source, "arch": source, "weights": model_cfg.pretrained, "input": model.input_spec.to_dict()}

@@ -34,7 +34,7 @@ Output folder::
                                        sharded: faces_<i>of<N>.csv, done_<i>of<N>.csv, and
                                        ``merge_faces`` builds faces.csv from all shards
     failures.csv                       this run's failed videos and why (failures_<i>of<N>.csv per shard)
-    config.yaml                        the resolved configuration
+    config.yaml                        the extraction settings (profile name, faces section; save_faces_config)
 
 Resuming: a video is finished when its manifest exists (written atomically after its
 crops and boxes); the index commits it after that. A rerun reads the shard's done file,
@@ -61,11 +61,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 
-from dfdc.config import Config, ConfigError, FacesConfig, read_config, save_config
+from dfdc.config import Config, ConfigError, FacesConfig, read_config
 from dfdc.faceindex import ROW_COLUMNS, MergeReport, ShardIndex, merge, shard_files
-from dfdc.faces import Detection, FaceDetector, check_margin, crop_face, face_difference
-from dfdc.io import atomic_write_csv, atomic_write_json, read_table, remove_temp_files_of
+from dfdc.faces import Detection, FaceDetector, check_margin, crop_box, crop_face, face_difference
+from dfdc.io import atomic_write_csv, atomic_write_json, atomic_write_text, is_disk_full, read_table, remove_temp_files_of
 from dfdc.threads import available_cores, limit_threads
 from dfdc.tracks import assign_tracks
 from dfdc.video import VideoReadError, evenly_spaced, read_frames
@@ -267,12 +268,31 @@ def encode_crop(image_rgb: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.tobytes()
 
 
+def roundtrip_crop(image_rgb: np.ndarray, fmt: str, quality: int) -> np.ndarray:
+    """An RGB crop encoded as a crop file is (``encode_crop``) and decoded again: the pixels
+    training reads from that file (``predict.crop_roundtrip`` gives the predictor the same)."""
+    decoded = cv2.imdecode(np.frombuffer(encode_crop(image_rgb, fmt, quality), np.uint8), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
 def _row(job: Job, frame: int, face: int, rel: str, det: Detection) -> dict[str, Any]:
+    cfg = _STATE["cfg"]
     return {
         "video": job.video, "part": job.part, "label": job.label, "original": job.original or "",
         "frame": frame, "face": face, "track": int(det.track), "path": rel,
         "box": " ".join(f"{float(v):.1f}" for v in det.box[:4]), "prob": round(float(det.prob), 5),
+        "landmarks": landmarks_in_crop(det, cfg.margin, cfg.size),
     }  # fmt: skip
+
+
+def landmarks_in_crop(det: Detection, margin: float, size: int) -> str:
+    """``det``'s 5 landmarks in the pixels of its ``size`` crop (``crop_face``), "x y" pairs
+    joined by spaces; "" without landmarks."""
+    if det.landmarks is None:
+        return ""
+    x0, y0, side = crop_box(det.box, margin)
+    points = (np.asarray(det.landmarks, dtype=np.float64) - (x0, y0)) * (size / side)
+    return " ".join(f"{v:.1f}" for v in points.ravel())
 
 
 class _Boxes:
@@ -392,6 +412,8 @@ def _guard(job: Job, work) -> tuple[Outcome, Any]:
     except VideoReadError as exc:
         return Outcome(job.video, job.part, job.label, "failed", str(exc)), None
     except Exception as exc:  # noqa: BLE001 - one bad video must not stop the run; reason is reported
+        if is_disk_full(exc):  # not the video's fault: the stage stops, a rerun resumes
+            raise
         return Outcome(job.video, job.part, job.label, "failed", f"{type(exc).__name__}: {exc}"), None
 
 
@@ -428,6 +450,20 @@ def process_unit(unit: Unit) -> list[Outcome]:
 
 
 # --- the driver -----------------------------------------------------------------
+
+
+def save_faces_config(config: Config, path: Path) -> None:
+    """The faces folder's ``config.yaml``: the extraction settings only (the profile's name and
+    the ``faces`` section; a stage reading it gets the defaults for the rest), written only
+    when they changed, so that a later stage resuming the extraction (``make train`` runs
+    ``make faces``) leaves it as the extraction wrote it."""
+    text = yaml.safe_dump({"profile": config.profile, "faces": config.to_dict()["faces"]}, sort_keys=False)
+    try:
+        if path.read_text() == text:
+            return
+    except OSError:
+        pass
+    atomic_write_text(path, text)
 
 
 def _check_resume(out_dir: Path, cfg: FacesConfig) -> None:
@@ -537,6 +573,9 @@ def _run_units(todo: list[Unit], record: _Recorder, cfg: FacesConfig, out_dir: P
             try:
                 record(fut.result())
             except Exception as exc:  # noqa: BLE001 - a dead worker fails its unit, not the run
+                if is_disk_full(exc):  # a full disk stops the stage (the rerun resumes)
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
                 u = futures[fut]
                 record([Outcome(j.video, j.part, j.label, "failed", f"worker error: {type(exc).__name__}: {exc}")
                         for j in u.jobs if not j.done])  # fmt: skip
@@ -584,7 +623,7 @@ def build_faces(
     _check_resume(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     full = Config(faces=cfg) if config is None else dataclasses.replace(config, faces=cfg)
-    save_config(full, out_dir / SHARED_CONFIG)
+    save_faces_config(full, out_dir / SHARED_CONFIG)
     _clean_temps(out_dir, units, shard)
     index = ShardIndex(out_dir, shard).open()
     missed = _index_missed(index, units, out_dir)

@@ -36,11 +36,24 @@ import pandas as pd
 
 from dfdc.io import atomic_write_bytes, atomic_write_csv
 
-ROW_COLUMNS = ["video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob"]
+ROW_COLUMNS = ["video", "part", "label", "original", "frame", "face", "track", "path", "box", "prob", "landmarks"]
+# landmarks: MTCNN's 5 points (eyes, nose, mouth corners) as "x y" pairs in the crop's own pixels ("" when
+# the detector gave none; a fake's are its original's, as its box): what landmark augmentation reads
 DONE_COLUMNS = ["video", "part", "label", "crops", "dropped", "end"]
 INDEX = "faces.csv"  # the index training reads (the only one of an unsharded extraction)
 DONE_FILE = re.compile(r"done_(\d+)of(\d+)\.csv")
 ROW_ORDER = ["video", "frame", "face"]  # canonical order of a merged index (one row per crop)
+
+
+LANDMARK_COUNT = 5  # MTCNN: left eye, right eye, nose, left and right mouth corner
+
+
+def parse_landmarks(text: str) -> np.ndarray | None:
+    """A ``landmarks`` cell ("x y" pairs, crop pixels) as a 5 x 2 array; None when empty."""
+    values = str(text).split()
+    if len(values) != 2 * LANDMARK_COUNT:
+        return None
+    return np.asarray(values, dtype=np.float64).reshape(LANDMARK_COUNT, 2)
 
 
 class FaceIndexError(RuntimeError):
@@ -112,6 +125,9 @@ class ShardIndex:
             return self._reset()
         end = int(table["end"].iloc[-1]) if len(table) else len(_header())
         size = self.rows_path.stat().st_size if self.rows_path.is_file() else -1
+        if size > 0 and self.rows_path.read_bytes()[:len(_header())] != _header():
+            self.rebuilt = f"{self.rows_path.name} has the columns of an older kit (today: {', '.join(ROW_COLUMNS)})"
+            return self._reset()
         if size < end:
             self.rebuilt = f"{self.rows_path.name} is shorter than {self.done_path.name} commits ({size} < {end} bytes)"
             return self._reset()
@@ -162,7 +178,7 @@ class ShardIndex:
 def read_rows(data: bytes, source: Path) -> pd.DataFrame:
     try:
         return pd.read_csv(io.BytesIO(data), dtype={"video": str, "part": str, "label": str, "original": str,
-                                                   "path": str, "box": str}, keep_default_na=False)
+                                                   "path": str, "box": str, "landmarks": str}, keep_default_na=False)
     except (ValueError, pd.errors.ParserError) as exc:
         raise FaceIndexError(f"{source}: unreadable faces index ({exc}); rerun `dfdc faces` on this folder") from None
 
@@ -191,12 +207,13 @@ def read_index(faces_dir: Path, error: type[Exception] = FaceIndexError) -> pd.D
     bad = sorted(set(table["label"].dropna()) - set(LABEL_NAMES)) + (["<empty>"] if table["label"].isna().any() else [])
     if bad:
         raise error(f"{path}: labels must be REAL or FAKE, found {', '.join(map(str, bad))}; rebuild it ({INDEX_FIX})")
-    filled = [c for c in ("original", "part", "face", "track") if c not in table.columns]
-    defaults = {"original": None, "part": "", "face": 0}
+    filled = [c for c in ("original", "part", "face", "track", "landmarks") if c not in table.columns]
+    defaults = {"original": None, "part": "", "face": 0, "landmarks": ""}
     for column in filled:
         table[column] = table["face"] if column == "track" else defaults[column]
     table["original"] = table["original"].where(table["original"].notna() & (table["original"] != ""), None)
     table["part"] = table["part"].fillna("")
+    table["landmarks"] = table["landmarks"].fillna("").astype(str)
     table["track"] = table["track"].fillna(table["face"]).astype(int)
     table = table.sort_values(ROW_ORDER, kind="mergesort").reset_index(drop=True)
     table.attrs[FILLED] = filled

@@ -117,17 +117,21 @@ def synth_identities(data_root: Path) -> dict[str, str] | None:
 
 def agreement(identity_of: dict[str, str], truth: dict[str, str]) -> dict[str, float]:
     """How well clustered identities of originals match ground truth: purity (each found
-    identity holds one true person) and completeness (each true person in one found identity)."""
+    identity holds one true person), completeness (each true person in one found identity) and
+    the adjusted Rand index (scikit-learn's; 1 = the same partition, ~0 = chance)."""
+    from sklearn.metrics import adjusted_rand_score
+
     common = sorted(set(identity_of) & set(truth))
     if not common:
-        return {"originals": 0, "purity": float("nan"), "completeness": float("nan")}
+        return {"originals": 0, "purity": float("nan"), "completeness": float("nan"), "ari": float("nan")}
     frame = pd.DataFrame({"found": [identity_of[v] for v in common], "true": [truth[v] for v in common]})
 
     def majority_share(by: str, of: str) -> float:
         return float(frame.groupby(by)[of].agg(lambda s: s.value_counts().iloc[0]).sum() / len(frame))
 
     return {"originals": len(common), "purity": round(majority_share("found", "true"), 3),
-            "completeness": round(majority_share("true", "found"), 3)}
+            "completeness": round(majority_share("true", "found"), 3),
+            "ari": round(float(adjusted_rand_score(frame["true"], frame["found"])), 3)}
 
 
 @dataclass

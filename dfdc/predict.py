@@ -54,10 +54,10 @@ import pandas as pd
 
 from dfdc.aggregate import (
     CALIBRATION, METHODS, TRACK_METHODS, AggregationError, CalibrationError, apply_calibration, apply_temperature,
-    clip, ensemble_probability, frames_mismatch, read_calibration,
+    clip, constant_models, ensemble_probability, frames_mismatch, read_calibration,
 )
 from dfdc.config import (
-    Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, read_config, save_config, warn,
+    Config, FacesConfig, PredictConfig, SequenceConfig, config_from_dict, make_hint, read_config, save_config, warn,
 )
 from dfdc.io import atomic_write_csv, read_table
 from dfdc.threads import limit_threads
@@ -98,6 +98,8 @@ class CropSpec:
     margin: float  # faces.margin of the model's training run
     crop_size: int  # faces.size: side of the saved training crops
     input_size: int  # the model's input side (its checkpoint's InputSpec): side after prepare
+    roundtrip: str = ""  # with predict.crop_roundtrip: the training crops' faces.image_format ("" = raw crops) ...
+    quality: int = 0  # ... and faces.image_quality
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,7 @@ class VideoFaces:
     n_frames: int
     seconds: dict[str, float]  # decode, detect, crop
     reason: str = ""  # empty on success
+    note: str = ""  # said in predictions.csv's reason of a video still predicted (dfdc.video's partial decode)
     frames: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # frame index of each face
     tracks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # face track of each face (dfdc.tracks)
 
@@ -149,6 +152,7 @@ class PredictReport:
     devices: tuple[str, ...] = ()  # where the models ran
     faces_csv: Path | None = None  # per-face probabilities, when asked for
     warnings: list[str] = field(default_factory=list)  # said on stderr during the run (and in summary())
+    notes: dict[str, str] = field(default_factory=dict)  # filename -> reason of a video still predicted (partial decode)
 
     def seconds_per_video(self) -> dict[str, float]:
         """Stage seconds divided by the videos the workers processed."""
@@ -179,10 +183,11 @@ class PredictReport:
         return "\n".join(
             [f"warning: {w}" for w in self.warnings] + [
                 f"calibration: aggregation={cal['aggregation']} temperature={cal['temperature']:g} "
-                f"clip={cal['clip']:g} (source: {cal['source']})",
+                f"bias={cal['bias']:g} clip={cal['clip']:g} (source: {cal['source']})",
                 f"models: {self.models} on {', '.join(self.devices) or '?'}; videos: {self.videos}; "
                 f"predicted: {self.predicted}; faces: {self.faces}; fallbacks: {len(self.fallbacks)}"
-                + (f" ({why})" if why else ""),
+                + (f" ({why})" if why else "")
+                + (f"; predicted from a partial decode: {len(self.notes)}" if self.notes else ""),
                 "seconds per video: "
                 + " ".join(f"{k}={per.get(k, 0.0):.3f}" for k in ("decode", "detect", "crop", "model", "total"))
                 + f" (wall {self.seconds.get('total', 0.0):.1f} s, of which setup {self.seconds.get('setup', 0.0):.1f} s)",
@@ -253,7 +258,8 @@ def find_checkpoints(run_dir: Path) -> list[Path]:
     """Every fold model of a run: ``fold{k}/best.pt`` by fold number, else ``*.pt`` directly in the folder."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise PredictError(f"{run_dir}: run folder not found; pass --models runs/NAME (made by `dfdc train`)")
+        raise PredictError(f"{run_dir}: run folder not found; pass {make_hint('--models runs/NAME', 'RUN=NAME')} "
+                          "(made by `dfdc train`)")
     from dfdc.models import fold_checkpoints
 
     paths = [path for _, path in fold_checkpoints(run_dir)] or sorted(run_dir.glob("*.pt"))
@@ -324,14 +330,15 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     from dfdc.faces import crop_face
     from dfdc.preprocess import prepare
     from dfdc.tracks import assign_tracks
-    from dfdc.video import VideoReadError, read_frames
+    from dfdc.video import VideoReadError, read_video
 
     name = Path(path).name
     seconds = {"decode": 0.0, "detect": 0.0, "crop": 0.0}
     state = _worker_state(setup)
     t0 = time.perf_counter()
     try:
-        indices, frames = read_frames(Path(path), k=setup.frames)
+        read = read_video(Path(path), k=setup.frames)
+        indices, frames = read.indices, read.frames
     except VideoReadError as exc:
         seconds["decode"] = time.perf_counter() - t0
         return VideoFaces(name, {}, 0, 0, seconds, f"{REASON_UNREADABLE}: {exc}")
@@ -344,13 +351,19 @@ def process_video(path: str, setup: WorkerSetup) -> VideoFaces:
     frame_of = np.array([indices[i] for i, dets in enumerate(detections) for _ in dets], dtype=np.int64)
     track_of = np.array([det.track for dets in detections for det in dets], dtype=np.int64)
     if not boxes:
-        return VideoFaces(name, {}, 0, len(frames), seconds, f"{REASON_NO_FACE}: in {len(frames)} frames")
+        return VideoFaces(name, {}, 0, len(frames), seconds, f"{REASON_NO_FACE}: in {len(frames)} frames",
+                          note=read.partial)
     tensors: dict[CropSpec, np.ndarray] = {}
     for spec in setup.specs:
-        tensors[spec] = np.stack([prepare(crop_face(frames[i], box, spec.margin, spec.crop_size), spec.input_size)
-                                  for i, box in boxes])
+        crops = [crop_face(frames[i], box, spec.margin, spec.crop_size) for i, box in boxes]
+        if spec.roundtrip:
+            from dfdc.extract import roundtrip_crop
+
+            crops = [roundtrip_crop(crop, spec.roundtrip, spec.quality) for crop in crops]
+        tensors[spec] = np.stack([prepare(crop, spec.input_size) for crop in crops])
     seconds["crop"] = time.perf_counter() - t2
-    return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of)
+    return VideoFaces(name, tensors, len(boxes), len(frames), seconds, frames=frame_of, tracks=track_of,
+                      note=read.partial)
 
 
 def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFaces],
@@ -360,7 +373,8 @@ def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFace
     back.
 
     Each video is announced before its work starts, so the main process knows which video
-    a worker was on when it hangs or dies.
+    a worker was on when it hangs or dies. After a video raised, the worker takes no other
+    video: it exits, and the main process gives its queued videos to a fresh worker.
     """
     limit_threads(setup.threads)
     try:
@@ -382,7 +396,8 @@ def _worker_main(conn: Any, setup: WorkerSetup, process: Callable[..., VideoFace
         try:
             result: tuple[Any, ...] = ("done", name, process(path, setup), "")
         except Exception as exc:  # noqa: BLE001 - any per-video exception becomes this video's fallback
-            result = ("done", name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}")
+            conn.send(("done", name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}"))
+            return  # its state may be broken (a sticky CUDA error): no other video; it is replaced
         conn.send(result)
 
 
@@ -497,7 +512,9 @@ def load_ensemble(
         run_cfg = _meta_config(meta, run_dir)
         first = first or run_cfg
         kinds.add(str(meta.get("kind", "frame")))
-        spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]))
+        fmt = run_cfg.faces.image_format if cfg.crop_roundtrip else ""
+        spec = CropSpec(float(run_cfg.faces.margin), int(run_cfg.faces.size), int(meta["input"]["size"]), fmt,
+                        int(run_cfg.faces.image_quality) if fmt else 0)
         model.eval()
         model = to_half(model) if half else model.float()
         groups.setdefault(spec, []).append((model, device))
@@ -570,6 +587,7 @@ class _Slot:
     init_error: str = ""  # what its worker's start-up raised ("init-failed")
     start_failures: int = 0  # its workers in a row that failed to start (error, death or hang before "ready")
     given_up: str = ""  # after WORKER_START_FAILURES of those: the last reason; no worker is started here again
+    tainted: bool = False  # its last video raised (not the video's fault): replaced before the next one
 
 
 Result = tuple[str, "VideoFaces | None", str]  # (name, faces or None, failure reason)
@@ -586,8 +604,10 @@ class _Workers:
     fallback ("worker died") the same way. A worker that fails to start (``start`` raised,
     it died, or with a ``timeout`` it was not ready within ``start_timeout``) is replaced too, no video is blamed;
     after ``WORKER_START_FAILURES`` such failures in a row its slot is given up (with a
-    warning), and once every slot is, the remaining videos get the start-up's reason.
-    ``workers=0`` runs ``start`` once and the videos inline (no timeout).
+    warning), and once every slot is, the remaining videos get the start-up's reason. A
+    worker whose video raised (``error``: a CUDA error, not the video's fault) is replaced
+    before it takes another video, its queued videos going to the fresh one.
+    ``workers=0`` runs ``start`` once and the videos inline (no timeout, no replacement).
     """
 
     def __init__(self, paths: dict[str, str], setup: WorkerSetup, devices: Sequence[str], workers: int,
@@ -608,6 +628,7 @@ class _Workers:
         if self.inline:
             self.setup = dataclasses.replace(setup, device=devices[0])
         self.dead = ""  # set when no worker can start: the remaining videos fall back with this reason
+        self.replaced = 0  # workers replaced after a video raised in them
 
     # -- processes
     def _spawn(self, slot: _Slot) -> None:
@@ -718,7 +739,20 @@ class _Workers:
                     slot.assigned.popleft()
                 slot.started = None
                 slot.served += 1
+                slot.tainted = slot.tainted or (faces is None and reason.startswith(REASON_ERROR))
                 out.append((name, faces, reason))
+
+    def _replace(self, slot: _Slot) -> None:
+        """A worker whose video raised (a CUDA error, a bug: not the video's own fault) may be
+        broken for every later video (a sticky CUDA error): it is stopped and its queued
+        videos go back to the queue; ``submit`` starts a fresh worker for them."""
+        rest = list(slot.assigned)
+        self.queue.extendleft(reversed(rest))
+        self._stop(slot, kill=True)
+        slot.assigned, slot.started, slot.tainted = deque(), None, False
+        self.replaced += 1
+        warn(f"predict: worker {slot.index} ({slot.device}) replaced after a video raised in it; "
+             f"{len(rest)} queued video(s) go to the fresh worker")
 
     def results(self, block: bool, may_start: Callable[[int], bool], wake_at: float | None = None) -> list[Result]:
         """Finished videos; waits for one if ``block`` (at most until ``wake_at``, monotonic)."""
@@ -754,7 +788,9 @@ class _Workers:
             alive = slot.process.is_alive()
             if not alive:
                 self._drain(slot, out)  # results (or "init-failed") sent just before it exited still count
-            if slot.init_error:
+            if slot.tainted:
+                self._replace(slot)
+            elif slot.init_error:
                 self._retire(slot, f"{REASON_ERROR}: worker start-up failed: {slot.init_error}", out)
             elif not alive:
                 code = slot.process.exitcode
@@ -774,6 +810,245 @@ class _Workers:
             return name, self.process(self.paths[name], self.setup), ""
         except Exception as exc:  # noqa: BLE001 - any per-video exception becomes a fallback
             return name, None, f"{REASON_ERROR}: {type(exc).__name__}: {exc}"
+
+
+@dataclass
+class _Plan:
+    """What a run predicts with, decided before any video is read (``_plan``)."""
+
+    cfg: Config  # with the calibration applied
+    source: str  # where the calibration came from
+    warnings: list[str]
+    names: list[str]  # output rows, in order
+    unique: list[str]
+    paths: dict[str, str]  # videos to read: name -> path
+    early: dict[str, str]  # videos that fall back before reading: name -> reason
+    ensemble: _Ensemble
+    setup: WorkerSetup
+    detect_devices: list[str]
+
+
+def _plan(videos_dir: Path, run_dir: Path, cfg: Config, sample_submission: Path | None, device: str | None,
+          explicit: Collection[str], checkpoints: Sequence[Path] | None, names: Sequence[str] | None) -> _Plan:
+    """Step 1: calibration, settings, the videos and the models; inputs of the whole run checked."""
+    pcfg = cfg.predict
+    calibration, source = resolve_calibration(run_dir, pcfg)
+    warnings = [w for w in [frames_mismatch(calibration, pcfg.frames)] if w]
+    if calibration:
+        pcfg = apply_calibration(pcfg, calibration, explicit)
+        cfg = dataclasses.replace(cfg, predict=pcfg)
+    _check_predict_config(pcfg)
+    for text in warnings:
+        warn(f"predict: {text} ({source})")
+    if sample_submission is not None or names is None:
+        names = list_videos(videos_dir, sample_submission)
+    names = list(names)
+    devices = resolve_devices(device)
+    detect_devices = resolve_devices(pcfg.detect_device, "predict.detect_device")
+    ensemble, run_cfg = load_ensemble(run_dir, pcfg, devices, checkpoints)
+    if ensemble.kind == "sequence" and cfg.sequence.aggregation not in TRACK_METHODS:
+        raise PredictError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
+    # detection exactly as in training (the run's faces settings); crops per model spec
+    setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, detect_devices[0])
+    unique = list(dict.fromkeys(names))
+    paths: dict[str, str] = {}
+    early: dict[str, str] = {}
+    for name in unique:
+        path = Path(videos_dir) / name
+        if not path.is_file():
+            early[name] = REASON_MISSING
+        elif path.stat().st_size == 0:
+            early[name] = f"{REASON_EMPTY}: {path} is zero bytes (incomplete download?)"
+        else:
+            paths[name] = str(path)
+    return _Plan(cfg, source, warnings, names, unique, paths, early, ensemble, setup, detect_devices)
+
+
+class _Collector:
+    """Step 3's state: videos back from the workers, their units (faces or tracks) queued for
+    the models in batches of ``predict.batch_size`` faces, each video's P(FAKE) or fallback,
+    and what the run measured (stage seconds, faces, each model's spread of probabilities)."""
+
+    def __init__(self, plan: _Plan, keep_units: bool) -> None:
+        self.plan, self.cfg, self.pcfg, self.ensemble = plan, plan.cfg, plan.cfg.predict, plan.ensemble
+        self.keep_units = keep_units  # keep every unit's probability per model (faces_csv)
+        # name -> (label, raw, n_faces, reason, fell back)
+        self.results: dict[str, tuple[float, float, int, str, bool]] = {}
+        self.face_rows: list[pd.DataFrame] = []
+        self.queue: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
+        self.queued = 0  # units waiting for the models
+        self.batch_units = plan.ensemble.batch_units(self.pcfg.batch_size)
+        self.seconds = {"decode": 0.0, "detect": 0.0, "crop": 0.0, "model": 0.0}
+        self.finished = 0  # videos back from the workers (success or not)
+        self.faces = 0
+        self.units = 0  # units through the models of the videos predicted
+        self.spread = np.tile([np.inf, -np.inf], (len(plan.ensemble), 1))  # per model: min, max unit P(FAKE)
+        self.notes: dict[str, str] = {}  # name -> what to say about a video that is predicted (partial decode)
+        for name, reason in plan.early.items():
+            self.fallback(name, reason)
+
+    def fallback(self, name: str, reason: str, n_faces: int = 0) -> None:
+        self.results[name] = (self.pcfg.fallback, math.nan, n_faces, reason, True)
+
+    def add(self, name: str, faces: VideoFaces | None, reason: str) -> None:
+        """A video back from the workers: its units queued for the models, or its fallback."""
+        self.finished += 1
+        if faces is not None:
+            for key in ("decode", "detect", "crop"):
+                self.seconds[key] += faces.seconds.get(key, 0.0)
+            reason = faces.reason
+            if faces.note:
+                self.notes[name] = faces.note
+                reason = f"{reason} ({faces.note})" if reason else reason
+        if faces is None or reason:
+            self.fallback(name, reason, 0 if faces is None else faces.n_faces)
+            return
+        try:
+            tensors, frames, tracks = self.ensemble.units(faces)
+        except (ValueError, IndexError) as exc:  # track ids that cannot be read as sequences
+            self.fallback(name, f"{REASON_ERROR}: units: {exc}", faces.n_faces)
+            return
+        item = _Pending(name, faces.n_faces, frames, tracks)
+        self.queue.append((item, tensors, 0))
+        self.queued += item.n_units
+        self.faces += faces.n_faces
+
+    def run_batch(self) -> None:
+        """Up to one batch of queued units through every model; videos whose units are all
+        through get their P(FAKE)."""
+        take: list[tuple[_Pending, dict[CropSpec, np.ndarray], int, int]] = []
+        room = self.batch_units
+        while self.queue and room > 0:
+            item, tensors, offset = self.queue[0]
+            n = min(room, item.n_units - offset)
+            take.append((item, tensors, offset, n))
+            room -= n
+            if offset + n >= item.n_units:
+                self.queue.popleft()
+            else:
+                self.queue[0] = (item, tensors, offset + n)
+        batch = {spec: np.concatenate([t[spec][o : o + n] for _, t, o, n in take]) for spec in self.ensemble.specs}
+        t0 = time.perf_counter()
+        try:
+            probs = self.ensemble.model_probabilities(batch)
+        except RuntimeError as exc:  # e.g. CUDA out of memory: these videos fall back, the run goes on
+            probs = np.full((len(self.ensemble), sum(n for *_, n in take)), np.nan)
+            for item, *_ in take:
+                item.failed = f"{REASON_ERROR}: model: {type(exc).__name__}: {exc}"
+        self.seconds["model"] += time.perf_counter() - t0
+        start = 0
+        for item, _, _, n in take:
+            item.probs.append(probs[:, start : start + n])
+            item.done += n
+            start += n
+            self.queued -= n
+            if item.done >= item.n_units:
+                self._finish(item)
+
+    def _finish(self, item: _Pending) -> None:
+        if item.failed:
+            self.fallback(item.name, item.failed, item.n_faces)
+            return
+        probs = np.concatenate(item.probs, axis=1)  # models x units
+        pcfg = self.pcfg
+        try:
+            raw = ensemble_probability(probs, self.ensemble.rule(self.cfg), pcfg)  # the rule per model, then the mean
+            label = float(clip(apply_temperature(raw, pcfg.temperature, pcfg.bias), pcfg.clip))
+        except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
+            self.fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
+            return
+        self.results[item.name] = (label, raw, item.n_faces, self.notes.get(item.name, ""), False)
+        self.units += probs.shape[1]
+        self.spread[:, 0] = np.minimum(self.spread[:, 0], probs.min(axis=1))
+        self.spread[:, 1] = np.maximum(self.spread[:, 1], probs.max(axis=1))
+        if self.keep_units:
+            for name, row in zip(self.ensemble.names, probs):
+                self.face_rows.append(pd.DataFrame({"filename": item.name, "model": name, "frame": item.frames,
+                                                    "track": item.tracks, "prob": row}))
+
+
+def _collect(plan: _Plan, runner: _Workers, col: _Collector, t_start: float, progress: bool) -> None:
+    """Step 3: take the videos the workers finish, run the models on full batches (or on what
+    is queued while the workers are busy), until every video is done or the time budget stops
+    new starts; videos not started (or abandoned) in time get the fallback."""
+    from .progress import progress as progress_bar
+
+    budget = float(plan.cfg.predict.time_budget)
+    stopped = False
+
+    def elapsed() -> float:
+        return time.perf_counter() - t_start
+
+    def may_start(in_flight: int) -> bool:
+        return not stopped and fits_budget(elapsed(), col.finished, in_flight, budget)
+
+    wake_at = time.monotonic() + budget - elapsed() if budget > 0 else None
+    setup_seconds = col.seconds["setup"]
+    bar = progress_bar(total=len(plan.paths), unit="video", disable=not progress, desc="predict")
+    try:
+        while True:
+            got = runner.results(block=col.queued <= 0, may_start=may_start, wake_at=wake_at)
+            if got and "fill" not in col.seconds:
+                col.seconds["fill"] = elapsed() - setup_seconds  # until the first video came back
+            for name, faces, reason in got:
+                bar.update(1)
+                col.add(name, faces, reason)
+            if col.queued >= col.batch_units or (col.queued > 0 and (not got or runner.started == 0)):
+                col.run_batch()  # a full batch, or whatever is queued while the workers are busy
+                continue
+            if got or col.queued > 0:
+                continue
+            if runner.started == 0 and (not runner.queue or not may_start(0)):
+                break  # nothing in flight, nothing queued: done, or the budget stopped new starts
+            if budget > 0 and elapsed() >= budget:
+                break
+        left = runner.take_unstarted() + runner.take_started()
+        if left:
+            stopped = True
+            warn(f"time budget of {budget:g} s: {len(left)} videos not predicted "
+                 f"(fallback {plan.cfg.predict.fallback})")
+            for name in left:
+                col.fallback(name, f"{REASON_TIME}: projected finish beyond {budget:g} s")
+        while col.queue:  # faces of finished videos are always predicted
+            col.run_batch()
+    finally:
+        bar.close()
+        runner.close(cancel=True)
+
+
+def _write(plan: _Plan, col: _Collector, out_csv: Path, faces_csv: Path | None, t_start: float) -> PredictReport:
+    """Step 4: submission, predictions.csv (with each row's reason), per-unit file, config; the report."""
+    rows = [(n, *col.results[n][:4]) for n in plan.names]
+    table = pd.DataFrame(rows, columns=["filename", "label", "raw", "n_faces", "reason"])
+    atomic_write_csv(out_csv, table[["filename", "label"]])
+    predictions_csv = out_csv.parent / PREDICTIONS_FILE
+    atomic_write_csv(predictions_csv, table)
+    if faces_csv is not None:
+        per_face = pd.concat(col.face_rows, ignore_index=True) if col.face_rows else pd.DataFrame(columns=FACE_COLUMNS)
+        atomic_write_csv(Path(faces_csv), per_face[FACE_COLUMNS])
+    save_config(plan.cfg, out_csv.parent / CONFIG_FILE)
+    col.seconds["total"] = time.perf_counter() - t_start
+    constant = constant_models(plan.ensemble.names, col.spread, col.units)
+    for text in constant:
+        warn(f"predict: {text}")
+    pcfg = plan.cfg.predict
+    return PredictReport(
+        videos=len(plan.names),
+        predicted=sum(1 for n in plan.unique if not col.results[n][4]),
+        fallbacks={n: r[3] for n, r in col.results.items() if r[4]},
+        seconds=col.seconds,
+        calibration={"aggregation": plan.ensemble.rule(plan.cfg), "temperature": pcfg.temperature,
+                     "bias": pcfg.bias, "clip": pcfg.clip, "source": plan.source},
+        models=len(plan.ensemble),
+        out_csv=out_csv,
+        predictions_csv=predictions_csv,
+        faces=col.faces,
+        processed=col.finished,
+        devices=plan.ensemble.devices,
+        faces_csv=Path(faces_csv) if faces_csv is not None else None,
+        warnings=plan.warnings + constant,
+        notes={n: r[3] for n, r in col.results.items() if r[3] and not r[4]},
+    )
 
 
 def predict_videos(
@@ -798,208 +1073,31 @@ def predict_videos(
     disk gets the fallback, reason "missing"), else ``names`` when given, else one per
     ``*.mp4`` of ``videos_dir`` sorted by name. Beside ``out_csv``: ``predictions.csv``
     (``filename,label,raw,n_faces,reason``; ``raw`` is the aggregated P(FAKE) before
-    temperature and clip, ``reason`` empty on success) and the resolved ``config.yaml``.
+    temperature and clip, ``reason`` empty on success, or "partial decode: ..." for a video
+    predicted from the part of it that decoded) and the resolved ``config.yaml``.
 
     ``run_dir`` holds ``fold*/best.pt`` (every fold is used, unless ``checkpoints`` names
     the ones to use: the video rule per model, then the mean over models) and optionally
     ``calibration.json``, whose aggregation/temperature/clip override ``cfg.predict`` unless
     ``cfg.predict.calibration`` is "none" or the key is in ``explicit`` (keys the user set
     on the command line); one fitted at another ``predict.frames`` is applied with a warning
-    (``PredictReport.warnings``). ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1":
-    models spread over them) or None/"auto" (every visible GPU, else the CPU). ``faces_csv``:
-    also write every unit's P(FAKE) per model there (``filename,model,frame,track,prob``:
-    each face, or each track of a sequence model with frame -1; calibration searches its
-    aggregation on them). ``process`` is the per-video worker function and ``start`` a
+    (``PredictReport.warnings``; so is a model whose every face got the same P(FAKE)).
+    ``device``: "cpu", "cuda", a comma list ("cuda:0,cuda:1": models spread over them) or
+    None/"auto" (every visible GPU, else the CPU). ``faces_csv``: also write every unit's
+    P(FAKE) per model there (``filename,model,frame,track,prob``: each face, or each track of
+    a sequence model with frame -1; calibration searches its aggregation on them). ``process`` is the per-video worker function and ``start`` a
     worker's start-up (replaceable in tests; both must be importable by spawned processes).
+
+    Steps: ``_plan`` (inputs, calibration, models), ``_Workers`` (decode, detect, crop),
+    ``_collect`` (the models on batches of faces, the time budget), ``_write`` (the files).
     """
-    from .progress import progress as progress_bar
-
     t_start = time.perf_counter()
-    pcfg = cfg.predict
     run_dir, out_csv = Path(run_dir), Path(out_csv)
-    calibration, source = resolve_calibration(run_dir, pcfg)
-    warnings = [w for w in [frames_mismatch(calibration, pcfg.frames)] if w]
-    if calibration:
-        pcfg = apply_calibration(pcfg, calibration, explicit)
-        cfg = dataclasses.replace(cfg, predict=pcfg)
-    _check_predict_config(pcfg)
-    for text in warnings:
-        warn(f"predict: {text} ({source})")
-    if sample_submission is not None or names is None:
-        names = list_videos(videos_dir, sample_submission)
-    names = list(names)
-    devices = resolve_devices(device)
-    detect_devices = resolve_devices(pcfg.detect_device, "predict.detect_device")
-    ensemble, run_cfg = load_ensemble(run_dir, pcfg, devices, checkpoints)
-    if ensemble.kind == "sequence" and cfg.sequence.aggregation not in TRACK_METHODS:
-        raise PredictError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
-    # detection exactly as in training (the run's faces settings); crops per model spec
-    setup = WorkerSetup(run_cfg.faces, pcfg.frames, ensemble.specs, pcfg.worker_threads, detect_devices[0])
-
-    results: dict[str, tuple[float, float, int, str]] = {}  # name -> (label, raw, n_faces, reason)
-    face_rows: list[pd.DataFrame] = []
-
-    def fallback(name: str, reason: str, n_faces: int = 0) -> None:
-        results[name] = (pcfg.fallback, math.nan, n_faces, reason)
-
-    unique = list(dict.fromkeys(names))
-    paths: dict[str, str] = {}
-    for name in unique:
-        path = Path(videos_dir) / name
-        if not path.is_file():
-            fallback(name, REASON_MISSING)
-        elif path.stat().st_size == 0:
-            fallback(name, f"{REASON_EMPTY}: {path} is zero bytes (incomplete download?)")
-        else:
-            paths[name] = str(path)
-
-    seconds = {"decode": 0.0, "detect": 0.0, "crop": 0.0, "model": 0.0}
-    budget = float(pcfg.time_budget)
-    finished = 0  # videos that went through the workers (success or not)
-    total_faces = 0
-    stopped = False
-
-    def elapsed() -> float:
-        return time.perf_counter() - t_start
-
-    def may_start(in_flight: int) -> bool:
-        return not stopped and fits_budget(elapsed(), finished, in_flight, budget)
-
-    runner = _Workers(paths, setup, detect_devices, pcfg.workers, pcfg.prefetch, process, pcfg.video_timeout, start)
-    wake_at = time.monotonic() + budget - elapsed() if budget > 0 else None
-    faces_q: deque[tuple[_Pending, dict[CropSpec, np.ndarray], int]] = deque()  # (video, unit tensors, offset)
-    queued_faces = 0  # units (faces, or tracks) waiting for the models
-    batch_units = ensemble.batch_units(pcfg.batch_size)
-    bar = progress_bar(total=len(paths), unit="video", disable=not progress, desc="predict")
-
-    def finish(item: _Pending) -> None:
-        if item.failed:
-            fallback(item.name, item.failed, item.n_faces)
-            return
-        probs = np.concatenate(item.probs, axis=1)  # models x units
-        try:
-            raw = ensemble_probability(probs, ensemble.rule(cfg), pcfg)  # the rule per model, then the mean
-            label = float(clip(apply_temperature(raw, pcfg.temperature), pcfg.clip))
-            results[item.name] = (label, raw, item.n_faces, "")
-        except AggregationError as exc:  # e.g. NaN from an overflowing fp16 model
-            fallback(item.name, f"{REASON_ERROR}: {exc}", item.n_faces)
-            return
-        if faces_csv is not None:
-            for name, row in zip(ensemble.names, probs):
-                face_rows.append(pd.DataFrame({"filename": item.name, "model": name, "frame": item.frames,
-                                               "track": item.tracks, "prob": row}))
-
-    def run_batch() -> None:
-        nonlocal queued_faces
-        take: list[tuple[_Pending, dict[CropSpec, np.ndarray], int, int]] = []
-        room = batch_units
-        while faces_q and room > 0:
-            item, tensors, offset = faces_q[0]
-            n = min(room, item.n_units - offset)
-            take.append((item, tensors, offset, n))
-            room -= n
-            if offset + n >= item.n_units:
-                faces_q.popleft()
-            else:
-                faces_q[0] = (item, tensors, offset + n)
-        batch = {spec: np.concatenate([t[spec][o : o + n] for _, t, o, n in take]) for spec in ensemble.specs}
-        t0 = time.perf_counter()
-        try:
-            probs = ensemble.model_probabilities(batch)
-        except RuntimeError as exc:  # e.g. CUDA out of memory: these videos fall back, the run goes on
-            probs = np.full((len(ensemble), sum(n for *_, n in take)), np.nan)
-            for item, *_ in take:
-                item.failed = f"{REASON_ERROR}: model: {type(exc).__name__}: {exc}"
-        seconds["model"] += time.perf_counter() - t0
-        start = 0
-        for item, _, _, n in take:
-            item.probs.append(probs[:, start : start + n])
-            item.done += n
-            start += n
-            queued_faces -= n
-            if item.done >= item.n_units:
-                finish(item)
-
-    seconds["setup"] = elapsed()  # models loaded, inputs checked; worker start-up counts in the loop
-    try:
-        while True:
-            work_queued = queued_faces > 0
-            got = runner.results(block=not work_queued, may_start=may_start, wake_at=wake_at)
-            if got and "fill" not in seconds:
-                seconds["fill"] = elapsed() - seconds["setup"]  # until the first video came back
-            for name, faces, reason in got:
-                finished += 1
-                bar.update(1)
-                if faces is not None:
-                    for key in ("decode", "detect", "crop"):
-                        seconds[key] += faces.seconds.get(key, 0.0)
-                    reason = faces.reason
-                if faces is None or reason:
-                    fallback(name, reason, 0 if faces is None else faces.n_faces)
-                    continue
-                try:
-                    tensors, frames, tracks = ensemble.units(faces)
-                except (ValueError, IndexError) as exc:  # track ids that cannot be read as sequences
-                    fallback(name, f"{REASON_ERROR}: units: {exc}", faces.n_faces)
-                    continue
-                item = _Pending(name, faces.n_faces, frames, tracks)
-                faces_q.append((item, tensors, 0))
-                queued_faces += item.n_units
-                total_faces += faces.n_faces
-            if queued_faces >= batch_units or (queued_faces > 0 and (not got or runner.started == 0)):
-                run_batch()  # a full batch, or whatever is queued while the workers are busy
-                continue
-            if got or queued_faces > 0:
-                continue
-            if runner.started == 0 and (not runner.queue or not may_start(0)):
-                # nothing in flight, nothing queued: done, or the budget stopped new starts
-                break
-            if budget > 0 and elapsed() >= budget:
-                break
-        left = runner.take_unstarted()
-        abandoned = runner.take_started()
-        if left or abandoned:
-            stopped = True
-            warn(
-                f"time budget of {budget:g} s: {len(left) + len(abandoned)} videos not predicted "
-                f"(fallback {pcfg.fallback})"
-            )
-            for name in left + abandoned:
-                fallback(name, f"{REASON_TIME}: projected finish beyond {budget:g} s")
-        while faces_q:  # faces of finished videos are always predicted
-            run_batch()
-    finally:
-        bar.close()
-        runner.close(cancel=True)
-
-    rows = [(n, *results[n]) for n in names]
-    table = pd.DataFrame(rows, columns=["filename", "label", "raw", "n_faces", "reason"])
-    atomic_write_csv(out_csv, table[["filename", "label"]])
-    predictions_csv = out_csv.parent / PREDICTIONS_FILE
-    atomic_write_csv(predictions_csv, table)
-    if faces_csv is not None:
-        per_face = pd.concat(face_rows, ignore_index=True) if face_rows else pd.DataFrame(columns=FACE_COLUMNS)
-        atomic_write_csv(Path(faces_csv), per_face[FACE_COLUMNS])
-    save_config(cfg, out_csv.parent / CONFIG_FILE)
-    seconds["total"] = time.perf_counter() - t_start
-    fallbacks = {n: r[3] for n, r in results.items() if r[3]}
-    return PredictReport(
-        videos=len(names),
-        predicted=sum(1 for n in unique if not results[n][3]),
-        fallbacks=fallbacks,
-        seconds=seconds,
-        calibration={
-            "aggregation": ensemble.rule(cfg),
-            "temperature": pcfg.temperature,
-            "clip": pcfg.clip,
-            "source": source,
-        },
-        models=len(ensemble),
-        out_csv=out_csv,
-        predictions_csv=predictions_csv,
-        faces=total_faces,
-        processed=finished,
-        devices=ensemble.devices,
-        faces_csv=Path(faces_csv) if faces_csv is not None else None,
-        warnings=warnings,
-    )
+    plan = _plan(videos_dir, run_dir, cfg, sample_submission, device, explicit, checkpoints, names)
+    pcfg = plan.cfg.predict
+    collector = _Collector(plan, keep_units=faces_csv is not None)
+    runner = _Workers(plan.paths, plan.setup, plan.detect_devices, pcfg.workers, pcfg.prefetch, process,
+                      pcfg.video_timeout, start)
+    collector.seconds["setup"] = time.perf_counter() - t_start  # models loaded, inputs checked
+    _collect(plan, runner, collector, t_start, progress)
+    return _write(plan, collector, out_csv, faces_csv, t_start)

@@ -58,8 +58,12 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected an RGB uint8 image H x W x 3, got {shape} {dtype}")
 
 
-def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """Longest side to ``size`` (aspect kept), then zero-padded to a centred square."""
+INTER_DOWN, INTER_UP = cv2.INTER_AREA, cv2.INTER_CUBIC  # the inference path's resize interpolations
+
+
+def resize_pad(image: np.ndarray, size: int, down: int = INTER_DOWN, up: int = INTER_UP) -> np.ndarray:
+    """Longest side to ``size`` (aspect kept: an isotropic resize, ``down`` / ``up`` the OpenCV
+    interpolations when shrinking / enlarging), then zero-padded to a centred square."""
     _check_image(image)
     if size <= 0:
         raise ValueError(f"input size must be positive, got {size}")
@@ -67,7 +71,7 @@ def resize_pad(image: np.ndarray, size: int) -> np.ndarray:
     scale = size / max(h, w)
     if scale != 1.0:
         new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-        interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_CUBIC
+        interp = down if scale < 1.0 else up
         image = cv2.resize(image, (new_w, new_h), interpolation=interp)
         h, w = new_h, new_w
     if h == w == size:

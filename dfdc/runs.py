@@ -8,6 +8,7 @@ Layout under ``<runs_dir>/<name>/``::
     fold{k}/inputs.json             fingerprints of the folds table and faces index the fold trains on
     fold{k}/status.json             {"finished": true, ...} once the fold is done (skipped on rerun)
     fold{k}/best.pt, last.pt, oof.csv, oof_<units>.csv, estimator.joblib   the fold's state
+    fold{k}/tensorboard/            TensorBoard event files of the fold's epochs (torch models)
     metrics.csv, curves.png         per fold and epoch
     oof.csv, oof_<units>.csv        out-of-fold predictions of every finished fold
 
@@ -23,15 +24,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dfdc.aggregate import clip as clip_probability
-from dfdc.config import ConfigError
+from dfdc.aggregate import constant_models
+from dfdc.config import ConfigError, make_hint
 from dfdc.io import atomic_open, atomic_write_csv, atomic_write_json
 from dfdc.metrics import video_metrics
 from dfdc.models.checkpoint import FOLD_DIR
@@ -45,8 +49,12 @@ STATUS = "status.json"
 INPUT_NAMES = {"folds": "folds table", "faces": "faces index"}
 # a fold's state: everything made from its inputs (status first: a fold without it is never skipped)
 FOLD_STATE = (STATUS, "last.pt", "best.pt", "oof.csv", OOF_FACES[0], OOF_TRACKS[0], "estimator.joblib")
-RETRAIN = ("use another --name (a new run), or --no-resume to retrain the fold(s) on today's inputs "
-           "(--fold-list with every fold trained on the old ones)")
+def retrain_advice() -> str:
+    """How to get past a fold trained on other inputs (make variables when run through make)."""
+    return (f"use another {make_hint('--name', 'RUN=')} (a new run), or {make_hint('--no-resume', 'NO_RESUME=1')} "
+            f"to retrain the fold(s) on today's inputs ({make_hint('--fold-list', 'FOLDS=')} with every fold "
+            "trained on the old ones)")
+TENSORBOARD_DIR = "tensorboard"  # per fold: TensorBoard event files (``tensorboard --logdir runs/NAME``)
 
 
 class InputsChangedError(ConfigError):
@@ -68,9 +76,11 @@ class TrainReport:
     run_dir: Path
     folds: list[FoldResult] = field(default_factory=list)
     oof_logloss: float | None = None  # over every finished fold's OOF videos, clipped at val_clip
+    # (class-balanced with train.val_balanced)
     oof_auc: float | None = None
     oof_videos: int = 0
     stopped_early: bool = False  # stop_after_epochs ended this invocation before all folds finished
+    warnings: list[str] = field(default_factory=list)  # said on stderr at the end (a constant model)
 
 
 def fold_dir(run_dir: Path, fold: int) -> Path:
@@ -108,7 +118,7 @@ def inputs_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return changes
 
 
-def check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str, advice: str = RETRAIN) -> None:
+def check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str, advice: str | None = None) -> None:
     """Refuse to ``doing`` (resume, skip, merge, calibrate) a fold trained on other inputs."""
     old = read_inputs(folder)
     if old is None:
@@ -118,7 +128,7 @@ def check_inputs(folder: Path, fold: int, current: dict[str, Any], doing: str, a
         raise InputsChangedError(
             f"cannot {doing} fold {fold} of {Path(folder).parent}: it was trained on other inputs -- "
             + "; ".join(changes) + ". Mixing them would train or score one model on two splits or crop "
-            f"sets: {advice}")
+            f"sets: {advice or retrain_advice()}")
 
 
 def has_state(folder: Path) -> bool:
@@ -148,6 +158,7 @@ def reset_fold(folder: Path, fingerprints: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name in FOLD_STATE:
         (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / TENSORBOARD_DIR, ignore_errors=True)
     atomic_write_json(folder / INPUTS, fingerprints)
 
 
@@ -208,11 +219,13 @@ def parse_folds(spec: str, available: list[int]) -> list[int]:
 # ----------------------------------------------------------------------------- scores and curves
 
 
-def video_logloss(videos: pd.DataFrame, clip: float) -> tuple[float, float]:
-    """(Kaggle log loss of ``pred`` clipped at ``clip``, ROC AUC or nan) against ``label``
-    (``dfdc.metrics.video_metrics``, the scorer of submissions and of ``dfdc compare``)."""
+def video_logloss(videos: pd.DataFrame, clip: float, balanced: bool = True) -> tuple[float, float]:
+    """(log loss of ``pred`` clipped at ``clip``, ROC AUC or nan) against ``label``
+    (``dfdc.metrics.video_metrics``, the scorer of submissions and of ``dfdc compare``):
+    ``balanced`` (``train.val_balanced``) the class-balanced loss, else Kaggle's plain one."""
     m = video_metrics(videos["label"].to_numpy(dtype=int), clip_probability(videos["pred"].to_numpy(dtype=float), clip))
-    return m["logloss"], float("nan") if m["auc"] is None else m["auc"]
+    loss = m["logloss_balanced"] if balanced and m["logloss_balanced"] is not None else m["logloss"]
+    return loss, float("nan") if m["auc"] is None else m["auc"]
 
 
 def _write_curves(metrics: pd.DataFrame, path: Path) -> None:
@@ -262,7 +275,7 @@ def write_fold_oof(folder: Path, units: pd.DataFrame, videos: pd.DataFrame, unit
 
 
 def merge_oof(run_dir: Path, unit_file: tuple[str, list[str]], clip: float, fingerprints: dict[str, Any],
-              available: list[int]) -> tuple[float | None, float | None, int]:
+              available: list[int], balanced: bool = True) -> tuple[float | None, float | None, int]:
     """The run's ``oof.csv`` and per-unit file from the folds of today's table (``available``)
     that finished on today's inputs; returns (log loss, AUC, videos) of the merged OOF. A fold
     still training (stopped or killed) is left out until it finishes; a fold folder that is not
@@ -284,8 +297,20 @@ def merge_oof(run_dir: Path, unit_file: tuple[str, list[str]], clip: float, fing
     oof = pd.concat(videos, ignore_index=True)[OOF_COLUMNS].sort_values(["fold", "video"])
     atomic_write_csv(Path(run_dir) / "oof.csv", oof)
     atomic_write_csv(Path(run_dir) / name, pd.concat(units, ignore_index=True)[columns].sort_values(columns[:-1]))
-    loss, auc = video_logloss(oof, clip)
+    loss, auc = video_logloss(oof, clip, balanced)
     return loss, auc, len(oof)
+
+
+def constant_folds(run_dir: Path, unit_file: tuple[str, list[str]]) -> list[str]:
+    """A warning per fold of the merged OOF whose every unit got the same P(FAKE)
+    (``dfdc.aggregate.constant_models``)."""
+    path = Path(run_dir) / unit_file[0]
+    if not path.is_file():
+        return []
+    units = pd.read_csv(path, usecols=["fold", "prob"])
+    unit = "track" if unit_file[0] == OOF_TRACKS[0] else "face"
+    return [text for fold, probs in units.groupby("fold")["prob"]
+            for text in constant_models([f"fold{fold}"], np.array([[probs.min(), probs.max()]]), len(probs), unit)]
 
 
 def recorded_folds(run_dir: Path) -> list[int]:

@@ -26,6 +26,15 @@ upscaled and alpha-blended through a feathered ellipse. Outside that ellipse a f
 original's pixels (up to codec noise); inside, the face is softer, noise-free and has a
 blend seam, the artefacts of DFDC's autoencoder swaps.
 
+Swap methods (``SWAP_METHODS``, ``synth.methods``): DFDC's fakes come from several methods and
+its private test set holds methods absent from training, so each FAKE is made by one of
+several methods with distinct artefacts -- that low-resolution ``blend``; a ``sharp`` swap at
+full resolution with sensor noise re-injected; ``poisson`` (seamless) cloning; a ``partial``
+swap of the eyes or the mouth only; a ``colour``-mismatched swap. Training fakes take the
+methods not in ``synth.test_methods`` in turn; those held out appear only in ``test_videos``
+(``synth.test_unseen_share`` of its fakes), beside fakes of the training methods.
+``.synth.json`` and ``test_labels.csv`` record each video's ``method`` (empty for REAL).
+
 Identity split rule: the identity list is fixed (photos, then LFW faces in order); an
 identity whose 1-based index is divisible by ``cfg.test_identity_every`` is a test identity
 and appears only in ``test_videos`` (as target or donor), all others only in training.
@@ -58,7 +67,7 @@ from dfdc.config import ConfigError, FacesConfig, SynthConfig
 from dfdc.io import TEMP_MARK, atomic_write_csv, atomic_write_json, clean_temp_files
 from dfdc.threads import torch_threads
 
-SYNTH_VERSION = 2  # bump when the same config would produce different videos
+SYNTH_VERSION = 5  # bump when the same config would produce different videos
 MARKER = ".synth.json"
 TEST_FOLDER = "test_videos"
 PART_PREFIX = "dfdc_train_part_"
@@ -77,6 +86,17 @@ OWN_PHOTO = "photo"  # scene name of a photo identity's take in its own photo
 BACKGROUNDS = ("china", "flower", "coffee", "chelsea", "rocket")  # background photos (see _backgrounds)
 SCENE_TRIES = 5  # draws of placement, camera and light per REAL video until MTCNN finds its face
 # (a dark LFW face under a dim lamp was missed in all 30 frames of a demo video)
+# the swap methods (synth.methods): what each changes in the face swap described in the module doc
+SWAP_METHODS = {
+    "blend": "the donor face made at low generator resolution, colour-matched, alpha-blended (DF-128-like)",
+    "sharp": "made at full on-screen resolution with sensor noise re-injected, a hard-edged mask: a seam, no blur",
+    "poisson": "low resolution, blended by Poisson (seamless) cloning: no seam, colours taken from the target",
+    "partial": "only the eyes or only the mouth region swapped, small feathered ellipse",
+    "colour": "as blend, but the swapped face is shifted off the target's skin tone in LAB a/b",
+}
+PARTIAL_REGIONS = ("eyes", "mouth")  # "partial": the region swapped, drawn per fake
+LAB_SCALE = (100.0, 127.0, 127.0)  # OpenCV float LAB: L in 0-100, a/b in about -127..127
+CLONE_BORDER = 2  # px kept out of the Poisson mask at the frame edge (cv2.seamlessClone needs a margin)
 SWINGS = (0.5, 1.5)  # camera/light oscillations per video: uniform in this range (smooth motion)
 DRIFT_SPREAD = (0.5, 1.0)  # per-video drift amplitude: this fraction of cfg.drift
 
@@ -143,7 +163,7 @@ class _Group:
     folder: str
     real: str
     target: str
-    fakes: list[tuple[str, str]]  # (name, donor identity)
+    fakes: list[tuple[str, str, str]]  # (name, donor identity, swap method)
     take: int = 0  # this identity's k-th REAL video
     scene: str = OWN_PHOTO  # OWN_PHOTO or a BACKGROUNDS name
 
@@ -259,6 +279,13 @@ def _validate(cfg: SynthConfig) -> None:
         (min(cfg.width, cfg.height) >= 64, "width and height must be >= 64"),
         (cfg.seconds > 0 and cfg.fps >= 1, "synth.seconds must be > 0 and synth.fps >= 1"),
         (cfg.lfw_faces >= 0, "synth.lfw_faces must be >= 0"),
+        (bool(cfg.methods) and set(cfg.methods) <= set(SWAP_METHODS),
+         f"synth.methods must name some of {', '.join(SWAP_METHODS)}, got {', '.join(cfg.methods) or 'none'}"),
+        (set(cfg.test_methods) <= set(cfg.methods),
+         f"synth.test_methods ({', '.join(cfg.test_methods)}) must be among synth.methods"),
+        (bool(set(cfg.methods) - set(cfg.test_methods)) or cfg.fakes_per_real == 0,
+         "synth.test_methods holds every method: no FAKE is left for training"),
+        (0.0 <= cfg.test_unseen_share <= 1.0, "synth.test_unseen_share must be in 0..1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -282,15 +309,17 @@ def _groups(
     rng: np.random.Generator,
     taken: set[str],
     reals: int,
-    fakes: int,
+    methods: list[str],
     folders: list[str],
     pool: list[str],
     start: int,
     per_identity: int,
     photos: set[str],
 ) -> list[_Group]:
-    """``reals`` groups over ``folders`` round-robin; ``fakes`` spread over them; each target
-    identity films ``per_identity`` consecutive groups (more when the pool runs out)."""
+    """``reals`` groups over ``folders`` round-robin; one fake per entry of ``methods`` (its swap
+    method), spread over them in order; each target identity films ``per_identity`` consecutive
+    groups (more when the pool runs out)."""
+    fakes = len(methods)
     if reals == 0:
         return []
     if len(pool) < (2 if fakes else 1):
@@ -305,6 +334,7 @@ def _groups(
     scenes = {t: [BACKGROUNDS[i] for i in rng.permutation(len(BACKGROUNDS))] for t in targets}
     takes: dict[str, int] = {}
     groups = []
+    used = 0
     for g in range(reals):
         count = fakes // reals + (1 if g < fakes % reals else 0)
         target = targets[(g // per_identity) % filmed]
@@ -316,7 +346,8 @@ def _groups(
         others = [p for p in pool if p != target]
         donors = [others[i] for i in rng.permutation(len(others))]
         real, *fake_names = _names(rng, 1 + count, taken)
-        pairs = [(name, donors[k % len(donors)]) for k, name in enumerate(fake_names)]
+        pairs = [(name, donors[k % len(donors)], methods[used + k]) for k, name in enumerate(fake_names)]
+        used += count
         groups.append(_Group(start + g, folders[g % len(folders)], real, target, pairs, take, scene))
     return groups
 
@@ -336,10 +367,21 @@ def plan(cfg: SynthConfig, identities: tuple[Identity, ...]) -> tuple[list[_Grou
     folders = [f"{PART_PREFIX}{n}" for n in range(cfg.parts)]
     photos = {ident.name for ident in identities if ident.kind == "photo"}
     per = cfg.videos_per_identity
-    groups = _groups(rng, taken, train_reals, cfg.videos - train_reals, folders, train_ids, 0, per, photos)
+    seen = [m for m in cfg.methods if m not in cfg.test_methods]
+    train_methods = _cycle(seen, cfg.videos - train_reals)
+    groups = _groups(rng, taken, train_reals, train_methods, folders, train_ids, 0, per, photos)
     test_reals = math.ceil(cfg.test_videos / 2)
-    groups += _groups(rng, taken, test_reals, cfg.test_videos - test_reals, [TEST_FOLDER], test_ids, len(groups), per, photos)
+    test_fakes = cfg.test_videos - test_reals
+    unseen = round(test_fakes * cfg.test_unseen_share) if cfg.test_methods else 0
+    test_methods = _cycle(list(cfg.test_methods), unseen) + _cycle(seen or list(cfg.test_methods), test_fakes - unseen)
+    test_methods = [test_methods[i] for i in rng.permutation(len(test_methods))]
+    groups += _groups(rng, taken, test_reals, test_methods, [TEST_FOLDER], test_ids, len(groups), per, photos)
     return groups, train_ids, test_ids
+
+
+def _cycle(methods: list[str], count: int) -> list[str]:
+    """``count`` method names taking ``methods`` in turn (equal shares, the first ones one more)."""
+    return [methods[k % len(methods)] for k in range(count)] if methods else []
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -509,8 +551,10 @@ def _draw_ellipse(shape: tuple[int, int], centre, axes, angle: float) -> np.ndar
     return mask
 
 
-def _lab_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Colour-match ``source`` to ``target`` (mean/std per LAB channel inside ``mask``)."""
+def _lab_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray,
+               shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Colour-match ``source`` to ``target`` (mean/std per LAB channel inside ``mask``), then
+    move its a/b channels by ``shift`` (the "colour" method's mismatch; 0 = a match)."""
     src = cv2.cvtColor(source.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
     tgt = cv2.cvtColor(target.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
     inside = mask > 0.5
@@ -518,25 +562,43 @@ def _lab_match(source: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.n
         return source
     s_mean, s_std = src[inside].mean(0), src[inside].std(0) + 1e-3
     t_mean, t_std = tgt[inside].mean(0), tgt[inside].std(0)
-    out = (src - s_mean) / s_std * t_std + t_mean
+    out = (src - s_mean) / s_std * t_std + t_mean + np.array([0.0, *shift], np.float32)
+    out = np.clip(out, -np.array(LAB_SCALE, np.float32) * [0, 1, 1], LAB_SCALE)
     rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0, 0, 255)
 
 
 @dataclass
 class _Swap:
-    """A donor face prepared for one group (generator resolution fixed per video)."""
+    """A donor face prepared for one fake (generator resolution fixed per video)."""
 
     image: np.ndarray  # donor, pre-shrunk towards generator scale
     to_scene: np.ndarray  # donor-image px -> target scene px (similarity)
     canvas: int  # generator resolution (px)
+    method: str = "blend"  # SWAP_METHODS
+    part: str = ""  # "partial": the region swapped (PARTIAL_REGIONS)
+    shift: tuple[float, float] = (0.0, 0.0)  # "colour": LAB a/b offset of the swapped face
 
 
-def _prepare_swap(donor: Identity, scene_points: np.ndarray, face_px: float, cfg: SynthConfig) -> _Swap:
+def _method_params(method: str, rng: np.random.Generator, cfg: SynthConfig) -> dict:
+    """The per-fake random choices of a method: the partial region, the colour offset."""
+    if method == "partial":
+        return {"part": PARTIAL_REGIONS[int(rng.integers(len(PARTIAL_REGIONS)))]}
+    if method == "colour":
+        size, angle = rng.uniform(*cfg.colour_shift), rng.uniform(0, 2 * math.pi)
+        return {"shift": (float(size * math.cos(angle)), float(size * math.sin(angle)))}
+    return {}
+
+
+def _prepare_swap(donor: Identity, scene_points: np.ndarray, face_px: float, cfg: SynthConfig,
+                  method: str = "blend", rng: np.random.Generator | None = None) -> _Swap:
     from skimage.transform import SimilarityTransform
 
     region = cfg.region * face_px
-    canvas = int(np.clip(round(region * cfg.generator_fraction), cfg.generator_min, cfg.generator_max))
+    if method == "sharp":
+        canvas = int(np.clip(round(region * cfg.sharp_fraction), cfg.generator_min, cfg.sharp_max))
+    else:
+        canvas = int(np.clip(round(region * cfg.generator_fraction), cfg.generator_min, cfg.generator_max))
     donor_face = donor.box[3] - donor.box[1]
     shrink = min(1.0, (canvas / cfg.region) / donor_face)
     image = donor.image
@@ -550,11 +612,38 @@ def _prepare_swap(donor: Identity, scene_points: np.ndarray, face_px: float, cfg
     if not tform.estimate(donor.landmarks, scene_points):
         raise SynthError(f"cannot align identity {donor.name} (degenerate landmarks)")
     unshrink = np.diag([1 / shrink_x, 1 / shrink_y, 1.0])
-    return _Swap(np.ascontiguousarray(image), tform.params @ unshrink, canvas)
+    params = _method_params(method, rng if rng is not None else np.random.default_rng(0), cfg)
+    return _Swap(np.ascontiguousarray(image), tform.params @ unshrink, canvas, method, **params)
 
 
-def _swap_frame(frame: np.ndarray, swap: _Swap, to_frame: np.ndarray, points: np.ndarray, face_px: float, cfg: SynthConfig) -> np.ndarray:
-    """``frame`` with the donor's face made at generator resolution and blended in."""
+def _part_ellipse(points: np.ndarray, part: str, cfg: SynthConfig) -> tuple[tuple[float, float], tuple[float, float], float]:
+    """The "partial" method's blend ellipse around the eyes or the mouth (centre, half-axes, angle)."""
+    _, _, angle = _ellipse(points, cfg)
+    eyes, mouth = (points[0] + points[1]) / 2, (points[3] + points[4]) / 2
+    eye_dist, em_dist = float(np.linalg.norm(points[1] - points[0])), float(np.linalg.norm(mouth - eyes))
+    centre = eyes if part == "eyes" else mouth
+    return (float(centre[0]), float(centre[1])), (cfg.partial_width * eye_dist, cfg.partial_height * em_dist), angle
+
+
+def _poisson_blend(frame: np.ndarray, face: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """The "poisson" method: ``face`` (the region at ``x0, y0``) cloned into ``frame`` by
+    OpenCV's seamless cloning (Pérez et al. 2003) inside ``mask`` (no seam, the target's colours)."""
+    height, width = frame.shape[:2]
+    full = np.zeros((height, width), np.uint8)
+    full[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]] = (mask > 0.5).astype(np.uint8) * 255
+    full[:CLONE_BORDER], full[-CLONE_BORDER:], full[:, :CLONE_BORDER], full[:, -CLONE_BORDER:] = 0, 0, 0, 0
+    if not full.any():
+        return frame
+    source = frame.copy()
+    source[y0:y0 + face.shape[0], x0:x0 + face.shape[1]] = np.clip(face + 0.5, 0, 255).astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(full)
+    return cv2.seamlessClone(source, frame, full, (x + w // 2, y + h // 2), cv2.NORMAL_CLONE)
+
+
+def _swap_frame(frame: np.ndarray, swap: _Swap, to_frame: np.ndarray, points: np.ndarray, face_px: float,
+                cfg: SynthConfig, grain: np.ndarray | None = None) -> np.ndarray:
+    """``frame`` with the donor's face made at generator resolution and blended in by
+    ``swap.method`` (``SWAP_METHODS``); ``grain``: a sensor-noise field for the "sharp" method."""
     height, width = frame.shape[:2]
     centre, axes, angle = _ellipse(points, cfg)
     region = cfg.region * face_px
@@ -570,7 +659,7 @@ def _swap_frame(frame: np.ndarray, swap: _Swap, to_frame: np.ndarray, points: np
     small_mask = _draw_ellipse(
         (g, g), ((centre[0] - origin[0]) * scale, (centre[1] - origin[1]) * scale), (axes[0] * scale, axes[1] * scale), angle
     )
-    generated = _lab_match(generated, target, small_mask)
+    generated = _lab_match(generated, target, small_mask, swap.shift)
     # upscale into the frame, only inside the region of interest
     x0, y0 = max(0, int(math.floor(origin[0]))), max(0, int(math.floor(origin[1])))
     x1, y1 = min(width, int(math.ceil(origin[0] + region))), min(height, int(math.ceil(origin[1] + region)))
@@ -579,8 +668,15 @@ def _swap_frame(frame: np.ndarray, swap: _Swap, to_frame: np.ndarray, points: np
     back = np.linalg.inv(to_canvas)
     back[:2, 2] -= (x0, y0)
     up = cv2.warpAffine(generated, back[:2], (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if swap.method == "partial":
+        centre, axes, angle = _part_ellipse(points, swap.part, cfg)
     mask = _draw_ellipse((y1 - y0, x1 - x0), (centre[0] - x0, centre[1] - y0), axes, angle)
-    mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, cfg.feather * face_px))[..., None]
+    if swap.method == "poisson":
+        return _poisson_blend(frame, up, mask, x0, y0)
+    if swap.method == "sharp" and grain is not None:
+        up = up + grain[y0:y1, x0:x1] * cfg.sharp_noise
+    feather = cfg.sharp_feather if swap.method == "sharp" else cfg.feather
+    mask = cv2.GaussianBlur(mask, (0, 0), max(0.5, feather * face_px))[..., None]
     out = frame.copy()
     roi = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = np.clip(roi + (up - roi) * mask + 0.5, 0, 255).astype(np.uint8)
@@ -671,22 +767,26 @@ def _render_group(group: _Group, folder: Path, ids: dict[str, Identity], cfg: Sy
     """Write one REAL video and its fakes from the same rendered frames."""
     rng, scene, box, points, camera = _shoot(group, ids[group.target], cfg)
     face_scene = box[3] - box[1]
-    swaps = [_prepare_swap(ids[donor], points, face_scene * camera.scale, cfg) for _, donor in group.fakes]
+    swaps = [_prepare_swap(ids[donor], points, face_scene * camera.scale, cfg, method,
+                           np.random.default_rng([cfg.seed, group.index, k]))
+             for k, (_, donor, method) in enumerate(group.fakes)]
     noise = [rng.normal(0.0, cfg.noise, (cfg.height, cfg.width, 3)).astype(np.float32) for _ in range(max(1, cfg.noise_pool))]
-    writers = [_Writer(folder / name, cfg) for name in [group.real] + [name for name, _ in group.fakes]]
+    writers = [_Writer(folder / name, cfg) for name in [group.real] + [name for name, _, _ in group.fakes]]
     try:
         for index in range(max(1, int(round(cfg.seconds * cfg.fps)))):
             t = index / cfg.fps
             matrix = camera.matrix(t, cfg.width, cfg.height)
             frame = cv2.warpAffine(scene, matrix[:2], (cfg.width, cfg.height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             lit = frame.astype(np.float32) * camera.gain(t).astype(np.float32) * camera.shade
-            lit += noise[int(rng.integers(len(noise)))]
+            drawn = int(rng.integers(len(noise)))
+            lit += noise[drawn]
             frame = np.clip(lit + 0.5, 0, 255).astype(np.uint8)
+            grain = noise[(drawn + 1) % len(noise)]  # the "sharp" swap's re-injected noise: another field
             writers[0].write(frame)
             frame_points = _apply(matrix, points)
             face_px = face_scene * math.hypot(matrix[0, 0], matrix[1, 0])
             for writer, swap in zip(writers[1:], swaps):
-                writer.write(_swap_frame(frame, swap, matrix, frame_points, face_px, cfg))
+                writer.write(_swap_frame(frame, swap, matrix, frame_points, face_px, cfg, grain))
         for writer in writers:
             writer.close()
     except BaseException:
@@ -699,7 +799,9 @@ def _render_group(group: _Group, folder: Path, ids: dict[str, Identity], cfg: Sy
 
 
 def _config_record(cfg: SynthConfig) -> dict:
-    return {"version": SYNTH_VERSION, **dataclasses.asdict(cfg)}
+    """The configuration as ``.synth.json`` stores it (a JSON round trip: tuples such as
+    ``methods`` come back as lists, so a rerun compares equal to the file it wrote)."""
+    return json.loads(json.dumps({"version": SYNTH_VERSION, **dataclasses.asdict(cfg)}))
 
 
 def _report_from_marker(out: Path, record: dict, skipped: bool) -> SynthReport:
@@ -779,7 +881,7 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
     for group in _progress(groups):
         folder = tmp / group.folder
         folder.mkdir(exist_ok=True)
-        names = [group.real] + [name for name, _ in group.fakes]
+        names = [group.real] + [name for name, _, _ in group.fakes]
         if all((folder / name).is_file() for name in names):
             continue  # finished by a previous (killed) run of the same config
         _render_group(group, folder, ids, cfg)
@@ -788,9 +890,11 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
     for group in groups:
         split = "test" if group.folder == TEST_FOLDER else "train"
         shot = {"identity": group.target, "take": group.take, "scene": group.scene}
-        videos[group.real] = {"folder": group.folder, "split": split, "label": "REAL", "original": None, **shot, "donor": None}
-        for name, donor in group.fakes:
-            videos[name] = {"folder": group.folder, "split": split, "label": "FAKE", "original": group.real, **shot, "donor": donor}
+        videos[group.real] = {"folder": group.folder, "split": split, "label": "REAL", "original": None, **shot,
+                              "donor": None, "method": None}
+        for name, donor, method in group.fakes:
+            videos[name] = {"folder": group.folder, "split": split, "label": "FAKE", "original": group.real, **shot,
+                            "donor": donor, "method": method}
     for n in range(cfg.parts):
         folder = f"{PART_PREFIX}{n}"
         meta = {
@@ -803,7 +907,10 @@ def generate(out: Path, cfg: SynthConfig) -> SynthReport:
     if cfg.test_videos:
         atomic_write_csv(tmp / "sample_submission.csv", pd.DataFrame({"filename": test, "label": 0.5}))
         labels = [int(videos[name]["label"] == "FAKE") for name in test]
-        atomic_write_csv(tmp / "test_labels.csv", pd.DataFrame({"filename": test, "label": labels}))
+        methods = [videos[name]["method"] or "" for name in test]  # "" for REAL videos
+        seen = ["" if not m else int(m not in cfg.test_methods) for m in methods]  # 1: training had this method
+        atomic_write_csv(tmp / "test_labels.csv", pd.DataFrame(
+            {"filename": test, "label": labels, "method": methods, "method_seen": seen}))
 
     def count(split: str, label: str) -> int:
         return sum(v["split"] == split and v["label"] == label for v in videos.values())

@@ -40,6 +40,31 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
+def before_loader_fork() -> None:
+    """Call in the process that starts DataLoader workers, before they fork: OpenCV's pool goes
+    to one thread here. Reconfiguring OpenCV's pool inside a forked child can deadlock (it
+    waits on the parent's pool threads, which do not exist in the child: seen as a loader
+    worker hung in ``cv2.setNumThreads``), so the workers inherit one thread instead."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+def one_thread_worker(worker_id: int) -> None:
+    """A torch DataLoader worker's ``worker_init_fn``: torch, OpenCV and the BLAS/OpenMP pools
+    (threadpoolctl) run one thread each, so ``n`` loader workers use ``n`` cores, not ``n``
+    times all of them (OpenCV's and OpenBLAS's pools start as wide as the machine). OpenCV is
+    set only when it is not one thread already (``before_loader_fork``: forked workers inherit it)."""
+    import cv2
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    threadpool_limits(1)
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """torch uses ``threads`` threads inside the block, the caller's setting after it

@@ -18,6 +18,8 @@ folder's bookkeeping -- inputs, status, metrics, OOF files -- is ``dfdc.runs``):
     fold{k}/last.pt        everything to resume: model, optimizer, scheduler, scaler, RNG states
     fold{k}/status.json    {"finished": true, ...} once the fold is done (skipped on rerun)
     fold{k}/oof.csv, oof_faces.csv   this fold's validation predictions of its best epoch
+    fold{k}/tensorboard/   TensorBoard events per epoch: loss/train, loss/val, val/logloss, val/auc,
+                           lr, seconds, images_per_s/epoch and /steady (``tensorboard --logdir runs/NAME``)
     metrics.csv            fold, epoch, train_loss, val_loss, val_logloss, val_auc, lr, seconds
     curves.png             loss curves per fold
     oof.csv                video, label, fold, pred, n_faces (out-of-fold, every finished fold)
@@ -38,10 +40,16 @@ train ...``; NCCL on GPUs, gloo on CPU. Each rank trains on a disjoint shard of 
 balanced epoch draw with its own dropout and augmentation seeds, validation is sharded and
 gathered, only rank 0 writes. The learning rate follows ``train.lr_scaling`` over the global
 batch. The run folder must be shared by all nodes: every rank checks that it sees rank 0's
-marker. Failures that can hit one rank alone (inputs, weights, the shared folder, the frozen
-features) are agreed on by all ranks, so every rank stops with the message instead of the
-others hanging. The classical baselines (scikit-learn, ``dfdc.baselines``) fit in one process:
-under torchrun they are refused.
+marker; decisions read from that folder (a fold finished, a ``last.pt`` to resume) are rank
+0's, broadcast (``Dist.decide``). Failures that can hit one rank alone (inputs, weights, the
+shared folder, the frozen features) are agreed on by all ranks, so every rank stops with the
+message instead of the others hanging. The classical baselines (scikit-learn,
+``dfdc.baselines``) fit in one process: under torchrun they are refused.
+
+The optimizer is ``train.optimizer`` (AdamW, SGD with momentum, RAdam), the learning-rate schedule
+``train.schedule`` (``Schedule``: warm-up + cosine, step decay, ReduceLROnPlateau, or step decay
+with ReduceLROnPlateau as study 001), the loss that of ``model.head`` (``dfdc.models.class_loss``:
+cross-entropy over the softmax, or binary cross-entropy on one output).
 
 The training step (``FoldTrainer.train_step``) and epoch (``FoldTrainer.train_epoch``) are
 the ones ``bench/bench_train.py`` times.
@@ -67,7 +75,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dfdc.aggregate import METHODS, TRACK_METHODS, aggregate_videos
 from dfdc.augment import train_transform
-from dfdc.config import Config, ConfigError, save_config
+from dfdc.config import Config, ConfigError, make_hint, save_config
 from dfdc.data import (
     BalancedEpochSampler, FaceDataset, TrainingData, eval_batch_size, load_training_data, loader_rate, sample_videos,
     shard, split_fold,
@@ -78,16 +86,20 @@ from dfdc.distributed import (
 )
 from dfdc.features import FrozenFeatures, run_features
 from dfdc.io import atomic_save_torch, clean_temp_files
-from dfdc.models import TORCH_LOAD_ERRORS, create_model, default_input, fake_probability, save_checkpoint
+from dfdc.models import TORCH_LOAD_ERRORS, class_loss, create_model, default_input, fake_probability, save_checkpoint
 from dfdc.models.sequence import is_sequence_model
 from dfdc.preprocess import Prepare
 from dfdc.runs import (
-    OOF_FACES, OOF_TRACKS, FoldResult, TrainReport, check_inputs, check_run, finish_fold, fold_dir, fold_status,
-    merge_oof, parse_folds, reset_fold, skipped_result, update_metrics, video_logloss, write_fold_oof,
+    OOF_FACES, OOF_TRACKS, TENSORBOARD_DIR, FoldResult, TrainReport, check_inputs, check_run, constant_folds,
+    finish_fold, fold_dir, fold_status, merge_oof, parse_folds, reset_fold, skipped_result, update_metrics,
+    video_logloss, write_fold_oof,
 )
+from dfdc.threads import before_loader_fork, one_thread_worker
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LR_SCALING = ("none", "linear", "sqrt")
+SCHEDULES = ("cosine", "exponential", "plateau", "exponential+plateau")  # train.schedule
+OPTIMIZERS = ("adamw", "sgd", "radam")  # train.optimizer
 LOADER_RATE_SAMPLES = 32  # units read + augmented at start-up to measure one loader worker (auto workers)
 
 
@@ -109,6 +121,7 @@ class EpochStats:
 def check_settings(cfg: Config) -> None:
     """Settings a fold would otherwise find wrong only after an epoch (or the frozen features)
     was spent: checked before any work."""
+    from dfdc.models.sequence import check_sequence_model_settings
     from dfdc.sequences import check_frozen_trainable, check_track_settings
 
     t = cfg.train
@@ -116,6 +129,10 @@ def check_settings(cfg: Config) -> None:
         raise ConfigError(f"train.amp={t.amp!r}: expected bf16, fp16 or none")
     if t.val_aggregation not in METHODS:
         raise ConfigError(f"train.val_aggregation={t.val_aggregation!r}: use one of {', '.join(METHODS)}")
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if t.schedule not in SCHEDULES:
+        raise ConfigError(f"train.schedule={t.schedule!r}: use one of {', '.join(SCHEDULES)}")
     if t.steps_per_epoch < 0 or t.val_max_videos < 0:
         raise ConfigError("train.steps_per_epoch and train.val_max_videos must be 0 (all) or positive")
     if is_sequence_model(cfg.model.arch):
@@ -123,6 +140,7 @@ def check_settings(cfg: Config) -> None:
         if cfg.sequence.aggregation not in TRACK_METHODS:
             raise ConfigError(f"sequence.aggregation={cfg.sequence.aggregation!r}: use one of {', '.join(TRACK_METHODS)}")
         check_frozen_trainable(cfg)
+        check_sequence_model_settings(cfg)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> str | None:
@@ -153,8 +171,8 @@ def scaled_lr(cfg: Config, world: int) -> tuple[float, str]:
                 f"{batch} = {t.batch_size} x {world} processes, reference {t.lr_reference_batch})")
 
 
-def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
-              lr: float) -> torch.optim.lr_scheduler.LRScheduler:
+def _cosine(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int,
+            lr: float) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up then cosine decay to ``lr * min_lr_ratio``, both counted in optimizer
     steps (``warmup_epochs x steps_per_epoch`` and ``epochs x steps_per_epoch``)."""
     t = cfg.train
@@ -167,24 +185,91 @@ def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: in
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
+class Schedule:
+    """``train.schedule``: a per-step scheduler (``step`` after every optimizer step) -- the
+    warm-up + cosine (``cosine``), or the step decay lr x ``decay_gamma`` every ``decay_every``
+    epochs (``exponential``; ``plateau`` alone keeps the lr constant between reductions) -- and,
+    for ``plateau`` / ``exponential+plateau``, ReduceLROnPlateau on the per-unit validation loss
+    (``epoch_end``) by ``plateau_factor`` after ``plateau_patience`` epochs without improvement
+    (study 001: 0.94 every 2 epochs, then 0.5 after 2 epochs; both act on the optimizer's lr)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int, lr: float) -> None:
+        t = cfg.train
+        if t.schedule not in SCHEDULES:
+            raise ConfigError(f"train.schedule={t.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if t.decay_every <= 0 or not 0 < t.decay_gamma <= 1 or not 0 < t.plateau_factor < 1:
+            raise ConfigError("train.decay_every must be positive, train.decay_gamma in (0, 1] and "
+                              "train.plateau_factor in (0, 1)")
+        if t.schedule == "cosine":
+            self.step_scheduler = _cosine(optimizer, cfg, steps_per_epoch, lr)
+        else:
+            gamma = t.decay_gamma if t.schedule.startswith("exponential") else 1.0
+            every = max(1, int(round(t.decay_every * steps_per_epoch)))
+            self.step_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=every, gamma=gamma)
+        self.plateau = None
+        if t.schedule.endswith("plateau"):
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.plateau_factor,
+                                                                      patience=t.plateau_patience)
+
+    def step(self) -> None:
+        self.step_scheduler.step()
+
+    def epoch_end(self, val_loss: float) -> None:
+        if self.plateau is not None:
+            self.plateau.step(val_loss)
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.step_scheduler.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_scheduler.state_dict(),
+                "plateau": self.plateau.state_dict() if self.plateau is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "step" not in state:  # a last.pt of the single cosine scheduler before train.schedule existed
+            state = {"step": state, "plateau": None}
+        self.step_scheduler.load_state_dict(state["step"])
+        if self.plateau is not None and state.get("plateau") is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
 def _optimizer(model: nn.Module, cfg: Config, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused kernel on CUDA when ``train.fused_optimizer``) or Nesterov SGD."""
+    """AdamW (fused kernel on CUDA when ``train.fused_optimizer``), SGD with momentum
+    (Nesterov when ``train.nesterov``) or RAdam (study 001)."""
     t = cfg.train
     if t.optimizer == "adamw":
         fused = {"fused": True} if t.fused_optimizer and device.type == "cuda" else {}
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, **fused)
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=True)
-    raise ConfigError(f"train.optimizer={t.optimizer!r}: expected adamw or sgd")
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                               nesterov=t.nesterov)
+    if t.optimizer == "radam":
+        return torch.optim.RAdam(model.parameters(), lr=lr, weight_decay=t.weight_decay)
+    raise ConfigError(f"train.optimizer={t.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
 
 
 def _loader(source: Dataset, batch_size: int, workers: int, cfg: Config, device: torch.device,
             sampler: BalancedEpochSampler | None = None, seed: int = 0, drop_last: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)  # keeps DataLoader off the global RNG
     t = cfg.train
+    if workers > 0:
+        before_loader_fork()
     return DataLoader(source, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
                       pin_memory=t.pin_memory and device.type == "cuda", drop_last=drop_last, generator=generator,
-                      persistent_workers=t.persistent_workers and workers > 0)
+                      persistent_workers=t.persistent_workers and workers > 0,
+                      worker_init_fn=one_thread_worker if workers > 0 else None)
+
+
+def restore_scaler(scaler: torch.amp.GradScaler, saved: dict[str, Any] | None, where: Path) -> None:
+    """The GradScaler's state from ``last.pt`` (``where``). A run saved without one (bf16, or
+    no AMP: a disabled scaler saves ``{}``) resumed where training falls back to fp16 (a GPU
+    without native bfloat16) starts the scaler afresh, with a warning, instead of failing."""
+    if not saved:
+        if scaler.is_enabled():
+            print(f"warning: {where} holds no GradScaler state (saved by a bf16 or fp32 run); fp16 training "
+                  "goes on with a fresh loss scale", file=sys.stderr)
+        return
+    scaler.load_state_dict(saved)
 
 
 def _pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -230,10 +315,10 @@ class FoldTrainer:
             print(f"warning: this GPU has no native bfloat16 (compute capability "
                   f"{'.'.join(map(str, torch.cuda.get_device_capability(ctx.device)))}); training with train.amp=fp16 "
                   "and a GradScaler", file=sys.stderr)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.val_batch = eval_batch_size(t)
         self.fixed_shapes = ctx.device.type == "cuda" and t.cudnn_benchmark
+        self.tensorboard: Any = None  # rank 0's SummaryWriter, opened at the first epoch's end
         self._datasets()
 
     # -- data ----------------------------------------------------------------------------
@@ -293,15 +378,8 @@ class FoldTrainer:
         t, ctx = self.cfg.train, self.ctx
         last = self.dir / "last.pt"
         state = None
-        if resume and last.is_file():
-            check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
-            try:  # our own file (holds numpy RNG state), so the full unpickler is needed
-                state = torch.load(last, map_location="cpu", weights_only=False)
-            except TORCH_LOAD_ERRORS as exc:
-                raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass --no-resume") from None
-            if state.get("arch") != self.cfg.model.arch:
-                raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
-                                  "use another --name or pass --no-resume")
+        if ctx.decide(lambda: resume and last.is_file(), f"looking for {last}"):  # rank 0 decides for all
+            state = ctx.agree(lambda: self._read_last(last), f"reading {last}")
         if state is None and ctx.main:  # a fresh start: the old state goes, then the new fingerprints
             reset_fold(self.dir, self.data.fingerprints)
         ctx.barrier()
@@ -322,14 +400,14 @@ class FoldTrainer:
         if ctx.device.type == "cuda":
             torch.backends.cudnn.benchmark = t.cudnn_benchmark
         self.optimizer = _optimizer(self.model, self.cfg, self.lr, ctx.device)
-        self.scheduler = _schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.lr)
+        self.scheduler = Schedule(self.optimizer, self.cfg, self.steps_per_epoch, self.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp == "fp16")
         self.epoch, self.best, self.best_epoch, self.bad_epochs, self.history = 0, math.inf, -1, 0, []
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            restore_scaler(self.scaler, state.get("scaler"), last)
             self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
             self.bad_epochs, self.history = state["bad_epochs"], state["history"]
             self._restore_rng(state["rng"])
@@ -349,6 +427,20 @@ class FoldTrainer:
             self.net = torch.compile(self.net, mode=t.compile_mode)
         if t.debug_dir:
             self._debug_log("rng", f"build {torch.initial_seed()}")
+
+    def _read_last(self, last: Path) -> dict[str, Any]:
+        """``last.pt``'s training state, checked against today's inputs and model."""
+        check_inputs(self.dir, self.fold, self.data.fingerprints, "resume")
+        try:  # our own file (holds numpy RNG state), so the full unpickler is needed
+            state = torch.load(last, map_location="cpu", weights_only=False)
+        except TORCH_LOAD_ERRORS as exc:
+            raise ConfigError(f"{last}: cannot resume from it ({exc}); delete it or pass "
+                              f"{make_hint('--no-resume', 'NO_RESUME=1')}") from None
+        if state.get("arch") != self.cfg.model.arch:
+            raise ConfigError(f"{last} was trained as {state.get('arch')}, not {self.cfg.model.arch}; "
+                              f"use another {make_hint('--name', 'RUN=')} or pass "
+                              f"{make_hint('--no-resume', 'NO_RESUME=1')}")
+        return state
 
     def _restore_rng(self, saved: Any) -> None:
         """This rank's RNG state from ``last.pt`` (one per rank; older files hold one for all)."""
@@ -413,7 +505,7 @@ class FoldTrainer:
         t = self.cfg.train
         x, y = self._to_device(x), y.to(self.ctx.device, non_blocking=True)
         with self._autocast():
-            loss = self.criterion(self.net(x), y)
+            loss = class_loss(self.net(x), y, t.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if t.grad_clip > 0:
@@ -489,7 +581,7 @@ class FoldTrainer:
             y = y.to(self.ctx.device)
             with self._autocast():
                 logits = self.model(x)[:n]
-            losses = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+            losses = class_loss(logits, y, reduction="none")
             probs = fake_probability(logits)
             rows += zip(idx.tolist(), probs.cpu().tolist(), losses.cpu().tolist())
         rows = [r for part in self.ctx.gather(rows) for r in part]
@@ -514,6 +606,30 @@ class FoldTrainer:
         if self.ctx.main:
             write_fold_oof(self.dir, faces, self.videos(faces), self.OOF_UNITS)
 
+    def _log_tensorboard(self, stats: EpochStats) -> None:
+        """The epoch's row of ``metrics.csv`` and its images/s as TensorBoard scalars in
+        ``fold{k}/tensorboard/`` (step = epoch; a resumed fold drops the events of the epochs
+        it runs again)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        row = self.history[-1]
+        if self.tensorboard is None:
+            self.tensorboard = SummaryWriter(str(self.dir / TENSORBOARD_DIR), purge_step=row["epoch"])
+        scalars = {"loss/train": row["train_loss"], "loss/val": row["val_loss"], "val/logloss": row["val_logloss"],
+                   "val/auc": row["val_auc"], "lr": row["lr"], "seconds": row["seconds"],
+                   "images_per_s/epoch": stats.images * self.ctx.world / stats.seconds if stats.seconds > 0 else None,
+                   "images_per_s/steady": stats.steady_images_per_s}
+        for tag, value in scalars.items():
+            if value is not None and math.isfinite(value):
+                self.tensorboard.add_scalar(tag, value, row["epoch"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (also after a failed epoch: ``train`` calls it in any case)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
     def videos(self, units: pd.DataFrame) -> pd.DataFrame:
         """Per-video predictions of per-unit ones (``val_rule``; ``dfdc.aggregate.aggregate_videos``)."""
         return aggregate_videos(units, self.val_rule, self.cfg.predict)
@@ -534,8 +650,9 @@ class FoldTrainer:
                       file=sys.stderr)
             lr = self.scheduler.get_last_lr()[0]
             faces = self.validate()
+            self.scheduler.epoch_end(float(faces["loss"].mean()))
             videos = self.videos(faces)
-            val_logloss, val_auc = video_logloss(videos, t.val_clip)
+            val_logloss, val_auc = video_logloss(videos, t.val_clip, t.val_balanced)
             improved = val_logloss < self.best
             if improved:
                 self.best, self.best_epoch, self.bad_epochs = val_logloss, self.epoch, 0
@@ -556,6 +673,7 @@ class FoldTrainer:
             self.save_last(finished)
             if ctx.main:
                 update_metrics(self.run_dir, self.fold, self.history)
+                self._log_tensorboard(stats)
                 print(f"fold {self.fold} epoch {self.epoch - 1}: train_loss {stats.loss:.4f} "
                       f"val_logloss {val_logloss:.4f} val_auc {val_auc:.3f}{' *' if improved else ''}",
                       file=sys.stderr)
@@ -666,7 +784,8 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
         ctx.agree(prepare_run_dir, "checking and creating the run folder")
         check_shared_run_dir(run_dir, ctx, cfg.train.shared_dir_timeout)
         report = TrainReport(run_dir=run_dir)
-        done = {fold: fold_status(run_dir, fold) if resume else None for fold in chosen}
+        done = ctx.decide(lambda: {fold: fold_status(run_dir, fold) if resume else None for fold in chosen},
+                          "reading which folds finished")  # rank 0 decides for all
         frozen = None
         if is_sequence_model(cfg.model.arch) and cfg.sequence.mode == "frozen" and None in done.values():
             frozen = run_features(cfg, data.table, run_dir, ctx, default_input(cfg.model, cfg.train.size))
@@ -677,7 +796,11 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
                     print(f"fold {fold}: finished earlier (best log loss {done[fold]['best_logloss']:.4f}); skipped",
                           file=sys.stderr)
                 continue
-            result = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen).run(resume)
+            trainer = _trainer(cfg)(cfg, data, fold, run_dir, ctx, frozen)
+            try:
+                result = trainer.run(resume)
+            finally:
+                trainer.close()
             report.folds.append(result)
             if not result.finished:  # stop_after_epochs: the rest waits for the next invocation
                 report.stopped_early = True
@@ -686,9 +809,14 @@ def train(faces_dir: Path, folds_csv: Path, cfg: Config, folds: list[int] | None
         def merge() -> tuple[float | None, float | None, int]:
             if not ctx.main:
                 return None, None, 0
-            return merge_oof(run_dir, _trainer(cfg).OOF_UNITS, cfg.train.val_clip, data.fingerprints, available)
+            return merge_oof(run_dir, _trainer(cfg).OOF_UNITS, cfg.train.val_clip, data.fingerprints, available,
+                             cfg.train.val_balanced)
 
         report.oof_logloss, report.oof_auc, report.oof_videos = ctx.agree(merge, "merging the OOF predictions")
+        if ctx.main:
+            report.warnings = constant_folds(run_dir, _trainer(cfg).OOF_UNITS)
+            for text in report.warnings:
+                print(f"warning: {text}", file=sys.stderr)
         return report
     finally:
         torch.set_num_threads(threads)

@@ -8,14 +8,27 @@ Reading follows the seed study's recipe: ``cv2.VideoCapture.grab()`` for every f
 copy -- only for the frames kept. The container's frame count (``CAP_PROP_FRAME_COUNT``)
 is a hint, not a fact: when it is missing or wrong the frames are counted by grabbing and
 the sample is re-spaced over the frames that really exist.
+
+FFmpeg's own messages (OpenCV's decoder prints them straight to the process's stderr, "[h264
+@ 0x...] Invalid NAL unit size") are captured while a video is read and printed again with
+the video's path in front, so a log says which file they came from. ``read_video`` also says
+whether the video decoded only partly (fewer frames than its container claims).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+PARTIAL_DECODE = "partial decode"  # the predictions' reason of a video predicted from part of its frames
 
 
 class VideoReadError(RuntimeError):
@@ -96,20 +109,80 @@ def _read_pass(
     return indices, frames, grabbed, more
 
 
+@dataclass
+class FrameRead:
+    """What ``read_video`` read: the frames and how much of the stream decoded."""
+
+    indices: list[int]
+    frames: list[np.ndarray]
+    claimed: int  # the container's frame count (0: it does not say)
+    decoded: int  # frames the decoder delivered in the pass that read them
+    messages: list[str] = field(default_factory=list)  # FFmpeg's messages while reading
+
+    @property
+    def partial(self) -> str:
+        """``"partial decode: ..."`` when the stream ended before the container's frame count
+        (a truncated or damaged file), else ``""``."""
+        if self.claimed <= 0 or self.decoded >= self.claimed:
+            return ""
+        return (f"{PARTIAL_DECODE}: {self.decoded} of the {self.claimed} frames the container claims decoded; "
+                f"{len(self.frames)} read")
+
+
+@contextlib.contextmanager
+def ffmpeg_messages(path: Path) -> Iterator[list[str]]:
+    """Capture what is written to this process's stderr (file descriptor 2: FFmpeg writes there,
+    under Python) inside the block; afterwards print each line again as ``<path>: <line>`` and
+    give the lines in the yielded list. Falls back to no capture where fd 2 cannot be redirected
+    or no temporary file can be made."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 to redirect: read without capturing
+        yield lines
+        return
+    try:
+        sink = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the with below
+    except OSError:  # no temporary space: read without capturing
+        os.close(saved)
+        yield lines
+        return
+    with sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+            for line in lines:
+                print(f"{path}: {line}", file=sys.stderr)
+
+
 def read_frames(
     path: Path, k: int | None = None, indices: list[int] | None = None
 ) -> tuple[list[int], list[np.ndarray]]:
+    """``read_video``'s frame indices and frames (the same arguments)."""
+    got = read_video(path, k, indices)
+    return got.indices, got.frames
+
+
+def read_video(path: Path, k: int | None = None, indices: list[int] | None = None) -> FrameRead:
     """Read frames of ``path`` as RGB ``uint8`` arrays (H x W x 3).
 
     Exactly one of ``k`` (that many evenly spaced frames over the whole video) and
     ``indices`` (these frame indices; ones past the end are skipped) may be given; with
-    neither, every frame is read. Returns ``(indices actually read, frames)`` in frame
-    order. A truncated or partly corrupt video gives fewer frames rather than an error;
-    with ``k`` the sample is re-spaced over the frames that exist when the container's
-    frame count is missing or wrong.
+    neither, every frame is read. Returns the indices actually read and the frames, in frame
+    order, with the container's frame count and the frames decoded. A truncated or partly
+    corrupt video gives fewer frames rather than an error (``FrameRead.partial`` says so); with
+    ``k`` the sample is re-spaced over the frames that exist when the container's frame count
+    is missing or wrong.
 
     Raises ``VideoReadError`` (naming the file and the reason) when the file is missing,
-    empty, cannot be opened, or yields no frame.
+    empty, cannot be opened, or yields no frame. FFmpeg's messages meanwhile are printed with
+    the path in front (``ffmpeg_messages``) and kept in ``FrameRead.messages``.
     """
     path = Path(path)
     if k is not None and indices is not None:
@@ -117,6 +190,17 @@ def read_frames(
     if k is not None and k <= 0:
         raise ValueError(f"read_frames: k must be positive, got {k}")
     _check_file(path)
+    with ffmpeg_messages(path) as messages:
+        got_idx, got, grabbed, claimed = _decode(path, k, indices)
+    if not got:
+        why = "no decodable frames" if grabbed == 0 else f"none of the requested frames among {grabbed} decodable"
+        raise VideoReadError(f"{path}: {why} (corrupt or truncated video?); re-download it")
+    return FrameRead(got_idx, got, claimed, grabbed, messages)
+
+
+def _decode(path: Path, k: int | None, indices: list[int] | None) -> tuple[list[int], list[np.ndarray], int, int]:
+    """``read_video``'s passes: (indices read, frames, frames grabbed, the container's count)."""
+    claimed = 0
 
     if indices is not None:
         wanted = sorted({int(i) for i in indices if int(i) >= 0})
@@ -145,7 +229,4 @@ def read_frames(
                 # re-space over the frames that exist.
                 got_idx, got, grabbed, _ = _read_pass(path, evenly_spaced(grabbed, k), to_end=False)
 
-    if not got:
-        why = "no decodable frames" if grabbed == 0 else f"none of the requested frames among {grabbed} decodable"
-        raise VideoReadError(f"{path}: {why} (corrupt or truncated video?); re-download it")
-    return got_idx, got
+    return got_idx, got, grabbed, claimed

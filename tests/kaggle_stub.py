@@ -7,7 +7,11 @@ answers like Kaggle does for a dataset upload and a kernel push:
 
 - ``GetDatasetStatus``: 404 for an unknown dataset; once created (or pre-existing), a new
   version is first "still processing" (``BLOBS_RECEIVED``) for ``processing`` answers, then
-  ``READY`` (or ``final_status``, e.g. ``FAILED``);
+  ``READY`` (or ``final_status``, e.g. ``FAILED``); with ``version_lag`` the first answers
+  after an upload still speak of the previous version (``READY``), as Kaggle's do;
+- ``GetDataset``: 404 for an unknown dataset, else ``{"currentVersionNumber"}`` (a
+  pre-existing dataset is at ``existing_version``; each upload adds one, shown after
+  ``version_lag`` answers);
 - ``StartBlobUpload``: ``{"token", "createUrl"}``, the URL pointing back here for the PUT;
 - ``CreateDataset`` / ``CreateDatasetVersion``: ``{"status": "ok", "url", "ref"}``;
 - ``SaveKernel``: ``{"ref", "url", "versionNumber"}`` (the version counts up), with
@@ -47,11 +51,15 @@ class KaggleStub:
 
     def __init__(self, reject_kernel: str | None = None, existing_datasets: tuple[str, ...] = (),
                  processing: int = 0, final_status: str = "READY", invalid_dataset_sources: tuple[str, ...] = (),
-                 kernel_status: str = "COMPLETE", kernel_failure: str = "", reject_submission: str | None = None) -> None:
+                 kernel_status: str = "COMPLETE", kernel_failure: str = "", reject_submission: str | None = None,
+                 existing_version: int = 1, version_lag: int = 0) -> None:
         self.reject_kernel = reject_kernel
         self.datasets: set[str] = set(existing_datasets)
         self.processing, self.final_status = processing, final_status
         self.pending: dict[str, int] = {}  # dataset -> "still processing" answers left
+        self.versions: dict[str, int] = {ref: existing_version for ref in existing_datasets}  # shown to GetDataset
+        self.version_lag = version_lag
+        self.lagging: dict[str, int] = {}  # dataset -> answers (status and version) still about the previous version
         self.invalid_dataset_sources = list(invalid_dataset_sources)
         self.kernel_status, self.kernel_failure = kernel_status, kernel_failure
         self.reject_submission = reject_submission
@@ -96,10 +104,21 @@ class KaggleStub:
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
             if ref not in self.datasets:
                 return 404, {"code": 404, "message": f"dataset {ref} not found"}
+            if self.lagging.get(ref, 0) > 0:
+                return 200, {"status": "READY"}  # the previous version's
             if self.pending.get(ref, 0) > 0:
                 self.pending[ref] -= 1
                 return 200, {"status": "BLOBS_RECEIVED"}
             return 200, {"status": self.final_status}
+        if name == "GetDataset":
+            ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            if ref not in self.datasets:
+                return 404, {"code": 404, "message": f"dataset {ref} not found"}
+            shown = self.versions.get(ref, 0)
+            if self.lagging.get(ref, 0) > 0:
+                self.lagging[ref] -= 1  # one status + version poll is one lagging answer
+                shown -= 1
+            return 200, {"ref": ref, "currentVersionNumber": shown}
         if name == "StartBlobUpload":
             with self._lock:
                 upload = str(len(self.uploads))
@@ -109,10 +128,13 @@ class KaggleStub:
             ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
             self.datasets.add(ref)
             self.pending[ref] = self.processing
+            self.versions[ref] = 1
             return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok", "error": ""}
         if name == "CreateDatasetVersion":
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
             self.pending[ref] = self.processing
+            self.versions[ref] = self.versions.get(ref, 0) + 1
+            self.lagging[ref] = self.version_lag
             return 200, {"ref": ref, "url": f"https://www.kaggle.com/datasets/{ref}", "status": "ok", "error": ""}
         if name == "SaveKernel":
             if self.reject_kernel:

@@ -134,3 +134,27 @@ def test_cli(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "analysis" / "clusters.csv").is_file()
     assert main(["analyze", "--embeddings", str(tmp_path / "none")]) == 1
     assert "no finished embeddings" in capsys.readouterr().err
+
+
+def test_study004_setting_clusters_the_3d_map() -> None:
+    """Profile study004 is 004's analysis: PCA(50) -> scikit-learn TSNE(perplexity=50,
+    n_components=3) -> HDBSCAN on that 3-D map."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from dfdc.analyze import hdbscan_labels
+    from dfdc.config import load_config
+
+    study = load_config("study004").analyze
+    assert (study.pca_components, study.tsne, study.perplexity, study.tsne_3d, study.cluster_space) == (
+        50, "sklearn", 50.0, True, "tsne3d")
+    x, truth = _blobs(n=160)  # perplexity 50 stays under its cap of (n - 1) / 3
+    # openTSNE for speed here (scikit-learn's two maps took ~3 min of this test on a loaded machine)
+    cfg = dataclasses.replace(study, tsne="opentsne", threads=1, min_cluster_size=10)
+    result = embed_map(x, cfg)
+    assert result.map3d.shape == (len(x), 3)
+    assert (result.labels == hdbscan_labels(result.map3d, cfg)).all()  # the 3-D map's clusters, not the 2-D one's
+    clustered = result.labels >= 0
+    assert len(set(result.labels[clustered])) == CENTRES and adjusted_rand_score(truth[clustered],
+                                                                                 result.labels[clustered]) >= 0.95
+    with pytest.raises(AnalysisError, match="tsne_3d"):
+        embed_map(x, dataclasses.replace(cfg, tsne_3d=False))

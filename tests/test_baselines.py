@@ -23,7 +23,7 @@ BASELINES = ("logreg", "svm", "mlp")
 
 
 def _cfg(tmp_path: Path, arch: str, *extra: str):
-    return load_config("smoke", [f"model.arch={arch}", "model.backbone=tiny-cnn", "model.pretrained=none",
+    return load_config("smoke-random", [f"model.arch={arch}", "model.backbone=tiny-cnn", "model.pretrained=none",
                                  "train.size=32", "train.batch_size=8", f"train.runs_dir={tmp_path / 'runs'}",
                                  f"train.name={arch}", *extra])
 

@@ -22,7 +22,7 @@ GREY = torch.full((4, 3, 16, 16), 128, dtype=torch.uint8)  # the crops the near-
 def _baseline(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
     """A fitted logistic regression on pixel features whose scaler has one near-constant
     feature (scale 1e-8: 0 in fp16, so a plain fp16 cast divides by zero)."""
-    cfg = load_config("smoke", ["model.arch=logreg", "model.backbone=pixels", "model.pretrained=none"])
+    cfg = load_config("smoke-random", ["model.arch=logreg", "model.backbone=pixels", "model.pretrained=none"])
     torch.manual_seed(0)
     model = create_model(cfg.model).eval()
     rng = np.random.default_rng(0)

@@ -14,8 +14,8 @@ from test_video import astronaut_frames, make_clip
 
 from dfdc.cli import main as cli_main
 from dfdc.compare import (
-    COLUMNS, SYSTEMS, HeldOut, Predicted, System, SystemJob, Trained, compare, frame_system, oof_scores, register_system,
-    resolve_systems,
+    COLUMNS, SYSTEMS, HeldOut, Predicted, System, SystemJob, Trained, compare, frame_system, oof_scores, predict_frame,
+    register_system, resolve_systems, train_frame,
 )
 from dfdc.config import ConfigError, load_config
 
@@ -71,7 +71,10 @@ def _broken_train(job: SystemJob) -> Trained:
 
 CONSTANT = System("test-constant", _constant_train, _constant_predict, kind="baseline", study="test")
 BROKEN = System("test-broken", _broken_train, _constant_predict, kind="baseline", study="test")
-for _system in (CONSTANT, BROKEN):
+# a frame model through the kit's stages whose depth the command's --set chooses (the registered
+# custom-cnn pins study 000's configuration in its own overrides)
+CNN = System("test-cnn", train_frame, predict_frame, ("model.arch=custom-cnn",), study="test")
+for _system in (CONSTANT, BROKEN, CNN):
     if _system.name not in SYSTEMS:
         register_system(_system)
 
@@ -127,21 +130,22 @@ def test_a_remade_split_is_not_served_from_the_old_results(inputs: dict[str, Pat
 
 def test_compare_writes_the_table_resumes_and_isolates_failures(inputs: dict[str, Path]) -> None:
     CALLS.clear()
-    report = _run(inputs, "custom-cnn,test-constant,test-broken", "model.custom_depth=2")
+    report = _run(inputs, "test-cnn,test-constant,test-broken", "model.custom_depth=2")
     table = pd.read_csv(report.csv, keep_default_na=False)
     assert list(table.columns) == COLUMNS
-    assert table["system"].tolist() == ["custom-cnn", "test-constant", "test-broken"]
+    assert table["system"].tolist() == ["test-cnn", "test-constant", "test-broken"]
     assert report.failed == ["test-broken"] and "broken on purpose" in table.loc[2, "error"]
     assert report.png.is_file() and report.png.stat().st_size > 10_000
     cnn = table.iloc[0]
     assert cnn["error"] == "" and int(cnn["folds"]) == 2 and int(cnn["params"]) > 1000
+    assert cnn["init"] == "random" and table["study"].tolist() == ["test"] * 3  # the run's pretrained: none
     for key in ("oof_logloss", "oof_auc", "oof_logloss_std", "heldout_logloss", "heldout_auc",
                 "train_seconds", "predict_s_per_video", "wall_seconds"):
         assert float(cnn[key]) >= 0, key
-    run = inputs["root"] / "runs" / "custom-cnn"
+    run = inputs["root"] / "runs" / "test-cnn"
     assert (run / "fold0" / "best.pt").is_file() and (run / "fold1" / "best.pt").is_file()
     assert not list(run.glob("fold*/last.pt"))  # resume state of finished folds is dropped
-    sub = inputs["root"] / "out" / "custom-cnn"
+    sub = inputs["root"] / "out" / "test-cnn"
     assert pd.read_csv(sub / "submission.csv")["filename"].tolist() == ["a.mp4", "b.mp4"]
     assert (sub / "report.json").is_file()
     stages = json.loads((sub / "result.json").read_text())["predict_stages_per_video"]
@@ -156,12 +160,12 @@ def test_compare_writes_the_table_resumes_and_isolates_failures(inputs: dict[str
     assert CALLS == ["train test-constant", "predict test-constant"]
 
     stamp = (run / "fold0" / "best.pt").stat().st_mtime_ns
-    again = _run(inputs, "custom-cnn,test-constant", "model.custom_depth=2")
-    assert again.skipped == ["custom-cnn", "test-constant"] and CALLS == ["train test-constant", "predict test-constant"]
+    again = _run(inputs, "test-cnn,test-constant", "model.custom_depth=2")
+    assert again.skipped == ["test-cnn", "test-constant"] and CALLS == ["train test-constant", "predict test-constant"]
     assert (run / "fold0" / "best.pt").stat().st_mtime_ns == stamp
     assert pd.read_csv(again.csv)["oof_logloss"].tolist() == pd.read_csv(report.csv)["oof_logloss"].tolist()[:2]
 
-    changed = _run(inputs, "custom-cnn", "model.custom_depth=3")  # another configuration: trained afresh
+    changed = _run(inputs, "test-cnn", "model.custom_depth=3")  # another configuration: trained afresh
     assert changed.skipped == [] and (run / "fold0" / "best.pt").stat().st_mtime_ns != stamp
     assert int(pd.read_csv(changed.csv).loc[0, "params"]) != int(cnn["params"])
 

@@ -21,8 +21,8 @@ def test_default_profile_is_the_b7_recipe():
 
 def test_smoke_profile_overrides_defaults_only_where_it_says():
     cfg = load_config("smoke")
-    assert cfg.model.arch == "efficientnet-b0"
-    assert cfg.model.pretrained == "none"
+    assert cfg.model.arch == "tf-efficientnet-lite0"
+    assert cfg.model.pretrained == "imagenet"  # the ImageNet weights its package ships
     assert cfg.faces.margin == Config().faces.margin  # not set in smoke: default kept
 
 

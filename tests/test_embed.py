@@ -20,7 +20,7 @@ from tests.test_data import make_tiny_faces
 
 
 def _cfg(*overrides: str):
-    return load_config("smoke", ["embed.loader_workers=0", "embed.size=32", "embed.center=1.0", *overrides])
+    return load_config("smoke-random", ["embed.loader_workers=0", "embed.size=32", "embed.center=1.0", *overrides])
 
 
 @pytest.fixture
@@ -123,23 +123,23 @@ def test_a_training_run_folder_embeds_with_its_checkpoint(faces: Path, tmp_path:
     model = create_model(cfg.model, 40)
     run = tmp_path / "runs" / "r"
     save_checkpoint(run / "fold1" / "best.pt", model, cfg, {"fold": 1})
-    cfg = load_config("smoke", ["embed.loader_workers=0"])
+    cfg = load_config("smoke-random", ["embed.loader_workers=0"])
     report = embed_faces(faces, str(run), tmp_path / "emb", cfg)
     meta = embed_module.embeddings_meta(tmp_path / "emb")
     assert report.dim == 64 and meta["input"]["size"] == 40 and meta["weights"] == "checkpoint"
     with pytest.raises(EmbedError, match="no fold 3"):
-        embed_faces(faces, str(run), tmp_path / "emb3", load_config("smoke", ["embed.fold=3"]))
+        embed_faces(faces, str(run), tmp_path / "emb3", load_config("smoke-random", ["embed.fold=3"]))
 
 
 def test_cli(faces: Path, tmp_path: Path, capsys) -> None:
-    argv = ["embed", "--faces", str(faces), "--model", "grey-pixels", "--center", "0.625", "--profile", "smoke",
+    argv = ["embed", "--faces", str(faces), "--model", "grey-pixels", "--center", "0.625", "--profile", "smoke-random",
             "--set", "embed.loader_workers=0"]
     assert main(argv) == 0
     assert "crops/s" in capsys.readouterr().out
     array, _ = load_embeddings(faces.parent / "embeddings")
     assert array.shape[1] == 32 * 32
     assert main(argv) == 0 and "nothing to do" in capsys.readouterr().out
-    assert main(["embed", "--faces", str(faces), "--model", "tiny-cnn", "--profile", "smoke"]) == 1
+    assert main(["embed", "--faces", str(faces), "--model", "tiny-cnn", "--profile", "smoke-random"]) == 1
     assert "made otherwise" in capsys.readouterr().err
 
 
@@ -173,7 +173,7 @@ def test_identity_selection_and_the_default_side(faces: Path, tmp_path: Path) ->
     assert len(whole_index) == 18
     keep = whole_index["path"].isin(set(index["path"])).to_numpy()
     np.testing.assert_array_equal(whole[keep], array)  # the same rows, the same features
-    analyze = load_config("smoke", ["analyze.threads=1"]).analyze
+    analyze = load_config("smoke-random", ["analyze.threads=1"]).analyze
     pd.testing.assert_frame_equal(identities_from_embeddings(tmp_path / "sel", analyze, crops=3).table,
                                   cluster_identities(whole, whole_index, analyze, crops=3).table)
 
@@ -202,3 +202,42 @@ def test_the_loop_gives_torch_this_process_share_of_the_cores(faces: Path, tmp_p
     embed_module.embed_chunks(net, files, 32, tmp_path / "alone", **kwargs)
     embed_module.embed_chunks(net, files, 32, tmp_path / "shared", cores=3, **kwargs)
     assert asked == [64, 3]
+
+
+def test_a_full_disk_ends_embed_with_one_line_and_the_rerun_resumes_exactly(faces: Path, tmp_path: Path,
+                                                                             monkeypatch, capsys) -> None:
+    """ENOSPC injected into the atomic writer at the third chunk: `dfdc embed` ends with one
+    line naming the folder; the same command then reuses the two chunks written and ends with
+    the embeddings of a run the disk never stopped."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+
+    argv = ["embed", "--faces", str(faces), "--model", "tiny-cnn", "--profile", "smoke", "--set",
+            "embed.loader_workers=0", "--set", "embed.size=32", "--set", "embed.center=1.0", "--set",
+            "embed.chunk_size=5"]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    whole, _ = load_embeddings(tmp_path / "whole", dtype=None)
+    chunks: list[Path] = []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with io.atomic_open(path, mode, **kwargs) as handle:
+            if Path(path).name.startswith("chunk_"):
+                chunks.append(Path(path))
+                if len(chunks) == 3:
+                    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(embed_module, "atomic_open", filling)
+        assert main([*argv, "--out", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        f"error: {chunks[-1].parent}: no space left on the device")
+    assert err.strip().endswith("free space and rerun: it resumes")
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    resumed, _ = load_embeddings(tmp_path / "b", dtype=None)
+    np.testing.assert_array_equal(resumed, whole)

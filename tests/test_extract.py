@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import torch
 from test_video import astronaut_frames, make_clip
 
@@ -332,7 +333,7 @@ def test_units_and_shards(meta: pd.DataFrame) -> None:
 
 def test_cli_faces(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    code = main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke", "--size", "48",
+    code = main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke-random", "--size", "48",
                  "--frames-real", "3", "--frames-fake", "1", "--workers", "1", "--no-progress", "--device", "cpu"])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
@@ -340,7 +341,14 @@ def test_cli_faces(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     faces = pd.read_csv(out / "faces.csv")
     assert len(faces) == 6 and cv2.imread(str(out / faces.path[0])).shape == (48, 48, 3)
     saved = read_config(out / "config.yaml")
-    assert saved.profile == "smoke" and saved.faces.frames_real == 3
+    assert saved.profile == "smoke-random" and saved.faces.frames_real == 3
+    # the extraction settings only, and left as they are by a resuming run with other training settings
+    assert set(yaml.safe_load((out / "config.yaml").read_text())) == {"profile", "faces"}
+    stamp = (out / "config.yaml").stat().st_mtime_ns
+    assert main(["faces", "--data", str(data), "--out", str(out), "--profile", "smoke-random", "--size", "48",
+                 "--frames-real", "3", "--frames-fake", "1", "--workers", "1", "--no-progress", "--device", "cpu",
+                 "--set", "train.epochs=1"]) == 0  # fmt: skip
+    assert (out / "config.yaml").stat().st_mtime_ns == stamp
     assert main(["faces", "--data", str(data), "--out", str(out), "--shard", "2/2"]) == 2
 
 
@@ -421,3 +429,44 @@ def test_a_manifest_without_rows_is_redone(meta: pd.DataFrame, tmp_path: Path) -
     path.write_text(json.dumps({"video": job.video}))  # written by another kit version, or damaged
     index = ShardIndex(out).open()
     assert _index_missed(index, units, out) == 0 and not path.exists() and job.video not in index.done
+
+
+def test_a_full_disk_ends_the_stage_with_one_line_and_the_rerun_resumes_exactly(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC injected into the atomic writer after 3 files: `dfdc faces` ends with one line
+    naming the folder and "free space and rerun: it resumes" (no traceback); the rerun after
+    "freeing space" gives the same crops, byte for byte, as a run that never filled the disk."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+
+    argv = ["faces", "--data", str(data), "--profile", "smoke", "--size", "48", "--frames-real", "3",
+            "--frames-fake", "1", "--workers", "1", "--no-progress", "--device", "cpu"]
+    reference, out = tmp_path / "reference", tmp_path / "faces"
+    assert main([*argv, "--out", str(reference)]) == 0
+    real, writes = io.atomic_open, []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with real(path, mode, **kwargs) as handle:
+            writes.append(path)
+            if len(writes) > 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_open", filling)
+        assert main([*argv, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    full = Path(writes[-1]).parent
+    (line,) = [line for line in err.splitlines() if "space" in line]  # one line, the stage's last
+    assert err.strip().splitlines()[-1] == line and "Traceback" not in err
+    assert line.startswith(f"error: {full}: no space left on the device; it needed ")
+    assert line.endswith(" bytes; free space and rerun: it resumes")
+    assert main([*argv, "--out", str(out)]) == 0  # space freed: the same command resumes
+    want, got = (_sorted(pd.read_csv(folder / "faces.csv")) for folder in (reference, out))
+    pd.testing.assert_frame_equal(got, want)
+    assert len(got) > 0 and not got.duplicated(["video", "frame", "face"]).any()
+    assert all((out / p).read_bytes() == (reference / p).read_bytes() for p in got["path"])

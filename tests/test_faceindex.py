@@ -19,7 +19,7 @@ def test_one_rule_for_an_index_without_tracks(tmp_path: Path) -> None:
     table["face"] = table["frame"] % 2  # two people in turn
     table.drop(columns=["original", "part"]).sample(frac=1.0, random_state=0).to_csv(faces / "faces.csv", index=False)
     index = read_index(faces)
-    assert index.attrs[FILLED] == ["original", "part", "track"]
+    assert index.attrs[FILLED] == ["original", "part", "track", "landmarks"]  # this index has no landmarks
     assert (index["track"] == index["face"]).all() and set(index["track"]) == {0, 1}  # the in-frame rank
     assert index[["video", "frame", "face"]].equals(index[["video", "frame", "face"]].sort_values(
         ["video", "frame", "face"], kind="mergesort"))  # canonical order whatever the file's
@@ -29,7 +29,7 @@ def test_one_rule_for_an_index_without_tracks(tmp_path: Path) -> None:
     table.to_csv(faces / "faces.csv", index=False)
     with_tracks = table.assign(track=1 - table["face"])
     with_tracks.to_csv(faces / "faces.csv", index=False)
-    assert (read_index(faces)["track"] == 1 - read_index(faces)["face"]).all() and read_index(faces).attrs[FILLED] == []
+    assert (read_index(faces)["track"] == 1 - read_index(faces)["face"]).all() and read_index(faces).attrs[FILLED] == ["landmarks"]
 
 
 def test_bad_labels_and_missing_files_name_the_index(tmp_path: Path) -> None:

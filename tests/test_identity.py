@@ -26,10 +26,10 @@ def actors(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     data = tmp_path_factory.mktemp("actors") / "data"
     generate(data, ACTORS)
-    assert main(["faces", "--data", str(data), "--profile", "smoke", "--workers", "1", "--frames-real", "3",
+    assert main(["faces", "--data", str(data), "--profile", "smoke-random", "--workers", "1", "--frames-real", "3",
                  "--frames-fake", "2", "--no-progress"]) == 0
     assert main(["embed", "--faces", str(data / "faces"), "--model", "grey-pixels", "--center", FACE_ONLY,
-                 "--profile", "smoke", "--set", "embed.loader_workers=0"]) == 0
+                 "--profile", "smoke-random", "--set", "embed.loader_workers=0"]) == 0
     return data
 
 
@@ -48,13 +48,13 @@ def test_synth_records_repeated_actors(actors: Path) -> None:
 def test_face_clusters_recover_the_recorded_identities(actors: Path) -> None:
     report = identities_from_embeddings(actors / "embeddings", AnalyzeConfig(threads=1))
     agree = agreement(report.identity_of, synth_identities(actors))
-    assert agree == {"originals": 6, "purity": 1.0, "completeness": 1.0}
+    assert agree == {"originals": 6, "purity": 1.0, "completeness": 1.0, "ari": 1.0}
     assert report.merged_originals() == 6
 
 
 def test_identity_folds_do_not_leak_where_original_folds_do(actors: Path, tmp_path: Path, capsys) -> None:
     truth = synth_identities(actors)
-    common = ["--data", str(actors), "--n-folds", "2", "--profile", "smoke", "--set", "analyze.threads=1"]
+    common = ["--data", str(actors), "--n-folds", "2", "--profile", "smoke-random", "--set", "analyze.threads=1"]
     assert main(["folds", *common, "--out", str(tmp_path / "orig.csv"), "--group-by", "original"]) == 0
     assert main(["folds", *common, "--out", str(tmp_path / "ident.csv"), "--group-by", "identity"]) == 0
     out = capsys.readouterr().out
@@ -78,7 +78,7 @@ def test_identity_folds_do_not_leak_where_original_folds_do(actors: Path, tmp_pa
 
 def test_identity_folds_need_embeddings(actors: Path, tmp_path: Path, capsys) -> None:
     assert main(["folds", "--data", str(actors), "--out", str(tmp_path / "f.csv"), "--group-by", "identity",
-                 "--embeddings", str(tmp_path / "none"), "--profile", "smoke"]) == 1
+                 "--embeddings", str(tmp_path / "none"), "--profile", "smoke-random"]) == 1
     assert "need face embeddings" in capsys.readouterr().err
 
 
@@ -87,7 +87,7 @@ def test_folds_cli_errors_end_in_a_message_not_a_traceback(actors: Path, tmp_pat
     that cannot be read is an error, not a silent report on ground truth alone."""
     import shutil
 
-    common = ["folds", "--data", str(actors), "--out", str(tmp_path / "f.csv"), "--n-folds", "2", "--profile", "smoke"]
+    common = ["folds", "--data", str(actors), "--out", str(tmp_path / "f.csv"), "--n-folds", "2", "--profile", "smoke-random"]
     assert main([*common, "--group-by", "identity", "--set", "analyze.pca_components=1"]) == 1
     assert "error: analyze.pca_components" in capsys.readouterr().err
     fakes_only = tmp_path / "fakes_only"
@@ -98,7 +98,7 @@ def test_folds_cli_errors_end_in_a_message_not_a_traceback(actors: Path, tmp_pat
     assert "error: the embeddings hold no crop of a REAL video" in capsys.readouterr().err
     assert main([*common, "--group-by", "original"]) == 0
     capsys.readouterr()
-    check = ["folds", "--data", str(actors), "--profile", "smoke", "--check", str(tmp_path / "f.csv")]
+    check = ["folds", "--data", str(actors), "--profile", "smoke-random", "--check", str(tmp_path / "f.csv")]
     assert main([*check, "--embeddings", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert f"error: --embeddings {tmp_path / 'missing'}: cannot read the face clusters" in err

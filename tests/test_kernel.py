@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,7 @@ CALIBRATION = {"aggregation": "mean", "temperature": 1.0, "clip": 0.02}
 
 
 def _cfg(wheel_cache: Path) -> Config:
-    cfg = load_config("smoke")
+    cfg = load_config("smoke-random")
     cfg.predict.frames = 2  # keep the local kernel run short
     cfg.predict.workers = 0  # inline decode + detect
     cfg.kernel.cpu_workers = 0  # the kernel's CPU plan (no GPU here): inline too
@@ -60,7 +61,7 @@ def kdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_dir(kdir: Path) -> Path:
     """Two folds of randomly initialised tiny b0 checkpoints, plus files that must not ship."""
     torch.manual_seed(0)
-    cfg = load_config("smoke")
+    cfg = load_config("smoke-random")
     run = kdir / "runs" / "tiny"
     for fold in (0, 1):
         save_checkpoint(run / f"fold{fold}" / "best.pt", create_model(cfg.model), cfg, {"fold": fold, "epoch": 1})
@@ -105,7 +106,7 @@ def test_bundle_holds_only_the_allow_list(bundle: Bundle) -> None:
     wheels = {w["dist"]: w for w in json.loads((bundle.dataset_dir / "wheels.json").read_text())["wheels"]}
     assert set(wheels) == {"dfdc-kit", "facenet-pytorch", "efficientnet-pytorch"}  # exactly what the models need
     assert "MTCNN" in wheels["facenet-pytorch"]["reason"] and "not in Kaggle's image" in wheels["facenet-pytorch"]["reason"]
-    assert "efficientnet-b0" in wheels["efficientnet-pytorch"]["reason"]
+    assert wheels["efficientnet-pytorch"]["reason"].count("efficientnet-b0") == 1  # two b0 folds: the reason once
     assert wheels["facenet-pytorch"]["modules"] == ["facenet_pytorch"] and wheels["dfdc-kit"]["modules"] == ["dfdc"]
     assert _files(bundle.kernel_dir) == ["inference.py", "kernel-metadata.json"]
     assert bundle.folds == [0, 1]
@@ -207,6 +208,23 @@ def test_machine_shape_is_checked(run_dir: Path, tmp_path: Path) -> None:
     assert "machine_shape" not in kernel_metadata(cfg, "alice/x-kernel", "alice/x-data")
 
 
+@pytest.mark.parametrize("shape", ["NvidiaTeslaP100", ""])
+def test_a_gpu_kernel_on_a_p100_is_refused(run_dir: Path, tmp_path: Path, shape: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Today's image has no CUDA kernels for the P100 (an empty shape gets one too): every video
+    would take the CPU plan. Refused before anything is built; a CPU kernel on purpose is not."""
+    from dfdc.kaggle.bundle import _check_slugs
+
+    cfg = _cfg(tmp_path)
+    cfg.kernel.machine_shape = shape
+    monkeypatch.setenv("DFDC_VIA_MAKE", "1")
+    with pytest.raises(KernelError, match="P100.*SET=kernel.machine_shape=NvidiaTeslaT4"):
+        build_bundle(run_dir, tmp_path / "build", cfg, "alice")
+    assert not (tmp_path / "build").exists()
+    cfg.kernel.enable_gpu = False
+    _check_slugs(cfg, "alice")  # no error
+
+
 def _clear_kaggle_env(mp: pytest.MonkeyPatch, home: Path) -> None:
     mp.setenv("HOME", str(home))
     for name in KAGGLE_VARS:
@@ -244,7 +262,7 @@ def test_push_without_credentials_sends_nothing(
             monkeypatch.setenv(key, value)
         with pytest.raises(KernelError, match="no Kaggle credentials"):
             push_bundle(bundle, _cfg(tmp_path))
-        code = main(["kernel", "--profile", "smoke", "--models", str(run_dir), "--out", str(tmp_path / "b"), "--push"])
+        code = main(["kernel", "--profile", "smoke-random", "--models", str(run_dir), "--out", str(tmp_path / "b"), "--push"])
         assert stub.requests == []
     assert code != 0
     assert "no Kaggle credentials" in capsys.readouterr().err
@@ -284,9 +302,10 @@ def test_push_with_the_real_client(bundle: Bundle, tmp_path: Path, monkeypatch: 
     (create,) = stub.bodies("CreateDataset")
     assert (create["ownerSlug"], create["slug"], create["isPrivate"]) == ("alice", "dfdc-kit-models", True)
     assert len(create["files"]) == len(uploaded)
-    # the kernel is pushed only once the dataset is ready: three status polls after the upload
+    # the kernel is pushed only once the dataset is ready: three status + version polls after the upload
     after = names[names.index("CreateDataset") + 1:]
-    assert after == ["GetDatasetStatus"] * 3 + ["SaveKernel"] and report.dataset_status == "ready"
+    assert after == ["GetDatasetStatus", "GetDataset"] * 3 + ["SaveKernel"] and report.dataset_status == "ready"
+    assert report.dataset_version == 1
     (save,) = stub.bodies("SaveKernel")
     assert save["slug"] == "alice/dfdc-kit-inference" and save["machineShape"] == "NvidiaTeslaT4"
     assert save["enableGpu"] is True and save["enableInternet"] is False and save["isPrivate"] is True
@@ -303,7 +322,7 @@ def test_dataset_still_processing_stops_before_the_kernel(bundle: Bundle, tmp_pa
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with KaggleStub(processing=100) as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        with pytest.raises(KernelError, match="still 'blobs_received' after 0 s.*NOT pushed"):
+        with pytest.raises(KernelError, match="still 'blobs_received' at version 1 after 0 s.*NOT pushed"):
             push_bundle(bundle, _push_cfg(tmp_path, dataset_ready_timeout=0.0))
     assert "SaveKernel" not in stub.names()
 
@@ -325,6 +344,29 @@ def test_existing_dataset_gets_a_new_version(bundle: Bundle, tmp_path: Path, mon
     assert len(stub.bodies("SaveKernel")) == 1
 
 
+def test_the_kernel_waits_for_the_new_dataset_version(bundle: Bundle, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after an upload Kaggle still reports the previous version ready: the kernel must wait
+    until the version number has increased (version 3 existed; the upload makes version 4)."""
+    with KaggleStub(existing_datasets=("alice/dfdc-kit-models",), existing_version=3, version_lag=2) as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        report = push_bundle(bundle, _push_cfg(tmp_path))
+    names = stub.names()
+    assert names[:2] == ["GetDatasetStatus", "GetDataset"]  # the version before the upload is read first
+    after = names[names.index("CreateDatasetVersion") + 1:]
+    assert after == ["GetDatasetStatus", "GetDataset"] * 3 + ["SaveKernel"]  # two answers of version 3 ready
+    assert report.dataset_version == 4 and json.loads(report.record.read_text())["dataset_version"] == 4
+
+
+def test_the_version_wait_times_out_on_an_old_version(bundle: Bundle, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with KaggleStub(existing_datasets=("alice/dfdc-kit-models",), existing_version=3, version_lag=100) as stub:
+        _stub_env(monkeypatch, stub, tmp_path)
+        with pytest.raises(KernelError, match="still 'ready' at version 3 .*makes version 4.*NOT pushed"):
+            push_bundle(bundle, _push_cfg(tmp_path, dataset_ready_timeout=0.0))
+    assert "SaveKernel" not in stub.names()
+
+
 def test_server_rejection_fails_the_command(
     bundle: Bundle, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -337,7 +379,7 @@ def test_server_rejection_fails_the_command(
     monkeypatch.setattr(cli_kernel, "build_bundle", prebuilt)
     with KaggleStub(reject_kernel="Notebook slug is already taken") as stub:
         _stub_env(monkeypatch, stub, tmp_path)
-        code = main(["kernel", "--profile", "smoke", "--models", str(run_dir), "--push", "--timeout", "120"])
+        code = main(["kernel", "--profile", "smoke-random", "--models", str(run_dir), "--push", "--timeout", "120"])
     assert len(stub.bodies("SaveKernel")) == 1  # the client did send it, and exits 0 itself
     assert code != 0
     assert "Kernel push error" in capsys.readouterr().err
@@ -393,7 +435,7 @@ def test_submit_the_pushed_version(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     build = _pushed(tmp_path)
     with KaggleStub() as stub:
         _stub_env(monkeypatch, stub, tmp_path / "home")
-        code = main(["submit", "--profile", "smoke", "--build", str(build), "-m", "first try",
+        code = main(["submit", "--profile", "smoke-random", "--build", str(build), "-m", "first try",
                      "--set", "kernel.push_timeout=120"])
     assert code == 0, capsys.readouterr().err
     assert "Successfully submitted" in capsys.readouterr().out
@@ -442,7 +484,7 @@ def test_submit_says_why_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPat
             submit_kernel(build, _push_cfg(tmp_path), version=2)
         assert [b["kernelVersion"] for b in stub.bodies("CreateCodeSubmission")] == [2]
     _clear_kaggle_env(monkeypatch, tmp_path / "nobody")
-    assert main(["submit", "--profile", "smoke", "--build", str(build), "--version", "2"]) == 1
+    assert main(["submit", "--profile", "smoke-random", "--build", str(build), "--version", "2"]) == 1
     assert "cannot submit: no Kaggle credentials" in capsys.readouterr().err
 
 
@@ -515,6 +557,40 @@ def test_image_environment_holds_only_the_image(image_dir: Path) -> None:
     assert out.stdout.strip() == "[]"  # the kit and the detector only come from the bundle
 
 
+def test_the_image_list_records_the_images_versions() -> None:
+    from dfdc.kaggle.common import IMAGE_LIST, repo_root
+    from dfdc.kaggle.wheels import image_list, image_pins
+
+    pins = image_pins(repo_root() / IMAGE_LIST)
+    assert pins["torch"] == "2.10.0" and pins["torchvision"] == "0.25.0"  # Kaggle's torch 2.10 + CUDA 12.8
+    assert all(pins.values()), "every line of kaggle-image.txt gives its version"
+    assert image_list(repo_root() / IMAGE_LIST) == list(pins) and "opencv-python-headless" in pins
+
+
+def test_pinned_image_environment_is_built_once_and_rebuilt_on_a_new_pin(tmp_path: Path) -> None:
+    """kernel.local_image=pinned: a venv of exactly the listed versions, cached by a stamp. pip
+    itself is the pin here (what a fresh venv already holds): no download in the test suite."""
+    from dfdc.kaggle.local import image_python, pinned_environment
+
+    import ensurepip
+
+    version = ensurepip.version()  # the pip a new venv gets
+    python, names = pinned_environment(tmp_path / "img", {"pip": version}, timeout=300)
+    assert names == ["pip"] and python.is_file()
+    stamp = (tmp_path / "img" / ".dfdc-image.json").stat().st_mtime_ns
+    assert pinned_environment(tmp_path / "img", {"pip": version}, timeout=300)[0] == python  # cached
+    assert (tmp_path / "img" / ".dfdc-image.json").stat().st_mtime_ns == stamp
+    with pytest.raises(KernelError, match="without a version"):
+        pinned_environment(tmp_path / "img", {"pip": ""}, timeout=300)
+    with pytest.raises(KernelError, match="cannot install the versions"):
+        pinned_environment(tmp_path / "img", {"pip": "1 2"}, timeout=300)  # not a version: rebuilt, fails
+    assert not (tmp_path / "img" / ".dfdc-image.json").exists()  # a failed build is never taken as built
+    cfg = _cfg(tmp_path)
+    cfg.kernel.local_image = "docker"
+    with pytest.raises(KernelError, match="local_image='docker'"):
+        image_python(cfg, tmp_path / "linked")
+
+
 def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfdc: Path, tmp_path: Path,
                                                         image_dir: Path) -> None:
     data, videos, sample = _local_data(mini_dfdc, tmp_path)
@@ -534,6 +610,30 @@ def test_local_kernel_run_in_the_image_like_environment(bundle: Bundle, mini_dfd
     assert report.rows == 4 and report.fallback_rows == 2
     copied = tmp_path / "local" / "input" / bundle.dataset_slug
     assert copied.is_dir() and not copied.is_symlink()  # a copy: the folder that gets pushed was never exposed
+    assert _last_line(log).startswith("STATUS: ok (")  # the verdict is the log's last line
+    truth = tmp_path / "labels.csv"  # make kernel-local scores its submission when labels exist
+    pd.DataFrame({"filename": sample["filename"], "label": [1, 0, 0, 1]}).to_csv(truth, index=False)
+    from dfdc.cli.kernel import score_local
+
+    assert re.match(r"local kernel submission: log loss \d\.\d{5} on 4 videos", score_local(report.submission, truth))
+    assert (report.submission.parent / "report.md").is_file()
+
+
+def _last_line(log: str) -> str:
+    """The kernel's last stdout line without its time stamp (local.py keeps stdout, then stderr)."""
+    stdout = log.split("\n--- stderr ---\n")[0]
+    return stdout.strip().splitlines()[-1].split("] ", 1)[-1]
+
+
+def test_the_local_kernels_home_is_absolute_and_outside_working(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from dfdc.kaggle.local import kernel_env
+
+    monkeypatch.chdir(tmp_path)
+    env = kernel_env(Path("local"))
+    home = Path(env["HOME"])
+    assert home.is_absolute() and home.is_dir() and env["DFDC_KAGGLE_ROOT"] == str(tmp_path / "local")
+    assert (tmp_path / "local" / "working") not in [home, *home.parents]
 
 
 def test_check_submission_reads_it_as_the_scorer_does(tmp_path: Path) -> None:
@@ -574,7 +674,7 @@ def test_a_wheel_missing_from_the_bundle_fails_loudly(bundle: Bundle, mini_dfdc:
     log = report.log.read_text()
     assert report.status == "failed" and report.returncode == 1, log
     assert "import error" in report.reasons and "efficientnet_pytorch" in report.reasons
-    assert "STATUS: failed" in log
+    assert _last_line(log).startswith("STATUS: failed (")
     got = pd.read_csv(report.submission)
     assert got["filename"].tolist() == sample["filename"].tolist() and (got["label"] == 0.5).all()
 
@@ -594,6 +694,73 @@ def test_kernel_fails_loudly_when_the_dataset_is_missing(bundle: Bundle, mini_df
     got = pd.read_csv(root / "working" / "submission.csv")
     want = pd.read_csv(mini_dfdc / "sample_submission.csv")
     assert got["filename"].tolist() == want["filename"].tolist() and (got["label"] == 0.5).all()
+
+
+KILLABLE = """
+import importlib.util, pathlib, sys, time
+spec = importlib.util.spec_from_file_location("inference", sys.argv[1])
+kernel = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel)
+def stalled():  # the kernel's work has begun: say so, then wait to be killed
+    pathlib.Path(sys.argv[2]).write_text("started")
+    time.sleep(600)
+kernel.find_dataset = stalled
+sys.exit(kernel.main())
+"""
+
+
+def test_a_kernel_killed_mid_run_leaves_a_complete_fallback_submission(bundle: Bundle, mini_dfdc: Path,
+                                                                        tmp_path: Path) -> None:
+    """The fallback submission is written before the kernel's work starts: killed (SIGKILL,
+    as Kaggle's timeout does) while it works, every video is in submission.csv at 0.5."""
+    import signal
+    import time
+
+    root = tmp_path / "kaggle"
+    comp = root / "input" / "deepfake-detection-challenge"
+    comp.mkdir(parents=True)
+    shutil.copyfile(mini_dfdc / "sample_submission.csv", comp / "sample_submission.csv")
+    marker = tmp_path / "started"
+    env = dict(os.environ, DFDC_KAGGLE_ROOT=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(bundle.kernel_dir / "inference.py"), str(marker)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the kernel did not reach its work"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    got = pd.read_csv(root / "working" / "submission.csv")
+    want = pd.read_csv(mini_dfdc / "sample_submission.csv")
+    assert got["filename"].tolist() == want["filename"].tolist() and (got["label"] == 0.5).all()
+
+
+def test_the_time_budget_is_reduced_by_the_kernels_start_up(bundle: Bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_kernel plans with ``kernel.time_budget`` less the seconds since the kernel started
+    (installing the wheels, probing CUDA), not the whole budget."""
+    import time
+
+    from dfdc.kaggle import runtime
+
+    budgets: list[float] = []
+
+    class Planned(Exception):
+        pass
+
+    def plan(cfg, devices, checkpoints, budget, calibration=None):  # noqa: ANN001, ANN202
+        budgets.append(budget)
+        raise Planned
+
+    monkeypatch.setattr(runtime, "plan_run", plan)
+    spent = 1000.0  # seconds the kernel spent before predicting
+    with pytest.raises(Planned):
+        runtime.run_kernel(bundle.dataset_dir, Path("videos"), Path("sample.csv"), Path("submission.csv"),
+                           time.monotonic() - spent, lambda message: None, probe=lambda log: ([], {}))
+    full = read_config(bundle.dataset_dir / "config.yaml").kernel.time_budget
+    (budget,) = budgets
+    assert full - spent - 60 < budget <= full - spent
 
 
 # ------------------------------------------------------------------ inside the kernel (dfdc.kaggle.runtime)
@@ -679,7 +846,7 @@ def test_verdict_counts_only_failures_that_are_not_the_videos_own() -> None:
     from dfdc.kaggle.runtime import verdict
     from dfdc.predict import PredictReport
 
-    cfg = load_config("smoke")
+    cfg = load_config("smoke-random")
 
     def report(reasons: list[str], videos: int = 10) -> PredictReport:
         return PredictReport(videos, videos - len(reasons), {f"v{i}": r for i, r in enumerate(reasons)}, {}, {}, 1,
@@ -701,15 +868,15 @@ def test_verdict_counts_only_failures_that_are_not_the_videos_own() -> None:
 def test_shipped_calibration_resolves_local_paths_and_keeps_user_keys(run_dir: Path, tmp_path: Path) -> None:
     from dfdc.kaggle.bundle import _shipped_calibration
 
-    cfg = load_config("smoke", ["predict.clip=0.05"])
+    cfg = load_config("smoke-random", ["predict.clip=0.05"])
     shipped, calibration = _shipped_calibration(run_dir, cfg, {"clip"})
     assert calibration == {**CALIBRATION, "clip": 0.05}  # the user's --set wins over the run's file
     assert shipped.predict.calibration == "auto"  # the kernel reads the shipped file
     local = tmp_path / "mine.json"  # a path of this machine: resolved here, never shipped as a path
     local.write_text(json.dumps({"aggregation": "confident", "temperature": 2.0, "clip": 0.03}))
-    cfg = load_config("smoke", [f"predict.calibration={local}"])
+    cfg = load_config("smoke-random", [f"predict.calibration={local}"])
     shipped, calibration = _shipped_calibration(run_dir, cfg, set())
     assert calibration == {"aggregation": "confident", "temperature": 2.0, "clip": 0.03}
     assert shipped.predict.calibration == "auto" and str(local) not in str(shipped.to_dict())
-    shipped, calibration = _shipped_calibration(run_dir, load_config("smoke", ["predict.calibration=none"]), set())
+    shipped, calibration = _shipped_calibration(run_dir, load_config("smoke-random", ["predict.calibration=none"]), set())
     assert calibration is None

@@ -33,7 +33,7 @@ def test_local_kernel_runs_a_sequence_model_a_baseline_and_a_timm_model(arch: st
                                                            monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     """Relative folders, as `make kernel-local` passes them (the kernel runs in another cwd)."""
-    cfg = load_config("smoke", [f"model.arch={arch}", "model.rnn_hidden=128", "model.head_hidden=32",
+    cfg = load_config("smoke-random", [f"model.arch={arch}", "model.rnn_hidden=128", "model.head_hidden=32",
                                 "train.size=48", "predict.frames=6", "predict.workers=0", "kernel.cpu_workers=0",
                                 "sequence.seq_len=4", f"kernel.wheel_cache={tmp_path / 'wheel-cache'}", *extra])
     run = tmp_path / "runs" / arch

@@ -105,6 +105,21 @@ def test_confident_rule_is_the_first_place_strategy() -> None:
     assert aggregate(four, "confident", PredictConfig(confident_min_count=3, confident_min_share=0.1)) == 0.9
 
 
+def test_confident_real_branch_needs_more_than_the_share() -> None:
+    """The REAL branch fires on more than ``confident_real_share * n`` confident REAL faces
+    (the 1st place's ``> 0.9 * sz``): exactly 0.9 n gives the plain mean, one more the mean
+    of the confident ones."""
+    cfg = PredictConfig()
+    for n in (10, 20, 30):
+        k = round(cfg.confident_real_share * n)
+        assert k == cfg.confident_real_share * n  # exactly 0.9 n, no rounding in the test's favour
+        exact = np.array([0.1] * k + [0.5] * (n - k))
+        assert aggregate(exact, "confident", cfg) == pytest.approx(exact.mean()), n
+        assert confident_strategy(exact) == pytest.approx(exact.mean())
+        more = np.array([0.1] * (k + 1) + [0.5] * (n - k - 1))
+        assert aggregate(more, "confident", cfg) == pytest.approx(0.1), n
+
+
 def test_empty_or_invalid_input_is_an_error() -> None:
     cfg = PredictConfig()
     with pytest.raises(AggregationError, match="no face probabilities"):
@@ -214,3 +229,48 @@ def test_labels_from_folds_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     assert (tmp_path / "out" / "report.json").is_file()
     assert main(["score", "--submission", str(sub), "--labels", str(write_csv(tmp_path / "l.csv", LABELS))]) == 1
     assert "missing from the submission" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the test's prior, per method
+
+
+def test_class_balanced_loss_of_a_constant_on_an_84_percent_fake_fold() -> None:
+    """A constant 0.84 scores 0.44 on a fold as FAKE-heavy as DFDC's training set, and what a
+    50 %-FAKE test set scores (the class-balanced loss) is 1.0: the plain loss flatters it."""
+    from dfdc.metrics import prior_log_loss
+
+    y = np.array([1] * 84 + [0] * 16)
+    p = np.full(100, 0.84)
+    assert log_loss(y, p) == pytest.approx(-(0.84 * math.log(0.84) + 0.16 * math.log(0.16)))  # 0.44
+    assert prior_log_loss(y, p, 0.5) == pytest.approx(-(math.log(0.84) + math.log(0.16)) / 2)  # 1.0
+    assert prior_log_loss(y, p, 0.84) == pytest.approx(log_loss(y, p))  # the fold's own prior: the plain loss
+    assert video_metrics(y, p)["logloss_balanced"] == pytest.approx(prior_log_loss(y, p, 0.5))
+    assert prior_log_loss(np.ones(3, int), np.full(3, 0.9), 0.5) == pytest.approx(-math.log(0.9))  # one class
+
+
+METHOD_LABELS = ("filename,label,method,method_seen\nr1.mp4,0,,\nr2.mp4,0,,\nb1.mp4,1,blend,1\nb2.mp4,1,blend,1\n"
+                 "p1.mp4,1,poisson,0\np2.mp4,1,poisson,0\n")
+
+
+def test_score_per_swap_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sub = write_csv(tmp_path / "s" / "submission.csv",
+                    "filename,label\nr1.mp4,0.2\nr2.mp4,0.3\nb1.mp4,0.9\nb2.mp4,0.8\np1.mp4,0.4\np2.mp4,0.1\n")
+    labels = read_labels(write_csv(tmp_path / "labels.csv", METHOD_LABELS))
+    report = score_submission(sub, labels)
+    rows = {r["method"]: r for r in report["methods"]["rows"]}
+    assert set(rows) == {"blend", "poisson"}
+    assert rows["blend"]["fakes"] == 2 and rows["blend"]["seen"] == "yes" and rows["poisson"]["seen"] == "no"
+    assert rows["blend"]["logloss_fake"] == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2)
+    assert rows["poisson"]["logloss_fake"] == pytest.approx(-(math.log(0.4) + math.log(0.1)) / 2)
+    assert rows["blend"]["auc_with_real"] == 1.0 and rows["poisson"]["auc_with_real"] == pytest.approx(0.5)
+    assert rows["poisson"]["logloss_with_real"] == pytest.approx(sk_log_loss([0, 0, 1, 1], [0.2, 0.3, 0.4, 0.1]))
+    seen = report["methods"]["groups"]["seen"]
+    assert seen["videos"] == 4 and seen["logloss"] == pytest.approx(sk_log_loss([0, 0, 1, 1], [0.2, 0.3, 0.9, 0.8]))
+    assert report["methods"]["groups"]["unseen"]["fake"] == 2
+    assert (tmp_path / "s" / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| poisson | no | 2 |" in (tmp_path / "s" / "report.md").read_text()
+    assert main(["score", "--submission", str(sub), "--labels", str(tmp_path / "labels.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "method poisson" in out and "UNSEEN" in out and "class-balanced" in out
+    plain = score_submission(sub, read_labels(write_csv(tmp_path / "plain.csv", "filename,label\nr1.mp4,0\nb1.mp4,1\n")))
+    assert "methods" not in plain  # DFDC's own labels.csv has no method column

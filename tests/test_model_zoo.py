@@ -18,7 +18,8 @@ from dfdc.models import (
 from dfdc.predict import load_ensemble
 from dfdc.preprocess import InputSpec
 
-NEEDS_75 = ("inception-v3", "inception-resnet-v2", "reseption-v1", "reseption-v2")  # unpadded stems
+NEEDS_75 = ("inception-v3", "inception-v3-transfer", "inception-resnet-v2", "reseption-v1", "reseption-v2",
+            "reseption-ensemble")  # unpadded stems
 TIMM_SPECS = {  # kit name -> (timm pretrained config it must read, default side, mean)
     "xception": ("legacy_xception.tf_in1k", 299, (0.5, 0.5, 0.5)),
     "inception-v3": ("inception_v3.tv_in1k", 299, (0.5, 0.5, 0.5)),
@@ -29,13 +30,18 @@ TIMM_SPECS = {  # kit name -> (timm pretrained config it must read, default side
     "vgg16": ("vgg16.tv_in1k", 224, (0.485, 0.456, 0.406)),
     "tf-efficientnet-b7-ns": ("tf_efficientnet_b7.ns_jft_in1k", 600, (0.485, 0.456, 0.406)),
 }
-STUDY_MODELS = (*TIMM_SPECS, "efficientnet-b5", "custom-cnn", "reseption-v1", "reseption-v2")
+STUDY_MODELS = (*TIMM_SPECS, "efficientnet-b5", "custom-cnn", "reseption-v1", "reseption-v2", "reseption-ensemble",
+                "inception-v3-transfer", "simple-cnn", "simple-cnn-2", "custom-cnn-3-constant-128")
 
 
 # efficientnet-b1..b4 and b6 are efficientnet-pytorch's b0/b5/b7 builder with other width/depth
 # coefficients: they build and train here; the checkpoint and predictor path is b0's, b5's and b7's.
 SAME_BUILDER = ("efficientnet-b1", "efficientnet-b2", "efficientnet-b3", "efficientnet-b4", "efficientnet-b6")
-FULL_PATH = [name for name in frame_models() if name not in SAME_BUILDER]
+# Table 1's 23 custom CNNs are one class with other filters: two of them take the full path here
+# (tests/test_study_models.py builds and counts all 23)
+TABLE_CNNS = [name for name in frame_models() if name.startswith("custom-cnn-")]
+FULL_PATH = [name for name in frame_models() if name not in SAME_BUILDER
+             and (name not in TABLE_CNNS or name in ("custom-cnn-2-ascending", "custom-cnn-5-descending"))]
 
 
 @pytest.fixture(autouse=True)
@@ -49,11 +55,15 @@ def one_thread():
 
 
 def _size(arch: str) -> int:
+    from dfdc.models.custom import custom_cnn_min_side
+
+    if arch.startswith("custom-cnn-"):  # unpadded convs: 2 layers need 10 px, 5 layers 94
+        return max(32, custom_cnn_min_side(int(arch.split("-")[2])))
     return 75 if arch in NEEDS_75 else 32
 
 
 def _cfg(arch: str, *extra: str) -> Config:
-    cfg = load_config("smoke", [f"model.arch={arch}", "model.pretrained=none", "faces.size=48", *extra])
+    cfg = load_config("smoke-random", [f"model.arch={arch}", "model.pretrained=none", "faces.size=48", *extra])
     cfg.train.size = _size(arch)
     return cfg
 
@@ -132,14 +142,15 @@ def test_xception_is_chollets_and_vgg16_has_no_imagenet_classifier() -> None:
     assert sum(p.numel() for p in vgg.encoder.parameters()) == 14_714_688  # VGG16's 13 conv layers
 
 
-NO_BATCHNORM = ("custom-cnn", "vgg16", "pixels", "grey-pixels")  # study 000 names none; VGG16 has none; no weights
+NO_BATCHNORM = ("custom-cnn", *TABLE_CNNS, "simple-cnn", "simple-cnn-2", "lrcn-cnn", "vgg16", "pixels",
+                "grey-pixels")  # studies 000 / 002 (and [3]) name none; VGG16 has none; pixels: no weights
 
 
 @pytest.mark.parametrize("arch", frame_models())
 def test_bn_momentum_reaches_every_batchnorm(arch: str) -> None:
     """model.bn_momentum, set once by create_model, reaches every family's BatchNorms (tiny-cnn
     ignored it while each family set it on its own)."""
-    model = create_model(ModelConfig(arch=arch, pretrained="none", bn_momentum=0.07))
+    model = create_model(ModelConfig(arch=arch, pretrained="none", bn_momentum=0.07), _size(arch))
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert bool(norms) == (arch not in NO_BATCHNORM)
     assert all(m.momentum == 0.07 for m in norms)
@@ -200,59 +211,60 @@ def test_random_init_models_refuse_pretrained_weights_and_bad_settings() -> None
         create_model(ModelConfig(arch="resnet50", pretrained="none", trainable="top0"))
 
 
-@pytest.mark.parametrize(("rule", "widths"), [("ascending", [16, 32, 64, 128]), ("descending", [128, 64, 32, 16]),
+@pytest.mark.parametrize(("rule", "widths"), [("ascending", [32, 64, 96, 128]), ("descending", [256, 128, 64, 32]),
                                               ("constant", [16, 16, 16, 16])])
 def test_custom_cnn_width_rules(rule: str, widths: list[int]) -> None:
+    """Study 000's Table 1 (4 layers): ascending steps by 32, descending as listed; constant: the base."""
     model = create_model(ModelConfig(arch="custom-cnn", pretrained="none", custom_depth=4, custom_widths=rule,
-                                     custom_base_width=16, custom_head_width=24))
+                                     custom_base_width=16, custom_head_width=24), 64)
     convs = [m for m in model.encoder if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == widths and model.feature_dim == 24
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.encoder) == 4
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.encoder) == 4
 
 
-def test_reseption_blocks_are_residual_with_leaky_relu() -> None:
-    from dfdc.models.custom import ReseptionV1Block, ReseptionV2Block
+def test_reseption_blocks_are_residual_with_leaky_relu_and_xavier_init() -> None:
+    """Study 001: every module is residual, V1 concatenates back to its width, V2 remaps with a
+    1x1 before the sum; LeakyReLU 0.2 everywhere; Xavier normal weights with the LeakyReLU gain."""
+    from dfdc.models.reseption import Residual, block_a, block_b, block_c
 
-    v1 = create_model(ModelConfig(arch="reseption-v1", pretrained="none", reseption_blocks=3))
-    v2 = create_model(ModelConfig(arch="reseption-v2", pretrained="none", reseption_blocks=3))
-    assert sum(isinstance(m, ReseptionV1Block) for m in v1.modules()) == 9
-    assert sum(isinstance(m, ReseptionV2Block) for m in v2.modules()) == 9
-    acts = [m for m in v1.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
-    assert acts and all(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2 for m in acts)
+    v1 = create_model(ModelConfig(arch="reseption-v1", pretrained="none"))
+    v2 = create_model(ModelConfig(arch="reseption-v2", pretrained="none"))
+    for model in (v1, v2):
+        assert sum(isinstance(m, Residual) for m in model.modules()) == 3 + 4 + 2  # Inception-V3's A, B, C counts
+        acts = [m for m in model.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+        assert acts and all(isinstance(m, torch.nn.LeakyReLU) and m.negative_slope == 0.2 for m in acts)
+    assert all(isinstance(m.remap, torch.nn.Identity) for m in v1.modules() if isinstance(m, Residual))
+    remaps = [m.remap[0] for m in v2.modules() if isinstance(m, Residual)]
+    assert len(remaps) == 9 and all(c.kernel_size == (1, 1) for c in remaps)
+    conv = v1.encoder[-1].branches[0][0]  # a 1x1 conv of the last C module: std = gain * sqrt(2 / (fan_in + fan_out))
+    gain = (2 / (1 + 0.2**2)) ** 0.5
+    expected = gain * (2 / (conv.in_channels + conv.out_channels)) ** 0.5
+    assert float(conv.weight.detach().std()) == pytest.approx(expected, rel=0.05)
     torch.manual_seed(0)
-    for block in (ReseptionV1Block(64), ReseptionV2Block(64)):  # zero branches -> identity (+ LeakyReLU)
-        for m in block.modules():
+    for block, channels in ((block_a(192, "v1"), 192), (block_b(96, "v2"), 96), (block_c(64, "v2"), 64)):
+        for m in block.modules():  # zero every BatchNorm's scale: the branches add 0 -> identity + LeakyReLU
             if isinstance(m, torch.nn.BatchNorm2d):
                 torch.nn.init.zeros_(m.weight)
-        x = torch.rand(2, 64, 9, 9)
+        x = torch.rand(2, channels, 9, 9)
         assert torch.allclose(block.eval()(x), x)
-    assert not any(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (1, 1) and m.in_channels == 48
-                   for m in ReseptionV1Block(192).modules())  # V1 has no 1x1 remap of its branches
-    remap = ReseptionV2Block(192).remap[0]
-    assert remap.kernel_size == (1, 1) and remap.in_channels == 3 * 24 and remap.out_channels == 192
 
 
 def _convs(module: torch.nn.Module) -> list[torch.nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
 
 
-def test_reseption_v1_is_wide_and_v2_reduces_before_its_large_filters() -> None:
-    """Issue 9's contrast: V1's branches sit straight on the input (no 1x1 reduction), V2's
-    3x3 and 5x5 read a 1x1 reduction to C/8; both have a real 5x5."""
-    from dfdc.models.custom import ReseptionV1Block, ReseptionV2Block
+def test_reseption_reductions_carry_the_studys_filter_banks() -> None:
+    """Figure 6.10: reduction A's m = 224 (V1) / 336 (V2); Figure 6.11: reduction B's (a .. f)."""
+    from dfdc.models.reseption import Reduction
 
-    v1, v2 = ReseptionV1Block(192), ReseptionV2Block(192)
-    v1_kernels = sorted(c.kernel_size[0] for c in _convs(v1))
-    assert v1_kernels == [1, 1, 3, 5]  # 1x1, 3x3, 5x5, pool -> 1x1: one conv per branch
-    assert all(c.in_channels == 192 for c in _convs(v1))  # each reads the whole input: no reduction
-    assert sum(c.out_channels for c in _convs(v1)) == 192  # concatenated back to C
-    large = [c for c in _convs(v2) if c.kernel_size[0] > 1]
-    assert sorted(c.kernel_size[0] for c in large) == [3, 5]
-    assert all(c.in_channels == 192 // 8 for c in large)  # after a 1x1 reduction to C/8
-    for branch in v2.branches[1:]:
-        first = _convs(branch)[0]
-        assert first.kernel_size == (1, 1) and first.in_channels == 192 and first.out_channels == 24
+    for arch, m, tuple_b in (("reseption-v1", 224, (192, 320, 192, 192, 256, 320)),
+                             ("reseption-v2", 336, (256, 392, 256, 256, 320, 392))):
+        model = create_model(ModelConfig(arch=arch, pretrained="none"))
+        red_a, red_b = [mod for mod in model.modules() if isinstance(mod, Reduction)]
+        assert red_a.towers[0][0].out_channels == m and red_a.towers[0][0].stride == (2, 2)
+        assert tuple(c.out_channels for c in _convs(red_b)) == tuple_b
+        assert [c.kernel_size for c in _convs(red_b)] == [(1, 1), (3, 3), (1, 1), (1, 7), (7, 1), (3, 3)]
 
 
 def _trainable_names(model: torch.nn.Module) -> set[str]:
@@ -293,11 +305,11 @@ def test_frozen_layers_do_not_change_in_training_and_resume(tmp_path: Path) -> N
     common = ["model.arch=efficientnet-b0", "model.pretrained=none", "model.trainable=top25", "train.size=32",
               "train.batch_size=8", "train.loader_workers=0", "train.lr=1e-2", "train.epochs=2", "train.folds=0",
               f"train.runs_dir={tmp_path / 'runs'}", "train.name=frozen"]
-    cfg = load_config("smoke", common + ["train.stop_after_epochs=1"])
+    cfg = load_config("smoke-random", common + ["train.stop_after_epochs=1"])
     torch.manual_seed(cfg.train.seed + 0)  # what dfdc.train seeds before building fold 0's model
     initial = create_model(cfg.model, cfg.train.size).state_dict()
     assert train(faces, folds, cfg).stopped_early
-    report = train(faces, folds, load_config("smoke", common))  # resumes the fold: epoch 2 of 2
+    report = train(faces, folds, load_config("smoke-random", common))  # resumes the fold: epoch 2 of 2
     assert report.folds[0].finished and report.folds[0].epochs_run == 2
     final = torch.load(tmp_path / "runs" / "frozen" / "fold0" / "last.pt", weights_only=False)["model"]
     model = create_model(cfg.model, cfg.train.size)

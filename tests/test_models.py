@@ -155,13 +155,15 @@ def test_format_1_checkpoint_without_input_spec_uses_train_size(tmp_path: Path) 
 def test_every_model_has_one_registered_kind() -> None:
     """A model's kind is registered once; the helpers and checkpoints derive theirs from it."""
     from dfdc.baselines import is_baseline
-    from dfdc.compare import SYSTEMS
+    from dfdc.compare import PENDING_MODELS, SYSTEMS
     from dfdc.models import KINDS, frame_models, model_kind, models_of_kind
     from dfdc.models.sequence import is_sequence_model
 
     kinds = {arch: model_kind(arch) for arch in list_models()}
     assert set(kinds.values()) == set(KINDS)
-    assert sorted(models_of_kind("sequence")) == ["gru", "lstm"]
+    from dfdc.models.sequence import mlp_names
+
+    assert sorted(models_of_kind("sequence")) == sorted(["cnn-lstm", "gru", "lstm", *mlp_names()])
     assert sorted(models_of_kind("baseline")) == ["logreg", "mlp", "svm"]
     assert frame_models() == sorted(a for a, k in kinds.items() if k == "frame")
     assert all(is_sequence_model(a) == (k == "sequence") and is_baseline(a) == (k == "baseline")
@@ -175,6 +177,8 @@ def test_every_model_has_one_registered_kind() -> None:
     for arch, unit in (("tiny-cnn", "frame"), ("lstm", "sequence"), ("logreg", "frame")):
         assert create_model(ModelConfig(arch=arch, backbone="tiny-cnn", pretrained="none")).kind == unit
     for system in SYSTEMS.values():  # compare's informational kind agrees with the registry
+        if system.name in PENDING_MODELS and system.arch not in list_models():
+            continue  # not registered yet: test_compare_studies fails once it is, until PENDING_MODELS drops it
         archs = [o.split("=", 1)[1] for o in system.overrides if o.startswith("model.arch=")]
         assert all(system.kind == model_kind(arch) for arch in archs), system.name  # (test systems set none)
     assert sum(any(o.startswith("model.arch=") for o in s.overrides) for s in SYSTEMS.values()) >= 18

@@ -32,7 +32,7 @@ BAD = {  # file -> reason prefix in predictions.csv
 
 
 def tiny_cfg(*extra: str) -> Config:
-    return load_config("smoke", OVERRIDES + list(extra))
+    return load_config("smoke-random", OVERRIDES + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +95,46 @@ def test_bad_inputs_fall_back_with_their_reason(with_workers) -> None:
         assert pred.loc[name, "reason"].split(":")[0] == reason, (name, pred.loc[name, "reason"])
         assert pred.loc[name, "label"] == 0.5
         assert report.fallbacks[name].startswith(reason)
-    for name in GOOD:
-        assert pred.loc[name, "reason"] == ""
-        assert pred.loc[name, "n_faces"] >= 1
+    for name in GOOD:  # short.mp4 is predicted from the part that decoded, and says so
+        want = "partial decode: 7 of the 12 frames the container claims decoded; 4 read" if name == "short.mp4" else ""
+        assert pred.loc[name, "reason"] == want, name
+        assert pred.loc[name, "n_faces"] >= 1 and float(pred.loc[name, "raw"]) >= 0
+    assert report.notes == {"short.mp4": pred.loc["short.mp4", "reason"]} and "partial decode: 1" in report.summary()
     assert pred.loc["good0.mp4", "n_faces"] >= 4  # a face in each of the 4 frames
     assert report.predicted == len(GOOD) and len(report.fallbacks) == len(BAD)
     assert report.faces == pred["n_faces"].astype(int).sum()
+
+
+def test_a_full_disk_ends_predict_with_one_line(inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC while writing the submission: one line naming the folder and what to do, no
+    traceback; the same command with space again writes the submission."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+
+    out = tmp_path / "sub" / "submission.csv"
+    two = tmp_path / "two.csv"
+    pd.DataFrame({"filename": ["blank.mp4", "good1.mp4"], "label": 0.5}).to_csv(two, index=False)
+    argv = ["predict", "--profile", "smoke-random", *[x for o in OVERRIDES for x in ("--set", o)], "--videos",
+            str(inputs["videos"]), "--models", str(inputs["run"]), "--workers", "0", "--device", "cpu",
+            "--no-progress", "--sample-submission", str(two), "--out", str(out)]
+    real = io.atomic_open
+
+    @contextlib.contextmanager
+    def full(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with real(path, mode, **kwargs) as handle:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_open", full)
+        assert cli_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"error: {out.parent}: no space left on the device; free space and rerun: it resumes")
+    assert cli_main(argv) == 0 and read(out)[0]["filename"].tolist() == ["blank.mp4", "good1.mp4"]
 
 
 def test_values_are_clipped_probabilities(with_workers) -> None:
@@ -138,7 +172,7 @@ def test_inline_cli_matches_workers_and_tta_is_structural(inputs: dict[str, Path
     _, out_w1 = with_workers
     out = inputs["root"] / "sub_cli" / "submission.csv"
     sets = [x for o in OVERRIDES for x in ("--set", o)]
-    base = ["predict", "--profile", "smoke", *sets, "--videos", str(inputs["videos"]), "--models", str(inputs["run"])]
+    base = ["predict", "--profile", "smoke-random", *sets, "--videos", str(inputs["videos"]), "--models", str(inputs["run"])]
     base += ["--workers", "0", "--device", "cpu", "--no-progress"]
     assert cli_main(base + ["--out", str(out)]) == 0  # sample_submission.csv beside the videos folder is found
     printed = capsys.readouterr().out
@@ -183,6 +217,7 @@ def test_calibration_file_is_used_unless_overridden(inputs: dict[str, Path], tmp
     out = tmp_path / "a" / "submission.csv"
     report = predict_videos(inputs["videos"], run, out, cfg, inputs["sample"], "cpu", progress=False)
     assert report.calibration == {"aggregation": "mean", "temperature": 2.0, "clip": 0.05,
+                                  "bias": 0.0,  # a file written before predict.bias existed: no offset
                                   "source": str(run / "calibration.json")}
     assert "temperature=2" in report.summary()
     cfg = tiny_cfg("predict.time_budget=1e-9", "predict.workers=0")
@@ -252,6 +287,34 @@ def test_dead_or_failing_worker_gives_fallbacks_not_an_abort(inputs: dict[str, P
     assert pred.loc["raise.mp4", "reason"].startswith("error: MemoryError")
     assert pred.loc["a.mp4", "reason"] == "" and pred.loc["b.mp4", "reason"] == ""
     assert report.predicted == 2
+
+
+def sticky_failure(path: str, setup: WorkerSetup) -> VideoFaces:
+    """A worker whose 'cuda*' video raises a CUDA error that sticks: every later video in the
+    same process raises too, as a real sticky CUDA error does (spawn-importable)."""
+    if Path(path).name.startswith("cuda") or _STICKY:
+        _STICKY.append(Path(path).name)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    return quick_or_hang(path, setup)
+
+
+_STICKY: list[str] = []
+
+
+def test_a_worker_whose_video_raised_is_replaced_before_the_next(inputs: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """After a non-video error the worker is replaced: the videos queued behind the failing one
+    are predicted by a fresh worker instead of all inheriting its broken state."""
+    names = ["a.mp4", "cuda.mp4", "d.mp4", "e.mp4", "f.mp4"]  # in this order (sorted), no sample submission
+    videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", names)
+    out = tmp_path / "sub" / "submission.csv"
+    cfg = tiny_cfg("predict.workers=1", "predict.prefetch=3")  # d already queued to it when cuda fails
+    report = predict_videos(videos, inputs["run"], out, cfg, None, "cpu", progress=False, process=sticky_failure)
+    pred = read(out)[1].set_index("filename")
+    assert pred.loc["cuda.mp4", "reason"].startswith("error: RuntimeError: CUDA error")
+    assert report.fallbacks == {"cuda.mp4": pred.loc["cuda.mp4", "reason"]}
+    assert report.predicted == 4 and (pred.drop(index="cuda.mp4")["reason"] == "").all()
+    assert "worker 0 (cpu) replaced after a video raised in it" in capsys.readouterr().err
 
 
 def test_mini_dfdc_test_videos_end_to_end(mini_dfdc: Path, inputs: dict[str, Path], tmp_path: Path) -> None:
@@ -416,11 +479,11 @@ def test_predictor_crops_as_the_checkpoint_was_trained(inputs: dict[str, Path], 
     from dfdc.preprocess import prepare
     from dfdc.video import read_frames
 
-    trained = load_config("smoke", ["model.arch=tiny-cnn", "faces.margin=0.3", "faces.size=40", "train.size=24"])
+    trained = load_config("smoke-random", ["model.arch=tiny-cnn", "faces.margin=0.3", "faces.size=40", "train.size=24"])
     run = tmp_path / "run"
     save_checkpoint(run / "fold0" / "best.pt", create_model(trained.model, 24), trained, {"fold": 0})
     videos = _linked(tmp_path / "videos", inputs["videos"] / "good0.mp4", ["a.mp4"])
-    cfg = load_config("smoke", ["predict.frames=3", "predict.workers=0"])  # margin 0.6, 128 px here
+    cfg = load_config("smoke-random", ["predict.frames=3", "predict.workers=0"])  # margin 0.6, 128 px here
     _SEEN.clear()
     predict_videos(videos, run, tmp_path / "sub.csv", cfg, None, "cpu", progress=False, process=recording_process)
     (seen,) = _SEEN
@@ -606,7 +669,8 @@ def bright_and_dark(path: str, setup: WorkerSetup) -> VideoFaces:
     return VideoFaces(Path(path).name, tensors, 32, 32, {}, frames=np.arange(32), tracks=np.zeros(32, np.int64))
 
 
-def test_the_video_rule_is_applied_per_model_then_averaged(inputs: dict[str, Path], tmp_path: Path) -> None:
+def test_the_video_rule_is_applied_per_model_then_averaged(inputs: dict[str, Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """The review's example: model A sees 13 faces at 0.9 and 19 at 0.3, model B every face at
     0.69. The 1st place's order (the confident rule per model, then the mean): (0.9 + 0.69) / 2
     = 0.795. Faces averaged over the models first (0.795 and 0.495) would give the plain mean,
@@ -635,6 +699,10 @@ def test_the_video_rule_is_applied_per_model_then_averaged(inputs: dict[str, Pat
     # calibration reads the same per-unit file and applies the rule per model too
     _, by_rule, _ = video_probs(units.assign(video="v.mp4", label=1), cfg.predict)
     assert by_rule["confident"][0] == pytest.approx(raw, abs=1e-9)
+    # fold1 gives every face 0.69: a constant model, reported loudly (fold0 is not)
+    (constant,) = [w for w in report.warnings if "constant model" in w]
+    assert constant.startswith("fold1: all 32 face predictions are 0.6900")
+    assert f"predict: {constant}" in capsys.readouterr().err and f"warning: {constant}" in report.summary()
 
 
 # ------------------------------------------------------------------ half precision (the GPU path, run on the CPU)

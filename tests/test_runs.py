@@ -37,6 +37,8 @@ def test_reset_removes_the_state_before_new_fingerprints(tmp_path: Path) -> None
     folder.mkdir(parents=True)
     for name in ("status.json", "last.pt", "best.pt", "oof.csv", "oof_faces.csv", "estimator.joblib"):
         (folder / name).write_text("old")
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard" / "events.out.tfevents.1.host").write_text("old")
     old = {"folds": {"sha256": "a"}, "faces": {"sha256": "b"}}
     (folder / INPUTS).write_text('{"folds": {"sha256": "a"}, "faces": {"sha256": "b"}}')
     new = {"folds": {"sha256": "c"}, "faces": {"sha256": "b"}}

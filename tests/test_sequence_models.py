@@ -17,7 +17,7 @@ SEQUENCE_ARCHS = ("lstm", "gru")
 
 
 def _cfg(arch: str, backbone: str = "tiny-cnn", **model: object):
-    cfg = load_config("smoke", [f"model.arch={arch}", f"model.backbone={backbone}", "model.pretrained=none",
+    cfg = load_config("smoke-random", [f"model.arch={arch}", f"model.backbone={backbone}", "model.pretrained=none",
                                 "model.rnn_hidden=128", "model.head_hidden=32", "train.size=32"])
     for key, value in model.items():
         setattr(cfg.model, key, value)

@@ -26,7 +26,7 @@ TINY = ["model.arch=tiny-cnn", "model.pretrained=none", "train.size=32", "train.
 
 
 def _cfg(tmp_path: Path, *extra: str) -> Config:
-    return load_config("smoke", [*TINY, f"train.runs_dir={tmp_path / 'runs'}", "train.name=t", *extra])
+    return load_config("smoke-random", [*TINY, f"train.runs_dir={tmp_path / 'runs'}", "train.name=t", *extra])
 
 
 @pytest.fixture
@@ -62,9 +62,13 @@ def test_outputs_and_skip_on_rerun(tiny: tuple[Path, Path], tmp_path: Path) -> N
         assert meta["val_logloss"] == pytest.approx(fold.best_logloss)
         best_row = metrics[(metrics["fold"] == fold.fold) & (metrics["epoch"] == fold.best_epoch)]
         assert best_row["val_logloss"].item() == pytest.approx(fold.best_logloss)
-    # the run's OOF log loss is Kaggle's log loss of oof.csv's predictions clipped at train.val_clip
+    # the run's OOF log loss is the class-balanced log loss (train.val_balanced, the default) of oof.csv's
+    # predictions clipped at train.val_clip: each class's videos weigh 1 / its count
     clipped = oof["pred"].clip(cfg.train.val_clip, 1 - cfg.train.val_clip)
-    assert report.oof_logloss == pytest.approx(sk_log_loss(oof["label"], clipped, labels=[0, 1]), rel=1e-9)
+    weights = 1.0 / oof["label"].map(oof["label"].value_counts())
+    balanced = sk_log_loss(oof["label"], clipped, labels=[0, 1], sample_weight=weights)
+    assert report.oof_logloss == pytest.approx(balanced, rel=1e-9)
+    assert abs(balanced - sk_log_loss(oof["label"], clipped, labels=[0, 1])) > 1e-3  # the folds are imbalanced
     stamp = (run / "fold0" / "best.pt").stat().st_mtime_ns
     again = train(faces, folds, cfg)
     assert all(f.skipped for f in again.folds)
@@ -105,7 +109,7 @@ def test_no_resume_retrains(tiny: tuple[Path, Path], tmp_path: Path) -> None:
 
 def _cli(tmp_path: Path, faces: Path, folds: Path, *extra: str) -> list[str]:
     sets = [x for item in TINY for x in ("--set", item)]
-    return [sys.executable, "-m", "dfdc", "train", "--profile", "smoke", "--faces", str(faces), "--folds", str(folds),
+    return [sys.executable, "-m", "dfdc", "train", "--profile", "smoke-random", "--faces", str(faces), "--folds", str(folds),
             "--name", "cli", "--set", f"train.runs_dir={tmp_path / 'runs'}", *sets, *extra]
 
 
@@ -125,14 +129,18 @@ def test_kill_9_mid_run_then_resume(tiny: tuple[Path, Path], tmp_path: Path, cap
     state = torch.load(last, weights_only=False)
     assert 1 <= state["epoch"] < 4 and not state["finished"]
     from dfdc.cli import main
+    from dfdc.runconfig import read_latest
 
     monkeypatch.chdir(tmp_path)
     assert main(cmd[3:]) == 0  # the same command again, in this process
     out, err = capsys.readouterr()
     assert f"resuming at epoch {state['epoch']}" in err
-    assert "fold 0: best validation log loss" in out and "OOF log loss" in out
+    assert "fold 0: best validation log loss" in out and "OOF class-balanced log loss" in out
     metrics = pd.read_csv(tmp_path / "runs" / "cli" / "metrics.csv")
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
+    # the later stages find this run without being told (runs/LATEST, written atomically by train)
+    assert read_latest(tmp_path / "runs") == {"run": str(tmp_path / "runs" / "cli"), "profile": "smoke",
+                                              "faces": str(faces), "folds": str(folds)}
     assert not list((tmp_path / "runs").rglob("*.tmp-*"))
 
 
@@ -145,7 +153,7 @@ def test_cli_efficientnet_b0_and_errors(tiny: tuple[Path, Path], tmp_path: Path,
                 "--set", "train.size=64", "--set", "train.steps_per_epoch=2", "--batch-size", "4")[3:]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "fold 1: best validation log loss" in out and "OOF log loss" in out
+    assert "fold 1: best validation log loss" in out and "OOF class-balanced log loss" in out
     _, meta = load_checkpoint(tmp_path / "runs" / "cli" / "fold1" / "best.pt")
     assert meta["arch"] == "efficientnet-b0" and meta["config"]["train"]["batch_size"] == 4
     assert main([*argv, "--name", "other", "--pretrained", str(tmp_path / "missing.pth")]) == 1
@@ -197,7 +205,7 @@ def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
     import dfdc.train as train_module
 
     losses = iter([0.60, 0.50, 0.55, 0.56, 0.40, 0.30])  # best at epoch 1, then two worse epochs
-    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip: (next(losses), 0.5))
+    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip, balanced=True: (next(losses), 0.5))
     cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=1")
     report = train(tiny[0], tiny[1], cfg)
     (fold,) = report.folds
@@ -206,19 +214,77 @@ def test_early_stopping_ends_a_fold_after_patience_epochs_without_improvement(
     assert metrics["epoch"].tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("balanced", [True, False])
+def test_best_epoch_is_chosen_on_the_class_balanced_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         balanced: bool) -> None:
+    """On a fold that is 83 % FAKE (5 fakes per real, as DFDC), an epoch that calls every video
+    FAKE-ish (FAKE 0.99, REAL 0.6) wins the plain log loss (0.16 against 0.29) but loses the
+    class-balanced one (0.46 against 0.29) to an epoch that separates them (0.75 / 0.25)."""
+    from dfdc.train import FoldTrainer
+
+    faces, folds = make_tiny_faces(tmp_path, fakes_per_real=5)
+    epochs = iter([(0.99, 0.6), (0.75, 0.25)])
+    real_videos = FoldTrainer.videos
+
+    def scripted(self, units):  # the real per-video table, with this epoch's scripted predictions
+        table = real_videos(self, units)
+        fake, real = next(epochs)
+        return table.assign(pred=np.where(table["label"] == 1, fake, real))
+
+    monkeypatch.setattr(FoldTrainer, "videos", scripted)
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=1",
+               f"train.val_balanced={str(balanced).lower()}")
+    (fold,) = train(faces, folds, cfg).folds
+    assert fold.best_epoch == (1 if balanced else 0)
+def test_best_pt_and_oof_are_the_best_epochs_not_the_last(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """best.pt and the fold's OOF are written only when validation improves: after a run
+    whose best epoch (1) is not its last (3), they hold epoch 1's weights and predictions."""
+    import dfdc.train as train_module
+
+    losses = iter([0.60, 0.50, 0.55, 0.56])  # best at epoch 1, then two worse epochs (patience 2)
+    monkeypatch.setattr(train_module, "video_logloss", lambda videos, clip, balanced=True: (next(losses), 0.5))
+    weights: list[dict[str, torch.Tensor]] = []
+    predictions: list[pd.DataFrame] = []
+    validate, save_last = train_module.FoldTrainer.validate, train_module.FoldTrainer.save_last
+
+    def recorded_validate(self):  # noqa: ANN001, ANN202
+        predictions.append(validate(self))
+        return predictions[-1]
+
+    def recorded_save_last(self, finished):  # noqa: ANN001, ANN202
+        weights.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return save_last(self, finished)
+
+    monkeypatch.setattr(train_module.FoldTrainer, "validate", recorded_validate)
+    monkeypatch.setattr(train_module.FoldTrainer, "save_last", recorded_save_last)
+    cfg = _cfg(tmp_path, "train.epochs=6", "train.patience=2", "train.folds=0", "train.steps_per_epoch=2")
+    (fold,) = train(tiny[0], tiny[1], cfg).folds
+    assert fold.best_epoch == 1 and fold.epochs_run == 4 and len(weights) == 4
+    run = tmp_path / "runs" / "t" / "fold0"
+    model, meta = load_checkpoint(run / "best.pt")
+    assert meta["epoch"] == 1 and meta["val_logloss"] == 0.50
+    saved = model.state_dict()
+    assert all(torch.equal(saved[k], weights[1][k]) for k in weights[1])  # epoch 1's weights ...
+    assert not all(torch.equal(saved[k], weights[3][k]) for k in weights[3])  # ... not the last epoch's
+    oof_faces = pd.read_csv(run / "oof_faces.csv")
+    assert np.allclose(oof_faces["prob"], predictions[1]["prob"])  # epoch 1's predictions
+    assert not np.allclose(oof_faces["prob"], predictions[3]["prob"])
+
+
 def test_lr_scaling_rules() -> None:
     from dfdc.config import ConfigError
     from dfdc.train import scaled_lr
 
     def lr(*sets: str, world: int = 1) -> float:
-        return scaled_lr(load_config("smoke", ["train.lr=2e-4", "train.lr_reference_batch=12", *sets]), world)[0]
+        return scaled_lr(load_config("smoke-random", ["train.lr=2e-4", "train.lr_reference_batch=12", *sets]), world)[0]
 
     assert lr("train.lr_scaling=none", "train.batch_size=96") == pytest.approx(2e-4)
     assert lr("train.lr_scaling=linear", "train.batch_size=96") == pytest.approx(2e-4 * 8)
     assert lr("train.lr_scaling=sqrt", "train.batch_size=96") == pytest.approx(2e-4 * 8 ** 0.5)
     assert lr("train.lr_scaling=sqrt", "train.batch_size=12", world=4) == pytest.approx(2e-4 * 2)  # global batch 48
-    assert lr("train.lr_scaling=linear", "train.batch_size=12") == pytest.approx(2e-4)  # the recipe's batch: unscaled
-    note = scaled_lr(load_config("smoke", ["train.lr_scaling=sqrt", "train.batch_size=24"]), 2)[1]
+    assert lr("train.lr_scaling=linear", "train.batch_size=12") == pytest.approx(2e-4)  # the reference batch: unscaled
+    note = scaled_lr(load_config("smoke-random", ["train.lr_scaling=sqrt", "train.batch_size=24"]), 2)[1]
     assert "global batch 48 = 24 x 2 processes" in note and "sqrt" in note
     with pytest.raises(ConfigError, match="lr_scaling='cubic'"):
         lr("train.lr_scaling=cubic")
@@ -324,11 +390,34 @@ def test_only_finished_folds_of_todays_table_are_merged(tiny: tuple[Path, Path],
     assert again.oof_videos == 9 and "fold4 is not a fold of today's folds table" in capsys.readouterr().err
 
 
+def test_resume_with_a_loss_scaler_from_a_run_saved_without_one(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A bf16 (or fp32) run saves an empty GradScaler state; resumed where training falls
+    back to fp16 (an enabled scaler), it goes on with a fresh loss scale and a warning."""
+    faces, folds = tiny
+    cfg = _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=2")
+    train(faces, folds, _cfg(tmp_path, "train.epochs=2", "train.folds=0", "train.steps_per_epoch=2",
+                             "train.stop_after_epochs=1"))
+    last = tmp_path / "runs" / "t" / "fold0" / "last.pt"
+    assert torch.load(last, weights_only=False)["scaler"] == {}  # a checkpoint made without scaler state
+    made, scaler = [], torch.amp.GradScaler
+
+    def fp16_scaler(device: str, enabled: bool = True) -> torch.amp.GradScaler:  # what an fp16 GPU builds
+        made.append(scaler("cpu", enabled=True))
+        return made[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", fp16_scaler)
+    (fold,) = train(faces, folds, cfg).folds
+    assert fold.finished and fold.epochs_run == 2 and made and made[-1].is_enabled()
+    assert "holds no GradScaler state" in capsys.readouterr().err
+
+
 def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
     """A T4 / V100 answers is_bf16_supported() with True (emulation); natively it has none."""
     from dfdc.train import amp_dtype
 
-    cfg = load_config("smoke", ["train.amp=bf16"])
+    cfg = load_config("smoke-random", ["train.amp=bf16"])
     cuda = torch.device("cuda", 0)
 
     def pre_ampere(including_emulation: bool = True) -> bool:
@@ -338,8 +427,8 @@ def test_bf16_falls_back_to_fp16_without_native_bfloat16(monkeypatch: pytest.Mon
     assert amp_dtype(cfg, cuda) == "fp16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert amp_dtype(cfg, cuda) == "bf16"
-    assert amp_dtype(load_config("smoke", ["train.amp=fp16"]), cuda) == "fp16"
-    assert amp_dtype(cfg, torch.device("cpu")) is None and amp_dtype(load_config("smoke", ["train.amp=none"]), cuda) is None
+    assert amp_dtype(load_config("smoke-random", ["train.amp=fp16"]), cuda) == "fp16"
+    assert amp_dtype(cfg, torch.device("cpu")) is None and amp_dtype(load_config("smoke-random", ["train.amp=none"]), cuda) is None
 
 
 def test_epoch_loss_is_summed_over_ranks_on_the_process_device(tiny: tuple[Path, Path], tmp_path: Path,
@@ -401,3 +490,115 @@ def test_compile_option_keeps_plain_checkpoints(tiny: tuple[Path, Path], tmp_pat
     assert not any("_orig_mod" in key for key in state["model"])
     model, _ = load_checkpoint(tmp_path / "runs" / "t" / "fold0" / "best.pt")
     assert model is not None
+
+
+class _ThreadCounts(torch.utils.data.Dataset):
+    """Reports, from inside a loader worker, the threads torch, OpenCV and BLAS would use."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        from threadpoolctl import threadpool_info
+
+        blas = max([p["num_threads"] for p in threadpool_info()] or [1])
+        return torch.tensor([torch.get_num_threads(), cv2.getNumThreads(), blas])
+
+
+def test_loader_workers_run_one_thread_each(tmp_path: Path) -> None:
+    """Each training loader worker sets torch, OpenCV and the BLAS pools to one thread."""
+    from dfdc.train import _loader
+
+    cv2.setNumThreads(4)  # a wide parent: the workers must not inherit it
+    try:
+        loader = _loader(_ThreadCounts(), 1, 1, _cfg(tmp_path), torch.device("cpu"))
+        counts = torch.cat(list(loader))
+    finally:
+        cv2.setNumThreads(-1)
+    assert counts.tolist() == [[1, 1, 1], [1, 1, 1]]
+
+
+def test_tensorboard_events_per_fold_match_the_metrics(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """fold{k}/tensorboard holds each epoch's metrics.csv row (and images/s) once, also after
+    a stopped fold resumes; a fresh retrain starts its events afresh."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    faces, folds = tiny
+    train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0", "train.stop_after_epochs=2"))
+    train(faces, folds, _cfg(tmp_path, "train.epochs=3", "train.folds=0"))
+    run = tmp_path / "runs" / "t"
+
+    def scalars() -> dict[str, list[tuple[int, float]]]:
+        events = EventAccumulator(str(run / "fold0" / "tensorboard")).Reload()
+        return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+    got = scalars()
+    assert {"loss/train", "loss/val", "val/logloss", "val/auc", "lr", "images_per_s/epoch"} <= set(got)
+    metrics = pd.read_csv(run / "metrics.csv")
+    for tag, column in (("loss/train", "train_loss"), ("val/logloss", "val_logloss"), ("lr", "lr")):
+        assert [step for step, _ in got[tag]] == [0, 1, 2], tag
+        assert np.allclose([value for _, value in got[tag]], metrics[column], rtol=1e-6), tag
+    assert all(value > 0 for _, value in got["images_per_s/epoch"])
+    train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"), resume=False)
+    assert [step for step, _ in scalars()["loss/train"]] == [0]
+
+
+def test_a_constant_model_is_reported_loudly_at_the_end_of_training(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A fold whose every OOF face got the same P(FAKE) (its AUC would be ties only) is named in
+    a warning on stderr and in the report; a fold that ranks its faces is not."""
+    import dfdc.train as train_module
+
+    faces, folds = tiny
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=0"))
+    assert report.warnings == [] and "constant model" not in capsys.readouterr().err
+    real = train_module.fake_probability
+    monkeypatch.setattr(train_module, "fake_probability", lambda logits: torch.full_like(real(logits), 0.37))
+    report = train(faces, folds, _cfg(tmp_path, "train.epochs=1", "train.folds=1"))
+    (warning,) = report.warnings
+    assert warning.startswith("fold1: all ") and "face predictions are 0.3700 (a constant model" in warning
+    assert f"warning: {warning}" in capsys.readouterr().err
+
+
+def test_a_full_disk_stops_training_with_one_line_and_the_rerun_resumes_exactly(
+        tiny: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """ENOSPC injected into the atomic writer (at last.pt of epoch 0): `dfdc train` ends with
+    one line naming the fold's folder; the same command after "freeing space" ends with the
+    weights and metrics of a run the disk never stopped."""
+    import contextlib
+    import errno
+
+    from dfdc import io
+    from dfdc.cli import main
+
+    faces, folds = tiny
+    argv = _cli(tmp_path, faces, folds, "--fold-list", "0", "--epochs", "2")[3:]
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--name", "straight"]) == 0
+    real, writes = io.atomic_open, []
+
+    @contextlib.contextmanager
+    def filling(path, mode="w", **kwargs):  # noqa: ANN001, ANN003, ANN202
+        with real(path, mode, **kwargs) as handle:
+            writes.append(Path(path))
+            if Path(path).name == "last.pt":
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            yield handle
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(io, "atomic_open", filling)
+        assert main([*argv, "--name", "full"]) == 1
+    err = capsys.readouterr().err
+    run = tmp_path / "runs" / "full"
+    assert writes[-1] == run / "fold0" / "last.pt" and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"error: {run / 'fold0'}: no space left on the device")
+    assert err.strip().endswith("; free space and rerun: it resumes")
+    assert main([*argv, "--name", "full"]) == 0
+    a = torch.load(tmp_path / "runs" / "straight" / "fold0" / "last.pt", weights_only=False)
+    b = torch.load(run / "fold0" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2 and all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "runs" / "straight" / "metrics.csv").drop(columns="seconds"),
+                                  pd.read_csv(run / "metrics.csv").drop(columns="seconds"))

@@ -27,7 +27,7 @@ TINY = ["model.backbone=tiny-cnn", "model.pretrained=none", "model.rnn_hidden=12
 
 
 def _cfg(tmp_path: Path, arch: str, *extra: str) -> Config:
-    return load_config("smoke", [f"model.arch={arch}", *TINY, f"train.runs_dir={tmp_path / 'runs'}",
+    return load_config("smoke-random", [f"model.arch={arch}", *TINY, f"train.runs_dir={tmp_path / 'runs'}",
                                  f"train.name={arch}", *extra])
 
 

@@ -168,3 +168,21 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     with pytest.raises(VideoReadError, match="junk.mp4"):
         read_frames(junk, k=2)
+
+
+def test_a_partly_decoded_video_says_so_and_ffmpeg_messages_name_it(clip30: Path, tmp_path: Path,
+                                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """A truncated file decodes fewer frames than its container claims: ``partial`` says how
+    many; FFmpeg's complaints on stderr come back with the video's path in front."""
+    whole = video.read_video(clip30, k=5)
+    assert whole.partial == "" and (whole.claimed, whole.decoded) == (30, 30)
+    capfd.readouterr()
+    data = clip30.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    got = video.read_video(cut, k=5)
+    assert got.claimed == 30 and 0 < got.decoded < 30
+    assert got.partial == (f"partial decode: {got.decoded} of the 30 frames the container claims decoded; "
+                           f"{len(got.frames)} read")
+    err = capfd.readouterr().err.splitlines()
+    assert got.messages and err == [f"{cut}: {line}" for line in got.messages]  # every FFmpeg line, named

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--faces", type=Path, default=None, help="faces folder for the galleries (default: the one embedded)")
     parser.add_argument("--tsne", choices=("opentsne", "sklearn"), default=None, help="t-SNE library (profile: analyze.tsne)")
     parser.add_argument("--tsne-3d", action="store_true", default=None, help="also the 3-D t-SNE map (several times slower)")
-    parser.add_argument("--cluster-space", choices=("tsne", "pca"), default=None, help="what HDBSCAN clusters")
+    parser.add_argument("--cluster-space", choices=("tsne", "tsne3d", "pca"), default=None, help="what HDBSCAN clusters")
     parser.add_argument("--min-cluster-size", type=int, default=None, help="HDBSCAN min_cluster_size (faces)")
 
 

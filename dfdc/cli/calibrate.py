@@ -10,12 +10,14 @@ from dfdc.aggregate import CALIBRATION, CalibrationError
 from dfdc.calibrate import calibrate
 from dfdc.config import Config
 
+RUN_ARG = "run"  # the run folder: its own configuration is used (dfdc.runconfig)
 HELP = ("choose aggregation, temperature and clip on each fold's model predicting its held-out training videos "
         "-> RUN/calibration.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="training run folder holding fold*/best.pt")
+    parser.add_argument("--run", type=Path, default=None,
+                        help="training run folder holding fold*/best.pt (default: the run in runs/LATEST)")
     parser.add_argument("--data", type=Path, required=True, help="the data root the folds were made from (metadata.json)")
     parser.add_argument("--folds", type=Path, required=True, help="the folds table the run was trained on")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:0,cuda:1 (default: every GPU, else cpu)")

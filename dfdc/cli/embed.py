@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
     from dfdc.models import PretrainedWeightsError
 
     set_value(cfg, "embed", "model", args.model)
-    set_value(cfg, "model", "pretrained", args.pretrained)
+    set_value(cfg, "embed", "pretrained", args.pretrained)
     set_value(cfg, "embed", "fold", args.fold)
     set_value(cfg, "embed", "size", args.size)
     set_value(cfg, "embed", "center", args.center)

@@ -60,7 +60,7 @@ def _leaks(folds, args: argparse.Namespace, cfg: Config, clusters) -> list[str]:
         if truth:
             agree = agreement(clusters.identity_of, truth)
             lines.append(f"face-cluster identities vs ground truth over {agree['originals']} originals: purity "
-                         f"{agree['purity']:.3f}, completeness {agree['completeness']:.3f}")
+                         f"{agree['purity']:.3f}, completeness {agree['completeness']:.3f}, ARI {agree['ari']:.3f}")
     if not lines:
         lines.append("identity leak: unknown (no ground truth in the data; pass --embeddings to use face clusters)")
     return lines

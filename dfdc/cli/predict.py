@@ -9,7 +9,9 @@ from pathlib import Path
 from dfdc.config import Config, set_value
 from dfdc.aggregate import explicit_keys
 from dfdc.predict import PredictError, predict_videos
+from dfdc.runconfig import default_submission
 
+RUN_ARG = "models"  # the run folder: its own configuration shapes the crops and defaults (dfdc.runconfig)
 HELP = "predict P(FAKE) per video with every fold model of a run -> submission.csv"
 
 # flag dest -> PredictConfig field
@@ -29,8 +31,10 @@ FLAGS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, required=True, help="folder of the .mp4 videos to predict")
-    parser.add_argument("--models", type=Path, required=True, help="run folder with fold*/best.pt (runs/NAME)")
-    parser.add_argument("--out", type=Path, required=True, help="submission CSV to write (filename,label)")
+    parser.add_argument("--models", type=Path, default=None,
+                        help="run folder with fold*/best.pt (runs/NAME; default: the run in runs/LATEST)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="submission CSV to write (filename,label; default submissions/NAME/submission.csv)")
     parser.add_argument(
         "--sample-submission",
         type=Path,
@@ -63,6 +67,7 @@ def _explicit_keys(args: argparse.Namespace) -> set[str]:
 def run(args: argparse.Namespace, cfg: Config) -> int:
     for dest, key in FLAGS.items():
         set_value(cfg, "predict", key, getattr(args, dest))
+    out = args.out if args.out is not None else default_submission(args.models)
     sample = args.sample_submission
     if sample is None:
         guess = args.videos.parent / "sample_submission.csv"
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         report = predict_videos(
             args.videos,
             args.models,
-            args.out,
+            out,
             cfg,
             sample_submission=sample,
             device=args.device,

@@ -10,6 +10,7 @@ from pathlib import Path
 from dfdc.config import Config, set_value
 from dfdc.data import DataError
 from dfdc.models import PretrainedWeightsError
+from dfdc.runconfig import write_latest
 
 HELP = "train one model per fold on the face crops (resumes; launch with torchrun for several GPUs)"
 
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per fold (profile: train.epochs)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size per process (profile: train.batch_size)")
     parser.add_argument("--no-resume", action="store_true", help="retrain the selected folds from scratch")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the data root the faces came from: recorded in runs/LATEST for the later stages")
 
 
 def run(args: argparse.Namespace, cfg: Config) -> int:
@@ -41,13 +44,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         return 1
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
+    latest = write_latest(cfg.train.runs_dir, {"run": report.run_dir, "profile": cfg.profile, "data": args.data,
+                                               "faces": args.faces, "folds": args.folds})
     for fold in report.folds:
         state = "finished earlier" if fold.skipped else ("finished" if fold.finished else "interrupted (rerun to resume)")
         print(f"fold {fold.fold}: best validation log loss {fold.best_logloss:.4f} at epoch {fold.best_epoch} "
               f"({fold.epochs_run} epochs, {state})")
     if report.oof_logloss is not None:
-        print(f"OOF log loss {report.oof_logloss:.4f} (AUC {report.oof_auc:.3f}) over {report.oof_videos} videos "
+        kind = "class-balanced " if cfg.train.val_balanced else ""
+        print(f"OOF {kind}log loss {report.oof_logloss:.4f} (AUC {report.oof_auc:.3f}) over {report.oof_videos} videos "
               f"-> {report.run_dir}")
+    print(f"{latest}: {report.run_dir} (predict, calibrate, kernel and score use it when no run is named)")
+    for text in report.warnings:  # again at the end of the report, where it is read
+        print(f"warning: {text}")
     if report.stopped_early:
         print("stopped by train.stop_after_epochs; rerun the same command to continue")
     return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dfdc.aggregate import CALIBRATION
-from dfdc.config import Config, ModelConfig, save_config
+from dfdc.config import Config, ModelConfig, make_hint, save_config
 from dfdc.io import TEMP_MARK, atomic_write_json, atomic_write_text
 from dfdc.kaggle.common import (
     DATASET_METADATA, KERNEL_CODE_FILE, KERNEL_METADATA, PACKAGE_DIST, ROOT_ENV, STATUS_MARK, TEMPLATE,
@@ -38,6 +38,9 @@ SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 DATASET_SLUG_LENGTH = (6, 50)  # the kaggle client refuses dataset slugs and titles outside this
 KERNEL_TITLE_MIN = 5  # the kaggle client refuses shorter kernel titles
 MACHINE_SHAPES = ("NvidiaTeslaT4", "NvidiaTeslaP100", "TpuV5E8")  # kaggle-cli #1156, #1198
+# Refused while enable_gpu is on: a P100 (sm_60), which an empty shape also gets, is not supported by the
+# torch of today's image (kaggle-cli #1151, #1196), so every video would take the kernel's CPU plan
+NO_CUDA_SHAPES = ("NvidiaTeslaP100", "")
 WEIGHTS_RE = re.compile(r"^fold(\d+)\.pt$")
 # Wheel members that must never be shipped: credentials anywhere; in this package's own
 # wheel also caches, weights and videos (weights travel as fold*.pt, checked apart).
@@ -69,7 +72,8 @@ def _title(slug: str) -> str:
 
 def _check_slugs(cfg: Config, username: str) -> None:
     if not username or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", username):
-        raise KernelError(f"Kaggle username {username!r} is not valid; pass --username YOUR_KAGGLE_NAME")
+        raise KernelError(f"Kaggle username {username!r} is not valid; pass "
+                          f"{make_hint('--username YOUR_KAGGLE_NAME', 'USERNAME=YOUR_KAGGLE_NAME')}")
     for what, slug in (("kernel.slug", cfg.kernel.slug), ("kernel.dataset_slug", cfg.kernel.dataset_slug)):
         if not SLUG_RE.fullmatch(slug):
             raise KernelError(f"{what}={slug!r}: use lowercase letters, digits and hyphens (--slug/--dataset-slug)")
@@ -81,6 +85,13 @@ def _check_slugs(cfg: Config, username: str) -> None:
     if cfg.kernel.machine_shape and cfg.kernel.machine_shape not in MACHINE_SHAPES:
         raise KernelError(f"kernel.machine_shape={cfg.kernel.machine_shape!r}: use one of {', '.join(MACHINE_SHAPES)} "
                           "or '' to leave it out")
+    if cfg.kernel.enable_gpu and cfg.kernel.machine_shape in NO_CUDA_SHAPES:
+        got = "empty (Kaggle then gives a P100)" if not cfg.kernel.machine_shape else repr(cfg.kernel.machine_shape)
+        raise KernelError(
+            f"kernel.machine_shape is {got}: the torch of Kaggle's image no longer runs CUDA on a P100 (sm_60), so "
+            "the kernel would predict every video with its CPU plan (a few frames, one model). Use "
+            f"{make_hint('--set ', 'SET=')}kernel.machine_shape=NvidiaTeslaT4 (two T4s), or kernel.enable_gpu=false for "
+            "a CPU kernel on purpose")
 
 
 def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -91,7 +102,7 @@ def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     if not found:
         raise KernelError(
             f"{run_dir}: no fold*/best.pt checkpoints; train first (`make train`) "
-            "or point --models at a run folder such as runs/b7"
+            f"or name a trained run with {make_hint('--models runs/NAME', 'RUN=NAME')}"
         )
     warn_unfinished(run_dir, [fold for fold, _ in found], "the bundle ships")
     return found
@@ -172,7 +183,8 @@ def build_bundle(
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
-        raise KernelError(f"run folder {run_dir} not found; train first (`make train`) or pass --models runs/NAME")
+        raise KernelError(f"run folder {run_dir} not found; train first (`make train`) or pass "
+                          f"{make_hint('--models runs/NAME', 'RUN=NAME')}")
     _check_slugs(cfg, username)
     root = repo_root()
     checkpoints = _fold_checkpoints(run_dir)

@@ -7,6 +7,10 @@ working folder (``dfdc kernel --local DATA``, ``make kernel-local``).
   taken from this environment (resolved with ``importlib.metadata``). The kit itself, the
   face detector and the models' libraries are not there: the kernel must install them from
   the bundle's wheels, so a wheel missing from the bundle fails here, not on Kaggle.
+- ``pinned_environment`` (``kernel.local_image=pinned``): the same list at the versions the
+  file records for Kaggle's image (torch 2.10 ...), installed from the package index into a
+  cached venv (``kernel.pinned_image_dir``), so that a checkpoint or API skew between the
+  kit's torch and the image's fails here too. Its Python is this one, not the image's 3.12.
 - ``run_local``: lays out ``input/<competition>/`` (``test_videos`` and
   ``sample_submission.csv``), ``input/<dataset slug>/`` (a copy of the bundle's dataset
   folder) and an empty ``working/`` (the script's working directory), runs the script with
@@ -40,9 +44,10 @@ from dfdc.config import Config
 from dfdc.io import atomic_write_json, atomic_write_text
 from dfdc.kaggle.bundle import Bundle
 from dfdc.kaggle.common import IMAGE_LIST, KERNEL_CODE_FILE, ROOT_ENV, STATUS_MARK, KernelError, repo_root, run_command
-from dfdc.kaggle.wheels import closure, image_list
+from dfdc.kaggle.wheels import closure, image_list, image_pins
 
 IMAGE_STAMP = ".dfdc-image.json"
+LOCAL_IMAGES = ("linked", "pinned")  # kernel.local_image
 # environment variables the local kernel keeps (everything else, PYTHONPATH and the venv's included, is left out)
 KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PIP_CACHE_DIR")
 
@@ -166,6 +171,48 @@ def image_environment(folder: Path, image: list[str]) -> tuple[Path, list[str]]:
     return python, dists
 
 
+def pinned_environment(folder: Path, pins: dict[str, str], timeout: float) -> tuple[Path, list[str]]:
+    """A venv at ``folder`` holding exactly the ``pins`` (``kernels/kaggle-image.txt``: name ->
+    version) and their dependencies, installed from the package index; returns (its python, the
+    pinned names). Kept while the pins and this Python stay the same (a stamp file), else rebuilt.
+    Its Python is this one: the image's own (3.12) may not be installed here."""
+    folder = Path(os.path.abspath(folder))
+    unpinned = [name for name, version in pins.items() if not version]
+    if unpinned:
+        raise KernelError(f"{IMAGE_LIST}: {', '.join(unpinned)} without a version (name==VERSION); "
+                          "kernel.local_image=pinned installs exactly the image's versions")
+    python, stamp = folder / "bin" / "python", folder / IMAGE_STAMP
+    wanted = {"python": sys.version, "pins": pins}
+    try:
+        if python.is_file() and json.loads(stamp.read_text()) == wanted:
+            return python, list(pins)
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    made = run_command([sys.executable, "-m", "venv", str(folder)], timeout=300, what="python -m venv")
+    if made.returncode != 0:
+        raise KernelError(f"cannot create the pinned image environment {folder}: {made.stderr.strip()[-500:]}")
+    install = run_command([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input",
+                           *(f"{name}=={version}" for name, version in pins.items())],
+                          timeout=timeout, what="pip install (the pinned Kaggle image)")
+    if install.returncode != 0:
+        raise KernelError(f"cannot install the versions of {IMAGE_LIST} into {folder} (the package index must be "
+                          f"reachable): {(install.stdout + install.stderr).strip()[-1500:]}")
+    atomic_write_json(stamp, wanted)
+    return python, list(pins)
+
+
+def image_python(cfg: Config, linked_dir: Path) -> Path:
+    """The local kernel's interpreter per ``kernel.local_image`` (``LOCAL_IMAGES``)."""
+    listed = repo_root() / IMAGE_LIST
+    if cfg.kernel.local_image == "linked":
+        return image_environment(linked_dir, image_list(listed))[0]
+    if cfg.kernel.local_image == "pinned":
+        return pinned_environment(Path(cfg.kernel.pinned_image_dir), image_pins(listed),
+                                  cfg.kernel.pinned_image_timeout)[0]
+    raise KernelError(f"kernel.local_image={cfg.kernel.local_image!r}: use one of {', '.join(LOCAL_IMAGES)}")
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -231,6 +278,19 @@ def _writable(folder: Path) -> None:
                 path.chmod(path.stat().st_mode | stat.S_IWUSR)
 
 
+def kernel_env(work: Path) -> dict[str, str]:
+    """The local kernel's environment: ``KEPT_ENV`` only, the network blocked, the Kaggle root
+    ``work``, and an empty ``HOME`` beside ``work/working`` (absolute: the kernel runs in
+    ``working/``; outside it: Kaggle saves ``working/`` as the kernel's output)."""
+    work = Path(os.path.abspath(work))
+    home = work / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    base = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
+    env = blocked_network_env(work / "netblock", base={**base, "HOME": str(home)})
+    env[ROOT_ENV] = str(work)
+    return env
+
+
 def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | None = None,
               image_dir: Path | None = None) -> LocalReport:
     """Run the bundle's kernel script on a Kaggle-like tree built from ``data_root``, offline,
@@ -247,12 +307,8 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     shutil.copyfile(sample, comp / "sample_submission.csv")
     shutil.copytree(bundle.dataset_dir, inputs / bundle.dataset_slug)  # a copy: the pushed folder stays untouched
     (work / "working").mkdir()
-    (work / "home").mkdir()
-    python, _ = image_environment(Path(image_dir) if image_dir else bundle.root / "image-venv",
-                                  image_list(repo_root() / IMAGE_LIST))
-    base = {k: os.environ[k] for k in KEPT_ENV if k in os.environ}
-    env = blocked_network_env(work / "netblock", base={**base, "HOME": str(work / "home")})
-    env[ROOT_ENV] = str(work.resolve())
+    python = image_python(cfg, Path(image_dir) if image_dir else bundle.root / "image-venv")
+    env = kernel_env(work)
     before = _snapshot(inputs)
     _read_only(inputs)
     start = time.monotonic()
@@ -268,8 +324,11 @@ def run_local(bundle: Bundle, data_root: Path, cfg: Config, work_dir: Path | Non
     seconds = time.monotonic() - start
     log = work / "kernel.log"
     atomic_write_text(log, result.stdout + "\n--- stderr ---\n" + result.stderr)
-    found = re.findall(re.escape(STATUS_MARK) + r"(\w+)(?: \((.*)\))?", result.stdout)
-    status, reasons = found[-1] if found else ("failed", "the kernel printed no STATUS line")
+    lines = result.stdout.strip().splitlines()
+    found = re.search(re.escape(STATUS_MARK) + r"(\w+)(?: \((.*)\))?$", lines[-1]) if lines else None
+    status, reasons = found.groups("") if found else (
+        "failed", "the kernel's log does not end with its STATUS line" if STATUS_MARK in result.stdout
+        else "the kernel printed no STATUS line")
     if _snapshot(inputs) != before:
         status, reasons = "failed", f"the kernel changed files under {inputs} (Kaggle's input is read-only)"
     if result.returncode != 0 and status == "ok":

@@ -5,9 +5,13 @@ The client runs as a subprocess (it authenticates on import) with a timeout (it 
 its own), and its output is read: it exits 0 when the server rejects a request. The
 credentials are checked first, so nothing is sent without them.
 
-- ``push_bundle``: ``datasets create`` (or ``datasets version`` when the slug exists), then
-  ``datasets status`` every ``kernel.dataset_poll`` seconds until the version is ``ready``
-  (at most ``kernel.dataset_ready_timeout``; ``failed`` stops at once), then ``kernels push``,
+- ``push_bundle``: reads the dataset's current version number first (``datasets status
+  --format 'json(status,current_version_number)'``, kaggle 2.2.4; none when the dataset does not
+  exist), then ``datasets create`` (or ``datasets version`` when the slug exists), then the same
+  status call every ``kernel.dataset_poll`` seconds until the version number has increased and
+  the status is ``ready`` (at most ``kernel.dataset_ready_timeout``; ``failed`` stops at once):
+  right after an upload Kaggle may still report the previous version ``ready``, and a kernel
+  pushed then would run on the old weights. Then ``kernels push``,
   which fails on any rejection, invalid dataset or competition source included. What was
   pushed (kernel id and version) is recorded in ``BUILD_DIR/push.json``.
 - ``submit_kernel``: reads that record, checks ``kernels status`` (Kaggle accepts a code
@@ -20,8 +24,7 @@ credentials are checked first, so nothing is sent without them.
 
 The client's output is searched for words of refusal ("error", "invalid" ...) with URLs
 and the bundle's own kernel and dataset ids left out first: a slug such as
-``ssim-error-maps`` is not a refusal. Not handled (the client cannot show it): right after
-``datasets version``, ``datasets status`` may still report the previous version ``ready``.
+``ssim-error-maps`` is not a refusal.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dfdc.config import Config, warn
+from dfdc.config import Config, make_hint, warn
 from dfdc.io import atomic_write_json
 from dfdc.kaggle.bundle import Bundle
 from dfdc.kaggle.common import PUSH_RECORD, KernelError, run_command
@@ -52,6 +55,9 @@ URL_RE = re.compile(r"https?://\S+")  # URLs in the client's output (they hold s
 # kernels push: Kaggle saved the kernel but dropped sources (invalidDatasetSources & co.)
 INVALID_SOURCES = re.compile(r"The following are not valid (\w+) sources and could not be added to the kernel: (.*)")
 DATASET_READY = "ready"
+# `kaggle datasets status` (kaggle 2.2.4) prints this JSON: both fields, one call
+STATUS_FORMAT = "json(status,current_version_number)"
+NOT_FOUND = re.compile(r"not found|404", re.IGNORECASE)  # a dataset that does not exist yet
 DATASET_BROKEN = ("failed", "deleted")
 SUBMISSION_FILE = "submission.csv"  # what the kernel writes in /kaggle/working
 
@@ -65,6 +71,7 @@ class PushReport:
     kernel_url: str | None
     kernel_version: int | None
     record: Path  # push.json
+    dataset_version: int = 0  # the dataset version the kernel was pushed against (the upload's)
 
 
 def kaggle_cli() -> list[str]:
@@ -110,34 +117,46 @@ def _output(result: subprocess.CompletedProcess) -> str:
     return KEY_WARNING.sub("", result.stdout + result.stderr).strip()
 
 
-def dataset_status(dataset_id: str, timeout: float) -> str:
-    """``kaggle datasets status ID``: "ready", "blobs_received", "failed" ... (lower case)."""
-    result = run_command(kaggle_cli() + ["datasets", "status", dataset_id], timeout=timeout,
-                         what="kaggle datasets status")
+def dataset_status(dataset_id: str, timeout: float) -> tuple[str, int] | None:
+    """``kaggle datasets status ID --format STATUS_FORMAT``: (status in lower case, "ready",
+    "blobs_received", "failed" ...; the current version number), or None when the dataset does
+    not exist."""
+    result = run_command(kaggle_cli() + ["datasets", "status", dataset_id, "--format", STATUS_FORMAT],
+                         timeout=timeout, what="kaggle datasets status")
     output = _output(result)
-    last = output.splitlines()[-1].strip().lower() if output else ""
-    if result.returncode != 0 or not re.fullmatch(r"[a-z_]+", last):
-        raise KernelError(f"`kaggle datasets status {dataset_id}` failed (exit {result.returncode}):\n{output[-2000:]}")
-    return last
+    last = output.splitlines()[-1].strip() if output else ""
+    if result.returncode != 0 and NOT_FOUND.search(output):
+        return None
+    try:
+        answer = json.loads(last)
+        return str(answer["status"]).lower(), int(answer["current_version_number"] or 0)
+    except (ValueError, KeyError, TypeError):
+        raise KernelError(f"`kaggle datasets status {dataset_id} --format '{STATUS_FORMAT}'` failed "
+                          f"(exit {result.returncode}):\n{output[-2000:]}") from None
 
 
-def wait_until_ready(dataset_id: str, cfg: Config, sleep: Callable[[float], None] = time.sleep,
-                     clock: Callable[[], float] = time.monotonic) -> str:
-    """Poll the dataset's status until it is ready; a clear error when it failed or the wait ran out."""
+def wait_until_ready(dataset_id: str, cfg: Config, previous: int = 0, sleep: Callable[[float], None] = time.sleep,
+                     clock: Callable[[], float] = time.monotonic) -> tuple[str, int]:
+    """Poll the dataset until its version number is above ``previous`` (the one before the
+    upload) and that version is ready; a clear error when it failed or the wait ran out.
+    Returns (status, version)."""
     deadline = clock() + cfg.kernel.dataset_ready_timeout
     while True:
-        status = dataset_status(dataset_id, cfg.kernel.push_timeout)
-        if status == DATASET_READY:
-            return status
-        if status in DATASET_BROKEN:
+        answer = dataset_status(dataset_id, cfg.kernel.push_timeout)
+        status, version = answer if answer is not None else ("not found", 0)
+        new = version > previous
+        if new and status == DATASET_READY:
+            return status, version
+        if new and status in DATASET_BROKEN:
             raise KernelError(f"Kaggle reports dataset {dataset_id} as {status!r}: the upload was not processed; "
                               f"see https://www.kaggle.com/datasets/{dataset_id} and push again (make kernel)")
         if clock() >= deadline:
+            state = f"{status!r} at version {version}" + ("" if new else f" (the upload makes version {previous + 1})")
             raise KernelError(
-                f"dataset {dataset_id} is still {status!r} after {cfg.kernel.dataset_ready_timeout:g} s "
+                f"dataset {dataset_id} is still {state} after {cfg.kernel.dataset_ready_timeout:g} s "
                 "(kernel.dataset_ready_timeout); Kaggle is still processing the upload. The kernel was NOT pushed "
-                "(it would start without its files). Wait, then run make kernel again, or raise the timeout "
-                "with SET=kernel.dataset_ready_timeout=SECONDS"
+                "(it would start without its files, or with the previous version's). Wait, then run make kernel "
+                f"again, or raise the timeout with {make_hint('--set ', 'SET=')}kernel.dataset_ready_timeout=SECONDS"
             )
         sleep(cfg.kernel.dataset_poll)
 
@@ -149,6 +168,8 @@ def push_bundle(bundle: Bundle, cfg: Config, sleep: Callable[[float], None] = ti
     creds = find_credentials()
     if creds.username and creds.username != bundle.username:
         warn(f"the bundle is built for {bundle.username!r} but the credentials ({creds.source}) are {creds.username!r}")
+    before = dataset_status(bundle.dataset_id, timeout)
+    previous = before[1] if before is not None else 0
     dataset_cmd = ["datasets", "create", "-p", str(bundle.dataset_dir)]
     result = run_command(kaggle_cli() + dataset_cmd, timeout=timeout, what="kaggle datasets create")
     output = _output(result)
@@ -162,7 +183,7 @@ def push_bundle(bundle: Bundle, cfg: Config, sleep: Callable[[float], None] = ti
         )
     elif result.returncode != 0 or "is being created" not in output or rejected(output, names=_names(bundle)):
         raise KernelError(f"`kaggle {' '.join(dataset_cmd)}` failed (exit {result.returncode}):\n{output[-2000:]}")
-    status = wait_until_ready(bundle.dataset_id, cfg, sleep=sleep)
+    status, version_number = wait_until_ready(bundle.dataset_id, cfg, previous, sleep=sleep)
     kernel_output = _kaggle(["kernels", "push", "-p", str(bundle.kernel_dir)], timeout, success="successfully pushed",
                             refuse=INVALID_SOURCES, names=_names(bundle))
     url = re.search(r"https?://\S+", kernel_output)
@@ -170,11 +191,12 @@ def push_bundle(bundle: Bundle, cfg: Config, sleep: Callable[[float], None] = ti
     record = bundle.root / PUSH_RECORD
     atomic_write_json(record, {
         "kernel": bundle.kernel_id, "version": int(version.group(1)) if version else None,
-        "competition": bundle.competition, "dataset": bundle.dataset_id, "url": url.group(0) if url else None,
+        "competition": bundle.competition, "dataset": bundle.dataset_id, "dataset_version": version_number,
+        "url": url.group(0) if url else None,
         "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return PushReport(action, output, status, kernel_output, url.group(0) if url else None,
-                      int(version.group(1)) if version else None, record)
+                      int(version.group(1)) if version else None, record, version_number)
 
 
 def kernel_status(kernel_id: str, timeout: float) -> tuple[str, str]:

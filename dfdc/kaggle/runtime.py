@@ -25,7 +25,9 @@
    own fault, not the time budget), ``STATUS: failed`` with the reasons and exit code 1
    (the submission file is written either way); else ``STATUS: ok``, which says
    ``ok (degraded: N videos over the time budget ...)`` when the budget left videos at the
-   fallback (a rerun's scoring error would throw the predicted ones away too).
+   fallback (a rerun's scoring error would throw the predicted ones away too). The verdict
+   is returned, not printed: the kernel script prints it as its log's last line, after its
+   own checks of the submission.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dfdc.config import Config, read_config
-from dfdc.kaggle.common import DETECTOR_MODULE, STATUS_MARK
+from dfdc.kaggle.common import DETECTOR_MODULE
 
 Log = Callable[[str], None]
 
@@ -178,8 +180,9 @@ def verdict(report, cfg: Config) -> tuple[bool, str]:
 
 
 def run_kernel(dataset: Path, videos: Path, sample: Path, submission: Path, started: float, log: Log,
-               probe: Callable[[Log], tuple[list[str], dict[str, str]]] = probe_cuda) -> int:
-    """Predict the competition's videos into ``submission``; returns the exit code (0 ok, 1 failed)."""
+               probe: Callable[[Log], tuple[list[str], dict[str, str]]] = probe_cuda) -> tuple[int, str]:
+    """Predict the competition's videos into ``submission``; returns the exit code (0 ok, 1 failed)
+    and the verdict for the ``STATUS:`` line ("ok (...)" or "failed (...)"), which the caller prints last."""
     from dfdc.aggregate import load_calibration
     from dfdc.predict import predict_videos
 
@@ -187,8 +190,7 @@ def run_kernel(dataset: Path, videos: Path, sample: Path, submission: Path, star
     try:
         importlib.import_module(DETECTOR_MODULE)
     except ImportError as exc:
-        log(f"{STATUS_MARK}failed (import error: {exc}; the bundle lacks the detector's wheel)")
-        return 1
+        return 1, f"failed (import error: {exc}; the bundle lacks the detector's wheel)"
     devices, problems = probe(log)
     run = run_folder(dataset)
     try:
@@ -206,8 +208,4 @@ def run_kernel(dataset: Path, videos: Path, sample: Path, submission: Path, star
         shutil.rmtree(run, ignore_errors=True)
     log("predictor report:\n" + report.summary())
     ok, text = verdict(report, cfg)
-    if not ok:
-        log(f"{STATUS_MARK}failed ({text})")
-        return 1
-    log(f"{STATUS_MARK}ok ({text})")
-    return 0
+    return (0, f"ok ({text})") if ok else (1, f"failed ({text})")

@@ -50,16 +50,23 @@ def requirement_pins(requirements: Path) -> dict[str, str]:
     return pins
 
 
-def image_list(path: Path) -> list[str]:
-    """The distributions of ``kernels/kaggle-image.txt`` (normalised)."""
+def image_pins(path: Path) -> dict[str, str]:
+    """The distributions of ``kernels/kaggle-image.txt`` (normalised) and the version each
+    ``name==version`` line gives Kaggle's image ("" where a line names no version)."""
     if not Path(path).is_file():
         raise KernelError(f"{path} not found: it declares what Kaggle's image provides; restore it from the repository")
-    names = []
+    pins = {}
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            names.append(norm(line))
-    return names
+            name, _, version = line.partition("==")
+            pins[norm(name.strip())] = version.strip()
+    return pins
+
+
+def image_list(path: Path) -> list[str]:
+    """The distributions of ``kernels/kaggle-image.txt`` (normalised)."""
+    return list(image_pins(path))
 
 
 def _requires(dist: str) -> list[str]:
@@ -105,8 +112,12 @@ def plan_wheels(archs: list[str | ModelConfig], root: Path) -> list[WheelPlan]:
     image = image_list(root / IMAGE_LIST)
     provided = set(closure(image)) | set(image)
     plan: dict[str, WheelPlan] = {}
+    whys: dict[str, list[str]] = {}  # each reason once: five folds of one architecture need its library once
 
     def pinned(dist: str, why: str) -> None:
+        if why in whys.setdefault(dist, []):
+            return
+        whys[dist].append(why)
         if dist in plan:
             plan[dist] = WheelPlan(dist, plan[dist].version, plan[dist].reason + f"; {why}")
             return

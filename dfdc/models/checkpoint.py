@@ -114,13 +114,15 @@ def checkpoint_input(ckpt: dict[str, Any]) -> InputSpec:
 
 def checkpoint_model_config(ckpt: dict[str, Any]) -> ModelConfig:
     """The model section a checkpoint rebuilds from (its arch, classes, backbone ...; weights
-    ``none``: the checkpoint has them). Keys of other (newer/older) versions are ignored."""
+    ``none`` and no ensemble member files: the checkpoint has them). Keys of other (newer/older)
+    versions are ignored."""
     saved = (ckpt.get("config") or {}).get("model") or {}
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     model_cfg = ModelConfig(**{k: v for k, v in saved.items() if k in known})
     model_cfg.arch = ckpt["arch"]
     model_cfg.num_classes = int(ckpt["num_classes"])
     model_cfg.pretrained = "none"
+    model_cfg.ensemble_v1 = model_cfg.ensemble_v2 = ""  # the ensemble's members are in its own weights
     return model_cfg
 
 
@@ -144,11 +146,11 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     """
     ckpt = _read_checkpoint(Path(path))
     model_cfg = checkpoint_model_config(ckpt)
-    try:
-        model = create_model(model_cfg)
+    spec = checkpoint_input(ckpt)
+    try:  # built at its side: a flatten head (custom-cnn) is sized by it
+        model = create_model(model_cfg, spec.size)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    spec = checkpoint_input(ckpt)
     if hasattr(model, "set_input_spec"):
         model.set_input_spec(spec)
     try:

@@ -19,7 +19,9 @@ The frame-classifier contract (``FrameModel``): a batch of RGB images N x 3 x H 
 pixel values 0-255 (``uint8`` straight from ``dfdc.preprocess.prepare``, or float) ->
 ``normalize`` (mean/std of the weights, on the model's device) -> backbone -> pooled
 features (``features``, N x D: what ``dfdc embed`` writes) -> dropout -> ``Linear(D, 2)``.
-P(FAKE) = softmax(logits)[:, 1] (``fake_probability``).
+P(FAKE) = softmax(logits)[:, 1] (``fake_probability``). With ``model.head: sigmoid`` (studies
+001, 003) every model has one output instead and P(FAKE) = sigmoid(logit); ``class_loss`` is
+the loss of either head.
 
 Transfer settings (study 000, ``model.trainable``): ``create_model`` calls the model's
 ``set_trainable``; ``FrameModel`` freezes all but the top fraction of its backbone's layers
@@ -46,6 +48,8 @@ from dfdc.config import ConfigError, ModelConfig
 from dfdc.preprocess import MAX_PIXEL, InputSpec
 
 FAKE_CLASS = 1  # softmax index of FAKE (labels: REAL = 0, FAKE = 1)
+SOFTMAX, SIGMOID = "softmax", "sigmoid"  # model.head: 2-way softmax + cross-entropy (study 004, the kit's
+HEADS = (SOFTMAX, SIGMOID)  # default) or one output neuron, sigmoid + binary cross-entropy (studies 001, 003)
 DEFAULT_INPUT = InputSpec(224)  # ImageNet's usual side and statistics
 PRETRAINED_HINT = ("pass a local state dict file with --pretrained PATH "
                    "(or set model.pretrained: <path>), or train from random init with "
@@ -80,6 +84,8 @@ class ModelEntry:
     input: InputSpec | Callable[[], InputSpec]
     requires: tuple[str, ...] = ()
     kind: str = FRAME
+    own_backbone: str = ""  # a sequence model that brings its own frame model (cnn-lstm): its name,
+    # used instead of ``model.backbone``
 
     @property
     def backbone(self) -> bool:
@@ -94,6 +100,8 @@ class ModelEntry:
         return SEQUENCE if self.kind == SEQUENCE else FRAME
 
     def default_input(self, cfg: ModelConfig | None = None) -> InputSpec:
+        if self.own_backbone:
+            return _entry(self.own_backbone).default_input()
         if self.backbone:
             return _entry(_backbone_of(cfg).arch).default_input()
         return self.input() if callable(self.input) else self.input
@@ -103,19 +111,20 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, input: InputSpec | Callable[[], InputSpec] = DEFAULT_INPUT,
-             requires: tuple[str, ...] = (), kind: str = FRAME) -> Callable[[Builder], Builder]:
+             requires: tuple[str, ...] = (), kind: str = FRAME, own_backbone: str = "") -> Callable[[Builder], Builder]:
     """Decorator: register a model builder ``(ModelConfig) -> nn.Module`` under ``name``.
 
     ``kind`` (``KINDS``): ``frame`` for a frame classifier; ``sequence`` and ``baseline``
-    models read frames through the registered frame model named by ``cfg.backbone``, whose
-    default input and requirements they take (``input`` is ignored)."""
+    models read frames through the registered frame model named by ``cfg.backbone`` (or by
+    ``own_backbone``, for a model trained end to end with its own), whose default input and
+    requirements they take (``input`` is ignored)."""
     if kind not in KINDS:
         raise ValueError(f"model {name!r}: kind {kind!r} is not one of {', '.join(KINDS)}")
 
     def wrap(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires), kind)
+        _REGISTRY[name] = ModelEntry(name, builder, input, tuple(requires), kind, own_backbone)
         return builder
 
     return wrap
@@ -155,8 +164,12 @@ def _as_config(model: str | ModelConfig) -> ModelConfig:
 
 
 def _backbone_of(cfg: ModelConfig | None) -> ModelConfig:
-    """The frame model a backbone-reading model wraps (``cfg.backbone``), checked."""
+    """The frame model a backbone-reading model wraps (``cfg.backbone``, or the model's
+    ``own_backbone``), checked."""
     cfg = cfg or ModelConfig()
+    own = _REGISTRY[cfg.arch].own_backbone if cfg.arch in _REGISTRY else ""
+    if own:
+        cfg = dataclasses.replace(cfg, backbone=own)
     entry = _entry(cfg.backbone)
     if entry.backbone:
         raise ValueError(f"model.backbone={cfg.backbone!r} reads a backbone itself; name a frame model "
@@ -181,10 +194,19 @@ def default_input(model: str | ModelConfig, size: int = 0) -> InputSpec:
     return _entry(cfg.arch).default_input(cfg).with_size(size)
 
 
+def output_units(cfg: ModelConfig) -> int:
+    """Outputs of the classifier: ``num_classes`` for the softmax head, 1 for the sigmoid head."""
+    if cfg.head not in HEADS:
+        raise ConfigError(f"model.head={cfg.head!r}: use {SOFTMAX} (2-way softmax) or {SIGMOID} (one output, "
+                          "binary cross-entropy)")
+    return 1 if cfg.head == SIGMOID else cfg.num_classes
+
+
 def _build(cfg: ModelConfig) -> nn.Module:
-    """The registered builder of ``cfg.arch``, then ``cfg.bn_momentum`` on every BatchNorm it
-    made: the one place the setting is applied, for every family (a builder never sets it)."""
-    model = _entry(cfg.arch).builder(cfg)
+    """The registered builder of ``cfg.arch`` (with ``output_units`` outputs: the one place
+    ``model.head`` is applied), then ``cfg.bn_momentum`` on every BatchNorm it made: the one place
+    the setting is applied, for every family (a builder never sets it)."""
+    model = _entry(cfg.arch).builder(dataclasses.replace(cfg, num_classes=output_units(cfg)))
     set_bn_momentum(model, cfg.bn_momentum)
     return model
 
@@ -238,8 +260,23 @@ def set_bn_momentum(module: nn.Module, momentum: float) -> None:
 
 
 def fake_probability(logits: torch.Tensor) -> torch.Tensor:
-    """P(FAKE) per row: softmax over the classes, column ``FAKE_CLASS``."""
+    """P(FAKE) per row: softmax over the classes, column ``FAKE_CLASS``; a single-output model
+    (``model.head: sigmoid``): the sigmoid of its one logit."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits.float()[:, 0])
     return torch.softmax(logits.float(), dim=1)[:, FAKE_CLASS]
+
+
+def class_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+               reduction: str = "mean") -> torch.Tensor:
+    """The training loss of either head: cross-entropy over the softmax's classes, or binary
+    cross-entropy on a single logit (labels 0 REAL / 1 FAKE; smoothed towards 0.5 by
+    ``label_smoothing`` as cross-entropy smooths towards the uniform distribution)."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        target = labels.float() * (1 - label_smoothing) + 0.5 * label_smoothing
+        return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], target, reduction=reduction)
+    return nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction=reduction)
 
 
 class FrameModel(nn.Module):

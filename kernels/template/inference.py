@@ -15,7 +15,7 @@ What it does, with the internet switched off:
 3. hands over to ``dfdc.kaggle.runtime.run_kernel``: CUDA probe on every GPU, both T4s
    used, the CPU with budget-fitting settings when no GPU works, the per-video timeout and
    the time budget, ``working/submission.csv``;
-4. ends with ``STATUS: ok`` (``ok (degraded: ...)`` when the time budget left videos at the
+4. ends with ``STATUS: ok`` as the log's last line (``ok (degraded: ...)`` when the time budget left videos at the
    fallback), or ``STATUS: failed (reasons)`` and exit code 1 when the bundle cannot run or
    too many videos fell back because the system broke (import, CUDA or model errors, dead
    workers, hung videos; the fallback submission is written first) -- never a silent all-0.5.
@@ -163,16 +163,17 @@ def main():
         install_wheels(dataset)
         from dfdc.kaggle.runtime import run_kernel
 
-        code = run_kernel(dataset, VIDEOS, SAMPLE, SUBMISSION, START, log)
+        code, verdict = run_kernel(dataset, VIDEOS, SAMPLE, SUBMISSION, START, log)
         rows = check_submission()
         log(f"submission: {rows} rows")
-        return code
     except Exception as exc:  # the whole bundle failed: the fallback submission stays, and the run fails loudly
         traceback.print_exc()
         write_fallback()
         kind = "import error" if isinstance(exc, ImportError) else type(exc).__name__
-        log(f"{STATUS_MARK}failed ({kind}: {exc})")
-        return 1
+        code, verdict = 1, f"failed ({kind}: {exc})"
+    sys.stderr.flush()
+    log(f"{STATUS_MARK}{verdict}")  # the log's last line, as the README promises
+    return code
 
 
 if __name__ == "__main__":
