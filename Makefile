@@ -27,7 +27,7 @@ ifeq ($(DATA),$(DEMO_DATA))
 ## PROFILE: named profile of faces/folds/train (the last run's on its DATA, else smoke on the mini DFDC, b7 on other data); a run's later stages use the run's own
 PROFILE ?= smoke
 ## GROUP_BY: what folds keep together (original, part, identity; the demo: identity)
-# the demo's folds keep each actor in one fold (face clusters of the embeddings; README: identity folds)
+# the demo's folds keep each actor in one fold (face clusters of the embeddings; docs/folds.md: identity folds)
 GROUP_BY ?= identity
 else
 PROFILE ?= b7

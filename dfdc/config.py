@@ -137,8 +137,9 @@ class FacesConfig:
     track_max_gap: int = 5  # a track unseen for more sampled frames than this ends
     workers: int = 1  # worker processes over videos
     image_format: str = "jpg"  # crop files: "jpg", "webp" or "png" (lossless). JPEG at image_quality 95:
-    # ~4x smaller than PNG for ~37-40 dB PSNR and the fastest decode (bench-faces; README). Label
-    # cleaning compares the decoded video pixels before encoding, so the format cannot change it
+    # 5.7x smaller than PNG (10.6 vs 60.5 KB per 240-px crop) at 45.3 dB PSNR, the fastest decode
+    # (bench-faces (d); docs/benchmarks.md). Label cleaning compares the decoded video pixels before
+    # encoding, so the format cannot change it
     image_quality: int = 95  # JPEG / WebP quality 1-100 (PNG is lossless and ignores it); the recipe's
     # training augmentation recompresses crops at JPEG quality 60-100 anyway
 
@@ -194,7 +195,7 @@ class AnalyzeConfig:
     # or "sklearn" (Barnes-Hut; the study's library)
     perplexity: float = 30.0  # t-SNE's customary default (both libraries; the study: 50); capped at (n - 1) / 3
     tsne_3d: bool = False  # also a 3-D map (the study's n_components=3): Barnes-Hut only (no FFT in 3-D),
-    # O(n log n) where the 2-D map is FFT from 10k points; off by default (README: analysis bench)
+    # O(n log n) where the 2-D map is FFT from 10k points; off by default (docs/benchmarks.md: analysis)
     cluster_space: str = "tsne"  # HDBSCAN on the 2-D t-SNE map ("tsne": what the pictures show, cheap
     # in 2-D), on the 3-D map ("tsne3d": the study's; needs tsne_3d) or on the PCA scores ("pca");
     # identity folds always use "pca" (dfdc.identity)

@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -367,9 +366,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def _progress(total: int, initial: int):
-    from tqdm import tqdm
+    from .progress import progress
 
-    return tqdm(total=total, initial=initial, desc="embed", unit="crop", disable=not sys.stderr.isatty())
+    return progress(total=total, initial=initial, desc="embed", unit="crop")
 
 
 def _crops_to_embed(faces_dir: Path, cfg: Config) -> tuple[pd.DataFrame, list[str]]:

@@ -526,9 +526,9 @@ class _Recorder:
         self.found = 0  # crops written by this run
         self.bar = None
         if progress:
-            from tqdm import tqdm
+            from .progress import progress as progress_bar
 
-            self.bar = tqdm(total=report.videos, initial=report.skipped, unit="video", desc="faces", dynamic_ncols=True)
+            self.bar = progress_bar(total=report.videos, initial=report.skipped, unit="video", desc="faces", dynamic_ncols=True)
 
     def __call__(self, outcomes: list[Outcome]) -> None:
         report = self.report
@@ -601,7 +601,7 @@ def build_faces(
         cfg: the ``faces`` configuration (margin, size, frames per class, detector).
         shard: ``(i, N)``: process only work units whose stable hash is ``i`` mod ``N``.
         workers: worker processes (1 = in this process); each builds its own detector.
-        progress: show a tqdm bar (videos/s, faces found).
+        progress: show a progress bar (videos/s, faces found; plain lines when stderr is not a terminal).
         config: the full resolved configuration to save as ``config.yaml`` (default: the
             defaults with ``cfg`` as the faces section).
         device: detector device (default ``cuda`` when available).

@@ -971,7 +971,7 @@ def _collect(plan: _Plan, runner: _Workers, col: _Collector, t_start: float, pro
     """Step 3: take the videos the workers finish, run the models on full batches (or on what
     is queued while the workers are busy), until every video is done or the time budget stops
     new starts; videos not started (or abandoned) in time get the fallback."""
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
 
     budget = float(plan.cfg.predict.time_budget)
     stopped = False
@@ -984,7 +984,7 @@ def _collect(plan: _Plan, runner: _Workers, col: _Collector, t_start: float, pro
 
     wake_at = time.monotonic() + budget - elapsed() if budget > 0 else None
     setup_seconds = col.seconds["setup"]
-    bar = tqdm(total=len(plan.paths), unit="video", disable=not progress, desc="predict")
+    bar = progress_bar(total=len(plan.paths), unit="video", disable=not progress, desc="predict")
     try:
         while True:
             got = runner.results(block=col.queued <= 0, may_start=may_start, wake_at=wake_at)

@@ -53,7 +53,6 @@ import math
 import os
 import shutil
 import string
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -847,12 +846,9 @@ def _prepare_tmp(tmp: Path, record: dict) -> None:
 
 
 def _progress(groups: list[_Group]) -> Iterator[_Group]:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a requirement; progress is only cosmetic
-        yield from groups
-        return
-    yield from tqdm(groups, desc="synth", unit="group", disable=not sys.stderr.isatty())
+    from .progress import progress
+
+    yield from progress(groups, desc="synth", unit="group")
 
 
 def generate(out: Path, cfg: SynthConfig) -> SynthReport:

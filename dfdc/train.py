@@ -522,7 +522,7 @@ class FoldTrainer:
         The running loss stays on the device and is read every ``train.log_every`` steps;
         the device is synchronised after step 0 and step ``warm - 1`` to time the first step
         and the steady rate after it."""
-        from tqdm import tqdm
+        from .progress import progress
 
         t, ctx = self.cfg.train, self.ctx
         self.sampler.set_epoch(self.epoch)
@@ -538,7 +538,7 @@ class FoldTrainer:
         images, steps, start = 0, 0, time.perf_counter()
         first = steady_start = float("nan")
         steady_images = 0
-        bar = tqdm(total=self.steps_per_epoch, desc=f"fold {self.fold} epoch {self.epoch}", unit="step",
+        bar = progress(total=self.steps_per_epoch, desc=f"fold {self.fold} epoch {self.epoch}", unit="step",
                    disable=not ctx.main, leave=False, file=sys.stderr)
         try:
             for x, y, idx in self.train_loader:

@@ -16,6 +16,7 @@ import sys
 
 from dfdc.config import DEFAULT_PROFILE, Config, ConfigError, load_config
 from dfdc.io import disk_full_message, is_disk_full
+from dfdc.progress import quiet_third_party_progress
 
 # Pipeline order; `python -m dfdc --help` lists them in this order.
 COMMANDS = ("synth", "meta", "faces", "embed", "analyze", "folds", "train", "predict", "score", "calibrate", "kernel",
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    quiet_third_party_progress()
     try:
         cfg = command_config(args, modules[args.command])
         return int(modules[args.command].run(args, cfg) or 0)

@@ -10,7 +10,7 @@ One class, ``PixelFeatures(side, grey, detrend)``, registered twice:
   plane removed and standardised: 1,024 values. Lighting (a gain, an offset and a linear
   gradient across the face: the plane a + b x + c y, removed by least squares) cancels out, so
   it separates faces that are the same photo under another lamp -- the mini DFDC's repeated
-  actors -- where random-init CNN features do not (README: identity folds).
+  actors -- where random-init CNN features do not (docs/folds.md: identity folds).
 
 No weights but the classifier head (``model.pretrained`` must be ``none``). Any input side
 works: the (normalised) image is area-averaged to ``side`` first.
