@@ -84,7 +84,7 @@ class SynthConfig:
     methods: tuple[str, ...] = ("blend", "sharp", "colour", "poisson")  # the methods used; each FAKE gets
     # one, in turn (training fakes from the methods not in test_methods). "partial" (eyes or mouth only) is
     # left out by default: with the 25-px LFW donors its swapped region is nearly as soft as the face it
-    # replaces, and Lite0 models scored its held-out fakes 0.59-0.72 (README: swap methods, measured)
+    # replaces, and Lite0 models scored its held-out fakes 0.59-0.72 (docs/synth.md: swap methods, measured)
     test_methods: tuple[str, ...] = ("poisson",)  # held out of training: their fakes appear only in
     # test_videos (a method the detector has never seen, as on DFDC's private set)
     test_unseen_share: float = 0.5  # share of the test fakes made with test_methods (the rest cycles
@@ -367,7 +367,7 @@ class PredictConfig:
     # dfdc calibrate (a threshold move, e.g. towards REAL when unseen people look fake); 0 = none
     crop_roundtrip: bool = False  # encode and decode each face crop as the model's training crops were
     # (its run's faces.image_format at faces.image_quality, JPEG q95 by default) before the model: training
-    # reads crop files, the predictor crops decoded frames (README: the crop format, measured)
+    # reads crop files, the predictor crops decoded frames (docs/predict.md: crop format, measured)
     fallback: float = 0.5  # any failed video gets this value (log loss 0.693 at worst)
     time_budget: float = 0.0  # seconds; 0 = no limit; the kernel sets a margin under 9 h
     video_timeout: float = 0.0  # seconds one video's decode + detect may take in a worker before it
@@ -407,7 +407,7 @@ class CalibrateConfig:
     min_videos: int = 200  # fewer calibration videos: temperature and clip only soften (T >= 1, clip >=
     # predict.clip, the predictor's rule), and a logit offset is bounded by small_bias ...
     small_bias: float = 0.5  # ... |bias| <= this, and only when the offset chosen on the fit part also wins
-    # on the held-out part (a few near-separable videos overfit an unbounded offset: README, calibration)
+    # on the held-out part (a few near-separable videos overfit an unbounded offset: docs/calibrate.md, measured)
     holdout_share: float = 0.5  # nested split: a sharper-than-default setting chosen on the other
     # part must also beat the best softening-only setting on this held-out part to be kept
 

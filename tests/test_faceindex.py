@@ -29,7 +29,8 @@ def test_one_rule_for_an_index_without_tracks(tmp_path: Path) -> None:
     table.to_csv(faces / "faces.csv", index=False)
     with_tracks = table.assign(track=1 - table["face"])
     with_tracks.to_csv(faces / "faces.csv", index=False)
-    assert (read_index(faces)["track"] == 1 - read_index(faces)["face"]).all() and read_index(faces).attrs[FILLED] == ["landmarks"]
+    reread = read_index(faces)
+    assert (reread["track"] == 1 - reread["face"]).all() and reread.attrs[FILLED] == ["landmarks"]
 
 
 def test_bad_labels_and_missing_files_name_the_index(tmp_path: Path) -> None:
