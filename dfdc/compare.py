@@ -356,7 +356,7 @@ STUDY_SYSTEMS: tuple[System, ...] = (
     _frame("tf-efficientnet-b7-ns", FIRST_PLACE, R_FIRST_PLACE),
     _frame("tf-efficientnet-lite0", KIT, NOT_GIVEN, IMAGENET_FEATURES,
            "the demo's detector: EfficientNet-Lite0 fine-tuned from the ImageNet weights its package ships"),
-    _system("cnn-lstm", "sequence", S002, R002_CNN_LSTM, ("model.arch=cnn-lstm",),
+    _system("cnn-lstm", "sequence", S002, R002_CNN_LSTM, ("model.arch=cnn-lstm", "sequence.mode=finetune"),
             "time-distributed conv blocks -> LSTM, trained end to end"),
     _system("lstm", "sequence", S000, R000_LSTM, rnn_overrides("lstm", 2, 128),
             "frozen per-frame features of a face track -> LSTM 128 x 2 -> 1024 -> 2; max over a video's tracks"),

@@ -149,3 +149,20 @@ def test_grid_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert code == 0
     assert pd.read_csv(out / "compare.csv")["system"].tolist() == ["test-grid-a", "test-grid-b"]
     assert (tmp_path / "runs" / "test-grid-a").is_dir() and (tmp_path / "runs" / "test-grid-b").is_dir()
+
+
+def test_every_system_and_grid_variant_resolves_to_settings_its_training_accepts() -> None:
+    """Each system's overrides over the compare profile pass the checks training makes before
+    it starts (a sequence model's settings): a system that cannot train fails here, not after
+    ten minutes of ``make compare``."""
+    from dfdc.models.sequence import check_sequence_model_settings, is_sequence_model
+
+    base = load_config("compare")
+    systems = {**SYSTEMS, **{s.name: s for grid in GRIDS.values() for s in grid}}
+    checked = 0
+    for name, system in systems.items():
+        cfg = system_config(base, system, Path("runs"))
+        if is_sequence_model(cfg.model.arch):
+            check_sequence_model_settings(cfg)  # raises ConfigError naming the key
+            checked += 1
+    assert checked >= 1 + 2 + 15 + 32  # cnn-lstm, lstm, gru, the 15 MLPs and the 32 RNN variants
