@@ -182,7 +182,9 @@ def occlude(image: np.ndarray, points: np.ndarray | None, rng: np.random.Generat
 class FaceAugment:
     """The occlusion step (its draws from the per-sample generator) then an albumentations
     pipeline; called as ``t(image=x, landmarks=points)`` (``FaceDataset`` passes a crop's
-    landmarks to a transform with ``uses_landmarks``)."""
+    landmarks to a transform with ``uses_landmarks``), or as ``t(images=frames)`` for a face
+    track (``dfdc.sequences``: one pipeline draw for all its frames; tracks carry no
+    landmarks, so no occlusion)."""
 
     uses_landmarks = True
 
@@ -196,7 +198,10 @@ class FaceAugment:
         self.rng = np.random.default_rng(int(rng.integers(np.iinfo(np.int64).max)))
         self.pipeline.set_random_state(rng, py_random)
 
-    def __call__(self, *, image: np.ndarray, landmarks: np.ndarray | None = None) -> dict[str, Any]:
+    def __call__(self, *, image: np.ndarray | None = None, images: np.ndarray | None = None,
+                 landmarks: np.ndarray | None = None) -> dict[str, Any]:
+        if images is not None:
+            return self.pipeline(images=images)
         return self.pipeline(image=occlude(image, landmarks, self.rng))
 
 

@@ -11,7 +11,7 @@ import torch
 from test_data import make_tiny_faces
 from torch.utils.data import DataLoader
 
-from dfdc.augment import train_transform
+from dfdc.augment import AUGMENTATIONS, train_transform
 from dfdc.config import ConfigError, SequenceConfig
 from dfdc.data import BalancedEpochSampler, load_face_table
 from dfdc.preprocess import Prepare
@@ -120,10 +120,13 @@ def test_training_draws_vary_but_repeat_with_the_seed(tracks) -> None:
     assert {tuple(fixed.crop_rows(epoch, real).tolist()) for epoch in range(5)} == {tuple(rows[real][[1, 4, 7, 10]])}
 
 
-def test_augmentation_is_one_draw_per_sequence(tracks) -> None:
+@pytest.mark.parametrize("strength", AUGMENTATIONS)
+def test_augmentation_is_one_draw_per_sequence(tracks, strength: str) -> None:
+    """Every augmentation set takes a track (the 1st place's sets too: cnn-lstm trains end to
+    end through them), one draw for all its frames."""
     table, units, rows = tracks
     same = [np.full((24, 24, 3), 90, np.uint8)] * 4
-    ds = TrackDataset(table, units, rows, 4, train_transform(16, "recipe"), seed=0, read=lambda _: same[0].copy())
+    ds = TrackDataset(table, units, rows, 4, train_transform(16, strength), seed=0, read=lambda _: same[0].copy())
     for unit in range(4):
         x = ds[unit][0]
         assert all(torch.equal(x[0], x[k]) for k in range(1, 4))  # identical inputs -> identical frames
