@@ -84,7 +84,7 @@ class SynthConfig:
     methods: tuple[str, ...] = ("blend", "sharp", "colour", "poisson")  # the methods used; each FAKE gets
     # one, in turn (training fakes from the methods not in test_methods). "partial" (eyes or mouth only) is
     # left out by default: with the 25-px LFW donors its swapped region is nearly as soft as the face it
-    # replaces, and Lite0 models scored its held-out fakes 0.59-0.72 (docs/synth.md: swap methods, measured)
+    # replaces; Lite0 models trained on it scored its test fakes log loss 0.59-0.72 (docs/synth.md, measured)
     test_methods: tuple[str, ...] = ("poisson",)  # held out of training: their fakes appear only in
     # test_videos (a method the detector has never seen, as on DFDC's private set)
     test_unseen_share: float = 0.5  # share of the test fakes made with test_methods (the rest cycles
